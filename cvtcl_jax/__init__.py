@@ -1,0 +1,7 @@
+"""cvtcl-jax: cross-view temporal contrastive learning of video representations in JAX.
+
+The learning core (`models`, `losses`, `queue`, `state`, `steps`, `sharding`) imports neither
+TensorFlow, clu nor ml_collections, so it runs on accelerator hosts that lack them.
+"""
+
+__version__ = "0.1.0"

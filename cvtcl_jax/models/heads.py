@@ -1,0 +1,77 @@
+"""Projection head g and the encoder f + g used by the contrastive losses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from cvtcl_jax.models.s3d import S3D
+
+
+def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
+    """x / max(||x||, eps) along `axis`, like torch.nn.functional.normalize."""
+    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+    return x / jnp.maximum(norm, eps)
+
+
+class ProjectionHead(nn.Module):
+    """g: (B, F) -> (B, out_dim) unit vectors; Dense(hidden) -> ReLU -> Dense(out_dim), no BN.
+
+    Computed in (at least) float32: the head is tiny and its output sets the contrastive logits.
+    """
+
+    hidden_dim: int = 1024
+    out_dim: int = 128
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        dtype = jnp.promote_types(jnp.float32, x.dtype)
+        x = nn.Dense(self.hidden_dim, dtype=dtype, param_dtype=self.param_dtype, name="fc1")(x.astype(dtype))
+        x = nn.Dense(self.out_dim, dtype=dtype, param_dtype=self.param_dtype, name="fc2")(nn.relu(x))
+        return l2_normalize(x)
+
+
+class ContrastiveEncoder(nn.Module):
+    """f + g: clips (B, T, H, W, 3) -> (features (B, F), embeddings (B, out_dim) unit vectors).
+
+    Variables are `{'params': {'backbone', 'head'}, 'batch_stats': {'backbone'}}`, so the backbone
+    part alone is what `S3D` takes (export, evaluation, torchvision conversion).
+    """
+
+    width_multiplier: float = 1.0
+    num_mixed_4: int = 5
+    bn_group_size: int | None = None
+    head_hidden_dim: int = 1024
+    embed_dim: int = 128
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> ContrastiveEncoder:
+        """From a mapping of this class's fields, `dtype` given as a name ('bfloat16')."""
+        fields = dict(cfg)
+        for key in ("dtype", "param_dtype"):
+            if isinstance(fields.get(key), str):
+                fields[key] = jnp.dtype(fields[key])
+        unknown = set(fields) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+        return cls(**fields)
+
+    def setup(self):
+        self.backbone = S3D(
+            width_multiplier=self.width_multiplier,
+            num_mixed_4=self.num_mixed_4,
+            bn_group_size=self.bn_group_size,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        self.head = ProjectionHead(self.head_hidden_dim, self.embed_dim, self.param_dtype)
+
+    def __call__(self, x, train: bool = False):
+        feats = self.backbone(x, train=train)
+        return feats, self.head(feats)

@@ -1,0 +1,197 @@
+"""S3D backbone (no gating), layer for layer the network of torchvision's `s3d` and CoCLR.
+
+Input clips are NTHWC floats; the output is the 1024-d feature averaged over (T, H, W). Padding is
+explicit and symmetric like PyTorch's so that torchvision weights give the same outputs (see
+`torchvision_weights.py`). Module names follow the Inception naming of the paper; the mapping to
+torchvision's `features.N` indices lives next to the weight import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+from cvtcl_jax.models.batchnorm import GroupedBatchNorm
+
+# Inception block widths: (branch0, branch1 reduce, branch1 out, branch2 reduce, branch2 out,
+# branch3 pool projection). Output channels = branch0 + branch1 out + branch2 out + branch3.
+MIXED_BLOCKS = {
+    "mixed_3b": (64, 96, 128, 16, 32, 32),
+    "mixed_3c": (128, 128, 192, 32, 96, 64),
+    "mixed_4b": (192, 96, 208, 16, 48, 64),
+    "mixed_4c": (160, 112, 224, 24, 64, 64),
+    "mixed_4d": (128, 128, 256, 24, 64, 64),
+    "mixed_4e": (112, 144, 288, 32, 64, 64),
+    "mixed_4f": (256, 160, 320, 32, 128, 128),
+    "mixed_5b": (256, 160, 320, 32, 128, 128),
+    "mixed_5c": (384, 192, 384, 48, 128, 128),
+}
+MIXED_4 = ("mixed_4b", "mixed_4c", "mixed_4d", "mixed_4e", "mixed_4f")
+
+# He-normal initialisation suits the conv + BN + ReLU units.
+_KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+
+
+def max_pool3d(x, window, strides, pad):
+    """PyTorch-style MaxPool3d (padding with -inf). x: (B, T, H, W, C)."""
+    padding = [(0, 0)] + [(p, p) for p in pad] + [(0, 0)]
+    # A scalar -inf init lets JAX use the differentiable reduce_window_max primitive.
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), padding)
+
+
+class ConvBN(nn.Module):
+    """Conv3d (no bias) + BatchNorm + ReLU with explicit symmetric padding. (B,T,H,W,C)->(B,T',H',W',F)."""
+
+    features: int
+    kernel: tuple[int, int, int] = (1, 1, 1)
+    strides: tuple[int, int, int] = (1, 1, 1)
+    bn_group_size: int | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.Conv(
+            self.features,
+            self.kernel,
+            self.strides,
+            padding=[(k // 2, k // 2) for k in self.kernel],
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=_KERNEL_INIT,
+            name="conv",
+        )(x)
+        x = GroupedBatchNorm(self.bn_group_size, dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(
+            x, train
+        )
+        return nn.relu(x)
+
+
+class SepConv(nn.Module):
+    """Separable unit: (1,k,k) conv-BN-ReLU then (k,1,1) conv-BN-ReLU."""
+
+    features: int
+    kernel: int
+    stride: int = 1
+    bn_group_size: int | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        k, s = self.kernel, self.stride
+        kw = dict(bn_group_size=self.bn_group_size, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = ConvBN(self.features, (1, k, k), (1, s, s), name="spatial", **kw)(x, train)
+        return ConvBN(self.features, (k, 1, 1), (s, 1, 1), name="temporal", **kw)(x, train)
+
+
+class Mixed(nn.Module):
+    """Separable Inception block; the four branch outputs are concatenated on channels."""
+
+    widths: tuple[int, int, int, int, int, int]
+    bn_group_size: int | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        b0, b1r, b1, b2r, b2, b3 = self.widths
+        kw = dict(bn_group_size=self.bn_group_size, dtype=self.dtype, param_dtype=self.param_dtype)
+        y0 = ConvBN(b0, name="branch0", **kw)(x, train)
+        y1 = ConvBN(b1r, name="branch1_reduce", **kw)(x, train)
+        y1 = SepConv(b1, 3, name="branch1_sep", **kw)(y1, train)
+        y2 = ConvBN(b2r, name="branch2_reduce", **kw)(x, train)
+        y2 = SepConv(b2, 3, name="branch2_sep", **kw)(y2, train)
+        y3 = max_pool3d(x, (3, 3, 3), (1, 1, 1), (1, 1, 1))
+        y3 = ConvBN(b3, name="branch3", **kw)(y3, train)
+        return jnp.concatenate([y0, y1, y2, y3], axis=-1)
+
+
+# (kernel, stride, pad) of the five downsampling layers along time and along space: the stem's
+# strided conv and the four max pools.
+_DOWNSAMPLING_T = ((7, 2, 3), (1, 1, 0), (1, 1, 0), (3, 2, 1), (2, 2, 0))
+_DOWNSAMPLING_HW = ((7, 2, 3), (3, 2, 1), (3, 2, 1), (3, 2, 1), (2, 2, 0))
+
+
+def feature_map_size(t: int, h: int, w: int) -> tuple[int, int, int]:
+    """(T', H', W') of the final feature map for a T x H x W clip (32x128x128 -> 4x4x4).
+
+    Raises ValueError for clips too small to survive the network's downsampling.
+    """
+    out = []
+    for size, layers in ((t, _DOWNSAMPLING_T), (h, _DOWNSAMPLING_HW), (w, _DOWNSAMPLING_HW)):
+        for k, s, p in layers:
+            size = (size + 2 * p - k) // s + 1
+        out.append(size)
+    if min(out) < 1:
+        raise ValueError(
+            f"a {t}x{h}x{w} clip is too small for S3D (final feature map {tuple(out)}); "
+            "use at least 5 frames and 32x32 pixels (the paper uses 32x128x128)"
+        )
+    return tuple(out)
+
+
+def _scaled(width: int, multiplier: float) -> int:
+    return max(1, int(round(width * multiplier)))
+
+
+class S3D(nn.Module):
+    """S3D backbone. x: (B, T, H, W, 3) float -> (B, out_features) pooled feature.
+
+    The defaults give the full network of SPEC section 4 (1024-d output, 7,910,048 parameters).
+    Small variants for CPU tests and demos scale every width by `width_multiplier` and keep only
+    the first `num_mixed_4` of the five Mixed_4 blocks.
+
+    Attributes:
+      width_multiplier: factor on every channel count (1.0 for the real network).
+      num_mixed_4: how many of Mixed_4b..4f to keep (5 for the real network).
+      bn_group_size: clips per BN statistics group in training mode (None: the whole batch).
+      dtype: compute dtype; bfloat16 with float32 parameters gives mixed precision.
+      param_dtype: parameter dtype (float32; float64 only for exact-comparison tests).
+    """
+
+    width_multiplier: float = 1.0
+    num_mixed_4: int = 5
+    bn_group_size: int | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @property
+    def out_features(self) -> int:
+        """Channels of the pooled feature: the four branch outputs of Mixed_5c."""
+        widths = MIXED_BLOCKS["mixed_5c"]
+        return sum(_scaled(widths[i], self.width_multiplier) for i in (0, 2, 4, 5))
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, return_map: bool = False):
+        if x.ndim != 5 or x.shape[-1] != 3:
+            raise ValueError(f"S3D expects clips of shape (B, T, H, W, 3), got {x.shape}")
+        feature_map_size(*x.shape[1:4])
+        if not 1 <= self.num_mixed_4 <= len(MIXED_4):
+            raise ValueError(f"num_mixed_4 must be in 1..5, got {self.num_mixed_4}")
+        m = self.width_multiplier
+        kw = dict(bn_group_size=self.bn_group_size, dtype=self.dtype, param_dtype=self.param_dtype)
+        x = x.astype(self.dtype)
+        x = SepConv(_scaled(64, m), 7, 2, name="stem", **kw)(x, train)
+        x = max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
+        x = ConvBN(_scaled(64, m), name="conv_2b", **kw)(x, train)
+        x = SepConv(_scaled(192, m), 3, name="conv_2c", **kw)(x, train)
+        x = max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
+        blocks = ["mixed_3b", "mixed_3c", "pool", *MIXED_4[: self.num_mixed_4]]
+        blocks += ["pool_5", "mixed_5b", "mixed_5c"]
+        for name in blocks:
+            if name == "pool":
+                x = max_pool3d(x, (3, 3, 3), (2, 2, 2), (1, 1, 1))
+            elif name == "pool_5":
+                x = max_pool3d(x, (2, 2, 2), (2, 2, 2), (0, 0, 0))
+            else:
+                widths = tuple(_scaled(w, m) for w in MIXED_BLOCKS[name])
+                x = Mixed(widths, name=name, **kw)(x, train)
+        if return_map:
+            return x
+        # Pool in (at least) float32: the feature feeds the head, retrieval and the linear probe.
+        return jnp.mean(x.astype(jnp.promote_types(jnp.float32, x.dtype)), axis=(1, 2, 3))

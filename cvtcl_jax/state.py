@@ -1,0 +1,74 @@
+"""Train state of one view: query encoder, its EMA key encoder, optimiser, queue and RNG."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from cvtcl_jax.queue import Queue, init_queue
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a training step reads and writes (donated to the step).
+
+    step: () int32 optimiser steps taken (forward-only warm-up steps are not counted).
+    params / batch_stats: query encoder f_q + g_q variables.
+    ema_params / ema_batch_stats: key encoder f_k + g_k (EMA of the parameters; its BN statistics
+      come from its own forward passes).
+    opt_state: optax state of `params`. queue: the key queue.
+    rng: (2,) uint32 raw key data (raw so that checkpoints need no typed-key support).
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    ema_params: Any
+    ema_batch_stats: Any
+    opt_state: Any
+    queue: Queue
+    rng: jax.Array
+
+
+@flax.struct.dataclass
+class FrozenEncoder:
+    """The other view's network during co-training: variables only, never updated."""
+
+    params: Any
+    batch_stats: Any
+
+    @classmethod
+    def from_state(cls, state: TrainState) -> FrozenEncoder:
+        """The key (EMA) encoder of a trained view, as CoCLR ranks with the other view's keys."""
+        return cls(params=state.ema_params, batch_stats=state.ema_batch_stats)
+
+
+def create_train_state(
+    model,
+    optimizer: optax.GradientTransformation,
+    rng,
+    clip_shape: tuple[int, int, int, int],
+    queue_size: int,
+    global_batch: int,
+) -> TrainState:
+    """Fresh state: random f_q, f_k = f_q, a random queue. clip_shape: (T, H, W, 3).
+
+    Wrap in `jax.jit(..., out_shardings=...)` to create it directly sharded (see sharding.py).
+    """
+    k_init, k_queue, k_state = jax.random.split(rng, 3)
+    variables = model.init(k_init, jnp.zeros((1, *clip_shape), jnp.float32), train=False)
+    params, batch_stats = variables["params"], variables["batch_stats"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        ema_params=jax.tree.map(jnp.copy, params),
+        ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
+        opt_state=optimizer.init(params),
+        queue=init_queue(k_queue, queue_size, model.embed_dim, global_batch),
+        rng=jax.random.key_data(k_state),
+    )

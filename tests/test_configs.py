@@ -1,0 +1,34 @@
+"""The default config carries every number of SPEC section 2 and builds the core objects."""
+
+import pytest
+
+from configs.default import get_config
+from cvtcl_jax.models import ContrastiveEncoder
+from cvtcl_jax.queue import check_queue_size
+from cvtcl_jax.steps import ContrastConfig
+
+
+def test_defaults_are_the_papers_numbers():
+    cfg = get_config()
+    assert cfg.contrast.momentum == 0.999 and cfg.contrast.tau == 0.07
+    assert cfg.queue_size == 2048 and cfg.contrast.top_k == 5
+    assert cfg.contrast.alpha == 1 and cfg.contrast.beta == 1
+    assert (cfg.data.num_frames, cfg.data.crop_size) == (32, 128)
+    assert (cfg.data.num_segments, cfg.data.segment_len) == (4, 8)
+    assert cfg.global_batch == 64
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (1e-3, 1e-4)
+    assert cfg.schedule.init_epochs == 300 and cfg.schedule.cotrain_cycles == 2
+    assert cfg.schedule.cotrain_epochs == 100 and tuple(cfg.schedule.cotrain_decay_epochs) == (80,)
+    assert (cfg.model.head_hidden_dim, cfg.model.embed_dim) == (1024, 128)
+    check_queue_size(cfg.queue_size, cfg.global_batch)
+
+
+def test_config_builds_model_and_objective():
+    cfg = get_config()
+    model = ContrastiveEncoder.from_config(cfg.model)
+    assert model.embed_dim == 128 and model.bn_group_size == 32
+    assert ContrastConfig(**cfg.contrast).use_ltcl
+    cfg.model.dtype = "bfloat16"
+    assert str(ContrastiveEncoder.from_config(cfg.model).dtype) == "bfloat16"
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ContrastiveEncoder.from_config({**cfg.model, "with_gating": True})

@@ -1,0 +1,16 @@
+"""The JAX core must import on accelerator hosts without TensorFlow, clu or ml_collections."""
+
+import subprocess
+import sys
+
+CORE = ["models", "losses", "queue", "state", "steps", "sharding", "optim"]
+
+
+def test_core_imports_without_tensorflow_clu_or_ml_collections():
+    code = (
+        "import sys\n"
+        + "".join(f"import cvtcl_jax.{m}\n" for m in CORE)
+        + "bad = [m for m in ('tensorflow', 'clu', 'ml_collections') if m in sys.modules]\n"
+        + "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env={"JAX_PLATFORMS": "cpu", "PATH": ""})

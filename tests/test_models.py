@@ -1,0 +1,128 @@
+"""S3D against torchvision outputs (stored fixture), parameter count, variants and conversion."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cvtcl_jax.models import S3D, ContrastiveEncoder, load_torchvision_s3d, to_torchvision_s3d
+from cvtcl_jax.models.s3d import feature_map_size
+from tests.s3d_reference import CASES, random_torchvision_state, reference_input
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "s3d_torchvision.npz")
+
+
+@pytest.fixture(scope="module")
+def fixture():
+    return np.load(FIXTURE)
+
+
+@pytest.fixture(scope="module")
+def torchvision_state():
+    return random_torchvision_state(CASES[0][1])
+
+
+def rel_err(got, want):
+    return float(np.max(np.abs(np.asarray(got, np.float64) - want)) / np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_matches_torchvision_in_inference_mode(case, fixture, torchvision_state):
+    name, _, xseed, shape = case
+    variables = load_torchvision_s3d(torchvision_state)
+    y = jax.jit(lambda v, x: S3D().apply(v, x, train=False))(variables, reference_input(xseed, shape))
+    assert y.shape == (shape[0], 1024)
+    assert rel_err(y, fixture[f"{name}/eval"]) < 1e-4
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_matches_torchvision_in_training_mode_bn(case, fixture, torchvision_state):
+    """Batch-statistics BN and the running-statistics update (unbiased variance), in float64.
+
+    Train-mode BN over a few samples amplifies float32 rounding layer by layer; torch float32
+    itself drifts up to 4e-3 from its float64 result here (see make_s3d_fixture.py).
+    """
+    name, _, xseed, shape = case
+    variables = load_torchvision_s3d(torchvision_state)
+    with jax.enable_x64(True):
+        x = jnp.asarray(reference_input(xseed, shape), jnp.float64)
+        y, updates = jax.jit(
+            lambda v, x: S3D(dtype=jnp.float64).apply(v, x, train=True, mutable=["batch_stats"])
+        )(variables, x)
+        assert rel_err(y, fixture[f"{name}/train"]) < 1e-4
+        new = to_torchvision_s3d({"params": variables["params"], **updates})
+        for key in ("features.0.0.1.running_var", "features.15.branch3.1.1.running_mean"):
+            assert rel_err(new[key], fixture[f"{name}/stats/{key}"]) < 1e-4
+        worst = max(rel_err(new[k], fixture[f"{name}/stats/{k}"]) for k in new if "running" in k)
+        assert worst < 1e-4
+
+
+def test_full_network_size_and_feature_map():
+    shapes = jax.eval_shape(
+        lambda: S3D().init(jax.random.key(0), jnp.zeros((1, 32, 128, 128, 3)), train=False)
+    )
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+    assert n_params == 7_910_048
+    assert S3D().out_features == 1024
+    fmap = jax.eval_shape(lambda v: S3D().apply(v, jnp.zeros((1, 32, 128, 128, 3)), return_map=True), shapes)
+    assert fmap.shape == (1, 4, 4, 4, 1024)
+    assert feature_map_size(32, 128, 128) == (4, 4, 4)
+
+
+def test_small_variant_and_bfloat16_compute():
+    model = S3D(width_multiplier=0.125, num_mixed_4=1, dtype=jnp.bfloat16)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 32, 32, 3)), jnp.float32)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+    y = jax.jit(model.apply)(variables, x)
+    assert y.shape == (2, model.out_features) == (2, 128)
+    assert y.dtype == jnp.float32
+    y32 = jax.jit(S3D(width_multiplier=0.125, num_mixed_4=1).apply)(variables, x)
+    assert rel_err(y, np.asarray(y32)) < 0.05
+
+
+def test_bn_groups_normalise_each_group_alone():
+    """With bn_group_size=2, a clip's output depends only on its own group of clips (float64)."""
+    with jax.enable_x64(True):
+        model = S3D(width_multiplier=0.125, num_mixed_4=1, bn_group_size=2, dtype=jnp.float64)
+        rng = np.random.default_rng(1)
+        x = jnp.asarray(rng.standard_normal((4, 8, 32, 32, 3)), jnp.float64)
+        variables = jax.jit(model.init)(jax.random.key(0), x)
+        apply = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0])
+        y = apply(variables, x)
+        np.testing.assert_allclose(y[:2], apply(variables, x[:2]), rtol=1e-9, atol=1e-12)
+        x2 = x.at[2:].set(x[2:] * 3.0 + 1.0)  # changing group 2 leaves group 1 untouched
+        np.testing.assert_allclose(apply(variables, x2)[:2], y[:2], rtol=1e-9, atol=1e-12)
+        assert not np.allclose(apply(variables, x2)[2:], y[2:])
+        with pytest.raises(ValueError, match="bn_group_size"):
+            apply(variables, x[:3])
+
+
+def test_torchvision_round_trip(torchvision_state):
+    back = to_torchvision_s3d(load_torchvision_s3d(torchvision_state))
+    assert set(back) == set(torchvision_state)
+    for key, value in torchvision_state.items():
+        np.testing.assert_array_equal(back[key], value)
+
+
+def test_bad_inputs_give_clear_errors(torchvision_state):
+    with pytest.raises(ValueError, match="too small"):
+        S3D().init(jax.random.key(0), jnp.zeros((1, 4, 32, 32, 3)))
+    with pytest.raises(ValueError, match=r"\(B, T, H, W, 3\)"):
+        S3D().init(jax.random.key(0), jnp.zeros((1, 8, 32, 32)))
+    broken = dict(torchvision_state)
+    del broken["features.5.branch0.0.weight"]
+    with pytest.raises(KeyError, match="features.5.branch0.0.weight"):
+        load_torchvision_s3d(broken)
+
+
+def test_encoder_embeddings_are_unit_vectors():
+    model = ContrastiveEncoder(width_multiplier=0.125, num_mixed_4=1, head_hidden_dim=32, embed_dim=16)
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((3, 8, 32, 32, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), x)
+    assert set(variables["params"]) == {"backbone", "head"}
+    feats, z = model.apply(variables, x)
+    assert feats.shape == (3, 128) and z.shape == (3, 16)
+    np.testing.assert_allclose(jnp.linalg.norm(z, axis=-1), 1.0, rtol=1e-5)
