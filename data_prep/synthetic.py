@@ -1,0 +1,140 @@
+"""A small synthetic video set in the UCF101 layout, for the demo and the tests.
+
+    python -m data_prep.synthetic --out_dir=RAW [--num_classes=6 --groups=9 --clips_per_group=2]
+
+Each class is a kind of motion (a textured object moving right, left, up, down, growing or
+shrinking over a textured background); appearance is random per group, so that, as in UCF101, the
+clips of one group share their look and only motion tells the classes apart. Written as MJPG AVIs
+under RAW/UCF-101/<Class>/v_<Class>_gXX_cYY.avi with RAW/ucfTrainTestlist/ (classInd.txt and
+train/test lists of splits 1-3; split n tests on the n-th third of the groups), so the real
+`python -m data_prep.build --dataset=ucf101` prepares it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# name -> (vx, vy, growth per frame); speeds in pixels per frame.
+MOTIONS = {
+    "MoveRight": (2.0, 0.0, 0.0),
+    "MoveLeft": (-2.0, 0.0, 0.0),
+    "MoveUp": (0.0, -2.0, 0.0),
+    "MoveDown": (0.0, 2.0, 0.0),
+    "Grow": (0.0, 0.0, 0.6),
+    "Shrink": (0.0, 0.0, -0.6),
+}
+
+
+def _texture(rng, height, width, base):
+    """Smooth random colour texture around `base` colour: (H, W, 3) float in [0, 255]."""
+    small = rng.uniform(-60, 60, (max(2, height // 8), max(2, width // 8), 3))
+    tex = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.clip(tex + base, 0, 255)
+
+
+def render_clip(rng, motion, appearance, num_frames, height, width):
+    """Frames (num_frames, H, W, 3) uint8 BGR of one clip."""
+    vx, vy, growth = motion
+    background, obj_tex = appearance
+    jitter = rng.uniform(0.8, 1.2)
+    half = rng.uniform(0.18, 0.25) * min(height, width)
+    cx = rng.uniform(0.3, 0.7) * width - vx * jitter * num_frames / 2
+    cy = rng.uniform(0.3, 0.7) * height - vy * jitter * num_frames / 2
+    if growth < 0:
+        half += -growth * jitter * num_frames * 0.8
+    frames = []
+    yy, xx = np.mgrid[0:height, 0:width]
+    for t in range(num_frames):
+        x, y = cx + vx * jitter * t, cy + vy * jitter * t
+        r = max(3.0, half + growth * jitter * t)
+        inside = (np.abs(xx - x) < r) & (np.abs(yy - y) < r)
+        # The object's texture moves with it, so flow inside it is the object's motion.
+        shifted = np.roll(obj_tex, (int(round(y)), int(round(x))), axis=(0, 1))
+        frame = np.where(inside[..., None], shifted, background)
+        frames.append(np.clip(frame + rng.normal(0, 2, frame.shape), 0, 255).astype(np.uint8))
+    return frames
+
+
+def write_avi(path: Path, frames, fps: float = 25.0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write MJPG AVI files ({path})")
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+
+
+def test_groups(split: int, num_groups: int) -> set[int]:
+    """Groups (1-based) tested in `split` (1..3): the split-th third of the groups."""
+    return {g for g in range(1, num_groups + 1) if (g - 1) * 3 // num_groups == split - 1}
+
+
+def generate(
+    out_dir: str,
+    num_classes: int = 6,
+    groups: int = 9,
+    clips_per_group: int = 2,
+    num_frames: int = 40,
+    height: int = 64,
+    width: int = 80,
+    seed: int = 0,
+) -> Path:
+    """Writes the set under out_dir and returns out_dir as a Path."""
+    if not 1 <= num_classes <= len(MOTIONS):
+        raise ValueError(f"num_classes must be in 1..{len(MOTIONS)}, got {num_classes}")
+    if groups < 3:
+        raise ValueError(f"groups must be at least 3 (one third is tested per split), got {groups}")
+    root = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    classes = list(MOTIONS)[:num_classes]
+    names = {c: [] for c in classes}
+    for cls in classes:
+        for g in range(1, groups + 1):
+            appearance = (
+                _texture(rng, height, width, rng.uniform(40, 215, 3)),
+                _texture(rng, height, width, rng.uniform(40, 215, 3)),
+            )
+            for c in range(1, clips_per_group + 1):
+                name = f"v_{cls}_g{g:02d}_c{c:02d}.avi"
+                write_avi(
+                    root / "UCF-101" / cls / name,
+                    render_clip(rng, MOTIONS[cls], appearance, num_frames, height, width),
+                )
+                names[cls].append((g, name))
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir(parents=True, exist_ok=True)
+    (lists / "classInd.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(classes)))
+    for split in (1, 2, 3):
+        tested = test_groups(split, groups)
+        train = [f"{c}/{n} {i + 1}\n" for i, c in enumerate(classes) for g, n in names[c] if g not in tested]
+        test = [f"{c}/{n}\n" for c in classes for g, n in names[c] if g in tested]
+        (lists / f"trainlist{split:02d}.txt").write_text("".join(train))
+        (lists / f"testlist{split:02d}.txt").write_text("".join(test))
+    return root
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m data_prep.synthetic", description=__doc__)
+    p.add_argument("--out_dir", required=True)
+    p.add_argument("--num_classes", type=int, default=6)
+    p.add_argument("--groups", type=int, default=9)
+    p.add_argument("--clips_per_group", type=int, default=2)
+    p.add_argument("--num_frames", type=int, default=40)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=80)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    root = generate(
+        a.out_dir, a.num_classes, a.groups, a.clips_per_group, a.num_frames, a.height, a.width, a.seed
+    )
+    print(f"wrote {a.num_classes * a.groups * a.clips_per_group} videos under {root}")
+
+
+if __name__ == "__main__":
+    main()

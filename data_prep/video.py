@@ -1,0 +1,96 @@
+"""Decoding a video, resizing its frames and computing quantised TV-L1 flow (SPEC section 5)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from data_prep.records import FLOW_BOUND
+
+
+class VideoError(Exception):
+    """A video that cannot be used; the message is the reason reported to the user."""
+
+
+def read_frames(path: str) -> tuple[list[np.ndarray], float]:
+    """All frames of a video file as BGR uint8 (H, W, 3) arrays, and its frame rate."""
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        raise VideoError("unreadable: OpenCV could not open the file")
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    if not frames:
+        raise VideoError("empty or unreadable: no frame could be decoded")
+    if len(frames) == 1:
+        raise VideoError("only one frame: optical flow needs at least two")
+    return frames, fps
+
+
+def short_side_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(height, width) after resizing so that the short side is `short_side`, keeping aspect."""
+    scale = short_side / min(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize to (height, width): area averaging when shrinking, bilinear when enlarging."""
+    h, w = size
+    if (h, w) == image.shape[:2]:
+        return image
+    shrinking = h * w < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
+def quantize_flow(flow: np.ndarray) -> np.ndarray:
+    """(H, W, 2) float flow in pixels -> uint8, clipped to +-20 and mapped so that 0 -> 128."""
+    clipped = np.clip(flow, -FLOW_BOUND, FLOW_BOUND)
+    return np.round((clipped + FLOW_BOUND) * 255.0 / (2 * FLOW_BOUND)).astype(np.uint8)
+
+
+def dequantize_flow(u8: np.ndarray) -> np.ndarray:
+    """Inverse of `quantize_flow` (up to rounding): uint8 -> flow in native pixels."""
+    return u8.astype(np.float32) * (2 * FLOW_BOUND / 255.0) - FLOW_BOUND
+
+
+def tvl1_flows(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Dual TV-L1 flow (OpenCV defaults) between consecutive grayscale frames, native size.
+
+    Returns n - 1 quantised (H, W, 2) uint8 arrays (dx, dy).
+    """
+    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
+    gray = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in frames]
+    return [quantize_flow(tvl1.calc(a, b, None)) for a, b in zip(gray[:-1], gray[1:], strict=True)]
+
+
+def encode_jpeg(bgr: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise VideoError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def encode_flow_jpeg(flow_u8: np.ndarray, quality: int) -> bytes:
+    """(H, W, 2) uint8 (dx, dy) -> JPEG whose RGB channels are (dx, dy, 128).
+
+    OpenCV writes BGR, so the channels are given in reverse order.
+    """
+    h, w = flow_u8.shape[:2]
+    bgr = np.stack([np.full((h, w), 128, np.uint8), flow_u8[..., 1], flow_u8[..., 0]], axis=-1)
+    return encode_jpeg(bgr, quality)
+
+
+def process_video(path: str, short_side: int, jpeg_quality: int, with_flow: bool = True):
+    """Decode, resize and encode one video. -> (rgb JPEGs, flow JPEGs, fps, (height, width))."""
+    frames, fps = read_frames(path)
+    size = short_side_size(*frames[0].shape[:2], short_side)
+    rgb = [encode_jpeg(resize(f, size), jpeg_quality) for f in frames]
+    flows = []
+    if with_flow:
+        flows = [encode_flow_jpeg(resize(f, size), jpeg_quality) for f in tvl1_flows(frames)]
+    return rgb, flows, fps, size

@@ -1,0 +1,209 @@
+"""data_prep end to end: the real command on tiny AVIs in the official layouts."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_prep import synthetic
+from data_prep.records import read_records
+from data_prep.video import dequantize_flow, process_video
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build(raw, out, *extra, dataset="ucf101", check=True):
+    cmd = [
+        sys.executable,
+        "-m",
+        "data_prep.build",
+        f"--dataset={dataset}",
+        f"--raw_dir={raw}",
+        f"--out_dir={out}",
+    ]
+    cmd += ["--workers=2", "--quiet", "--short_side=32", *extra]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def records_of(out, split, subset):
+    meta = json.loads((Path(out) / "metadata.json").read_text())
+    return read_records(str(Path(out) / s) for s in meta["splits"][split][subset]["shards"])
+
+
+def tiny_video(path, frames=5, size=(32, 40), seed=0):
+    rng = np.random.default_rng(seed)
+    synthetic.write_avi(Path(path), [rng.integers(0, 255, (*size, 3), dtype=np.uint8) for _ in range(frames)])
+
+
+@pytest.fixture(scope="module")
+def ucf_raw(tmp_path_factory):
+    return synthetic.generate(
+        tmp_path_factory.mktemp("ucf"),
+        num_classes=2,
+        groups=3,
+        clips_per_group=1,
+        num_frames=6,
+        height=32,
+        width=40,
+    )
+
+
+def test_ucf101_records_match_the_inputs(ucf_raw, tmp_path):
+    build(ucf_raw, tmp_path, "--splits=1,2")
+    meta = json.loads((tmp_path / "metadata.json").read_text())
+    assert meta["classes"] == ["MoveRight", "MoveLeft"] and meta["num_videos"] == 6
+    assert meta["failures"] == [] and meta["views"] == ["rgb", "flow"]
+    assert meta["parameters"]["short_side"] == 32
+    lists = ucf_raw / "ucfTrainTestlist"
+    for split in (1, 2):
+        for subset in ("train", "test"):
+            listed = [
+                ln.split()[0] for ln in (lists / f"{subset}list{split:02d}.txt").read_text().splitlines()
+            ]
+            recs = records_of(tmp_path, f"split{split}", subset)
+            assert sorted(r["video_id"] for r in recs) == sorted(Path(x).stem for x in listed)
+            assert meta["splits"][f"split{split}"][subset]["num_videos"] == len(listed)
+            for r in recs:
+                assert r["label"] == ["MoveRight", "MoveLeft"].index(r["class_name"])
+                assert r["class_name"] in r["video_id"]
+                assert (r["num_frames"], r["num_flow"]) == (6, 5) == (len(r["frames"]), len(r["flows"]))
+                assert (r["height"], r["width"]) == (32, 40)
+                assert r["source"] == r["class_name"] + "_g" + r["video_id"].split("_g")[1][:2]
+    # Split 1 tests on group 1 of each class; source ids are unique per (class, group).
+    recs = records_of(tmp_path, "split1", "test") + records_of(tmp_path, "split1", "train")
+    assert {r["video_id"] for r in records_of(tmp_path, "split1", "test")} == {
+        "v_MoveRight_g01_c01",
+        "v_MoveLeft_g01_c01",
+    }
+    assert len({r["source_id"] for r in recs}) == 6
+
+
+def test_hmdb51_layout(tmp_path):
+    raw = tmp_path / "raw"
+    for cls in ("brush_hair", "cartwheel"):
+        lines = []
+        for i, tag in enumerate((1, 1, 2, 0)):
+            tiny_video(raw / cls / f"{cls}_{i}.avi", seed=i)
+            lines.append(f"{cls}_{i}.avi {tag} ")
+        split_dir = raw / "testTrainMulti_7030_splits"
+        split_dir.mkdir(parents=True, exist_ok=True)
+        (split_dir / f"{cls}_test_split1.txt").write_text("\n".join(lines) + "\n")
+    build(raw, tmp_path / "out", dataset="hmdb51")
+    train = records_of(tmp_path / "out", "split1", "train")
+    test = records_of(tmp_path / "out", "split1", "test")
+    assert sorted(r["video_id"] for r in train) == [
+        "brush_hair_0",
+        "brush_hair_1",
+        "cartwheel_0",
+        "cartwheel_1",
+    ]
+    assert sorted((r["video_id"], r["label"]) for r in test) == [("brush_hair_2", 0), ("cartwheel_2", 1)]
+    assert all(r["num_frames"] == 5 for r in train + test)
+
+
+def test_folder_layout(tmp_path):
+    raw = tmp_path / "raw"
+    for cls in ("a", "b"):
+        for i in range(2):
+            tiny_video(raw / cls / f"{cls}{i}.avi", seed=i)
+    (raw / "splits").mkdir()
+    (raw / "splits" / "trainlist01.txt").write_text("a/a0.avi\nb/b0.avi\n")
+    (raw / "splits" / "testlist01.txt").write_text("a/a1.avi\nb/b1.avi\n")
+    build(raw, tmp_path / "out", "--no_flow", dataset="folder")
+    test = records_of(tmp_path / "out", "split1", "test")
+    assert sorted((r["video_id"], r["label"], r["num_flow"]) for r in test) == [("a1", 0, 0), ("b1", 1, 0)]
+
+
+@pytest.mark.parametrize("velocity", [(2, 0), (-2, 0), (0, 1)])
+def test_flow_recovers_a_known_motion(tmp_path, velocity):
+    """A texture translating by (vx, vy) px/frame: stored flow, decoded, gives that motion.
+
+    Tolerance: median over the interior within 0.35 px (quantisation step is 0.16 px).
+    """
+    import tensorflow as tf
+
+    vx, vy = velocity
+    rng = np.random.default_rng(0)
+    small = rng.uniform(0, 255, (16, 16, 3)).astype(np.float32)
+    import cv2
+
+    tex = cv2.resize(small, (128, 128), interpolation=cv2.INTER_CUBIC)
+    frames = [np.clip(np.roll(tex, (vy * t, vx * t), axis=(0, 1)), 0, 255).astype(np.uint8) for t in range(5)]
+    synthetic.write_avi(tmp_path / "v.avi", frames)
+    _, flows, _, size = process_video(str(tmp_path / "v.avi"), short_side=128, jpeg_quality=95)
+    assert size == (128, 128) and len(flows) == 4
+    for jpeg in flows:
+        rgb = tf.io.decode_jpeg(jpeg).numpy()  # channels (dx, dy, 128) as the pipeline sees them
+        flow = dequantize_flow(rgb[16:-16, 16:-16, :2])
+        assert abs(np.median(flow[..., 0]) - vx) < 0.35, np.median(flow[..., 0])
+        assert abs(np.median(flow[..., 1]) - vy) < 0.35, np.median(flow[..., 1])
+        assert abs(np.median(rgb[..., 2]) - 128) <= 1
+
+
+def test_bad_videos_are_skipped_and_reported(ucf_raw, tmp_path):
+    raw = tmp_path / "raw"
+    subprocess.run(["cp", "-r", str(ucf_raw), str(raw)], check=True)
+    (raw / "UCF-101" / "MoveLeft" / "v_MoveLeft_g02_c01.avi").write_bytes(b"not a video" * 100)
+    tiny_video(raw / "UCF-101" / "MoveLeft" / "v_MoveLeft_g03_c01.avi", frames=1)
+    proc = build(raw, tmp_path / "out", check=False)
+    assert proc.returncode == 1
+    assert "v_MoveLeft_g02_c01" in proc.stderr and "v_MoveLeft_g03_c01" in proc.stderr
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    reasons = {f["video_id"]: f["reason"] for f in meta["failures"]}
+    assert "unreadable" in reasons["v_MoveLeft_g02_c01"]
+    assert "one frame" in reasons["v_MoveLeft_g03_c01"]
+    ids = {r["video_id"] for s in ("train", "test") for r in records_of(tmp_path / "out", "split1", s)}
+    assert len(ids) == 4 and not ids & set(reasons)
+    assert build(raw, tmp_path / "out", "--allow_failures", check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "breakage,message",
+    [
+        ("rm ucfTrainTestlist/testlist01.txt", "testlist01.txt is missing"),
+        ("rm UCF-101/MoveLeft/v_MoveLeft_g01_c01.avi", "videos named in the split lists are missing"),
+        (
+            "sed -i s/MoveLeft/Jump/ ucfTrainTestlist/classInd.txt",
+            "classes that the class list does not contain",
+        ),
+    ],
+)
+def test_layout_errors_stop_before_any_work(ucf_raw, tmp_path, breakage, message):
+    raw = tmp_path / "raw"
+    subprocess.run(["cp", "-r", str(ucf_raw), str(raw)], check=True)
+    subprocess.run(breakage, shell=True, cwd=raw, check=True)
+    proc = build(raw, tmp_path / "out", check=False)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_interrupted_build_resumes_to_the_same_records(tmp_path):
+    raw = synthetic.generate(
+        tmp_path / "raw", num_classes=2, groups=6, clips_per_group=1, num_frames=12, height=32, width=40
+    )
+    build(raw, tmp_path / "whole")
+    cmd = [sys.executable, "-m", "data_prep.build", "--dataset=ucf101", f"--raw_dir={raw}"]
+    cmd += [f"--out_dir={tmp_path / 'resumed'}", "--workers=1", "--quiet", "--short_side=32"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    work = tmp_path / "resumed" / "work"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(work.glob("*.tfrecord"))) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(work.glob("*.tfrecord")))
+    assert 2 <= done < 12, f"kill should land mid-run, {done} of 12 videos were done"
+    assert not (tmp_path / "resumed" / "metadata.json").exists()
+    build(raw, tmp_path / "resumed")
+    for shard in sorted((tmp_path / "whole").glob("split1/*.tfrecord")):
+        assert (
+            shard.read_bytes() == (tmp_path / "resumed" / shard.relative_to(tmp_path / "whole")).read_bytes()
+        )
