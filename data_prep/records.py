@@ -77,7 +77,9 @@ class VideoRecord:
         lists = tf.train.FeatureLists(
             feature_list={RGB_KEY: frame_list(self.frames), FLOW_KEY: frame_list(self.flows)}
         )
-        return tf.train.SequenceExample(context=context, feature_lists=lists).SerializeToString()
+        # deterministic=True sorts the feature maps, so the same video gives the same bytes in any process.
+        example = tf.train.SequenceExample(context=context, feature_lists=lists)
+        return example.SerializeToString(deterministic=True)
 
 
 CONTEXT_INT_KEYS = ("label", "source_id", "video_index", "num_frames", "num_flow", "height", "width")
