@@ -33,7 +33,7 @@ def main():
     args = p.parse_args()
     cv2.setNumThreads(1)
     rng = np.random.default_rng(0)
-    appearance = (synthetic._texture(rng, 240, 320, 120), synthetic._texture(rng, 240, 320, 90))
+    appearance = (synthetic.texture(rng, 240, 320, 120), synthetic.texture(rng, 240, 320, 90))
     frames = synthetic.render_clip(rng, synthetic.MOTIONS["MoveRight"], appearance, args.frames, 240, 320)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "v.avi"

@@ -21,13 +21,17 @@ def multi_positive_nce(logits, positive_mask):
     return everything - positives
 
 
+def first_column_nce(logits):
+    """-log softmax(logits)[:, 0]: the NCE of a row whose only positive is column 0. (B, M) -> (B,)."""
+    return jax.nn.logsumexp(logits, axis=-1) - logits[:, 0]
+
+
 def info_nce(q, k, negatives, tau):
     """Eq. (1): q, k: (B, D) unit vectors, negatives: (N, D) -> (B,).
 
     -log(e^{q.k/tau} / (e^{q.k/tau} + sum_n e^{q.n/tau})).
     """
-    logits = instance_logits(q, k, negatives, tau)
-    return jax.nn.logsumexp(logits, axis=-1) - logits[:, 0]
+    return first_column_nce(instance_logits(q, k, negatives, tau))
 
 
 def instance_logits(q, k, negatives, tau):
@@ -95,5 +99,4 @@ def local_temporal_loss(z1, z1_aug, others, tau):
     """
     pos = jnp.sum(z1 * z1_aug, axis=-1, keepdims=True)
     neg = jnp.einsum("bd,bsd->bs", z1, others)
-    logits = jnp.concatenate([pos, neg], axis=-1) / tau
-    return jax.nn.logsumexp(logits, axis=-1) - logits[:, 0]
+    return first_column_nce(jnp.concatenate([pos, neg], axis=-1) / tau)

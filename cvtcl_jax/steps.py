@@ -149,7 +149,7 @@ def make_train_step(
                 glob = jnp.mean(losses.multi_positive_nce(logits, mask))
                 terms = {"loss_rf": glob}
             else:
-                glob = jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[:, 0])
+                glob = jnp.mean(losses.first_column_nce(logits))
                 terms = {"loss_infonce": glob}
             terms["inst_top1"] = jnp.mean(losses.instance_top1(logits))
             loss = cfg.alpha * glob

@@ -29,7 +29,7 @@ MOTIONS = {
 }
 
 
-def _texture(rng, height, width, base):
+def texture(rng, height, width, base):
     """Smooth random colour texture around `base` colour: (H, W, 3) float in [0, 255]."""
     small = rng.uniform(-60, 60, (max(2, height // 8), max(2, width // 8), 3))
     tex = cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
@@ -97,8 +97,8 @@ def generate(
     for cls in classes:
         for g in range(1, groups + 1):
             appearance = (
-                _texture(rng, height, width, rng.uniform(40, 215, 3)),
-                _texture(rng, height, width, rng.uniform(40, 215, 3)),
+                texture(rng, height, width, rng.uniform(40, 215, 3)),
+                texture(rng, height, width, rng.uniform(40, 215, 3)),
             )
             for c in range(1, clips_per_group + 1):
                 name = f"v_{cls}_g{g:02d}_c{c:02d}.avi"
