@@ -1,4 +1,4 @@
-"""Times the train steps on whatever devices are present, with synthetic clips (no TensorFlow).
+"""Times the train steps on whatever devices are present, with random uint8 clips (no TensorFlow).
 
     python bench/train_step.py --batch 64                      # paper size, all three steps
     python bench/train_step.py --batch 8 --frames 16 --size 64 --width 0.25 --queue 64   # CPU
@@ -26,6 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cvtcl_jax import optim  # noqa: E402
+from cvtcl_jax.data.clip_spec import ClipSpec  # noqa: E402
+from cvtcl_jax.data.random_batches import random_pretrain_batch  # noqa: E402
 from cvtcl_jax.models import ContrastiveEncoder  # noqa: E402
 from cvtcl_jax.sharding import check_global_batch, make_mesh, shard_batch, state_sharding  # noqa: E402
 from cvtcl_jax.state import FrozenEncoder, create_train_state  # noqa: E402
@@ -33,21 +35,10 @@ from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step  # n
 
 
 def synthetic_batch(rng, args, batch, cotrain):
-    """Random clips with the shapes of a pretraining batch."""
-    t, s, n, seg = args.frames, args.size, args.segments, args.seg_len
-
-    def clips(*shape):
-        return rng.standard_normal(shape, dtype=np.float32)
-
-    out = {
-        "query": clips(batch, t, s, s, 3),
-        "key": clips(batch, t, s, s, 3),
-        "ids": np.arange(batch, dtype=np.int32),
-        "anchor": clips(batch, seg, s, s, 3),
-        "segments": clips(batch, n, seg, s, s, 3),
-    }
-    if cotrain:
-        out["other_key"] = clips(batch, t, s, s, 3)
+    """Random uint8 clips with the input pipeline's shapes (normalised on the device, as in training)."""
+    spec = ClipSpec(args.frames, args.size, args.segments, args.seg_len)
+    out = random_pretrain_batch(rng, batch, spec, cotrain)
+    out.pop("padded")  # a host-side statistic, never sent to the step
     return out
 
 

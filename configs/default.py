@@ -40,8 +40,41 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.queue_size = 2048  # a multiple of the global batch
     cfg.global_batch = 64
 
-    # Clips (SPEC 2, 5): T x H x W and the LTCL segments (S segments of L frames).
-    cfg.data = ml_collections.ConfigDict(dict(num_frames=32, crop_size=128, num_segments=4, segment_len=8))
+    # Data (SPEC 5): a data_prep output directory, clips of T x crop^2, LTCL segments (S of L frames).
+    cfg.data = ml_collections.ConfigDict(
+        dict(
+            dir="",  # the --out_dir of `python -m data_prep.build` (holds metadata.json)
+            split=1,
+            num_frames=32,
+            crop_size=128,
+            num_segments=4,
+            segment_len=8,
+            shuffle_buffer=256,  # records; the files are also shuffled every epoch
+            threads=0,  # tf.data thread pool size; 0 = one per core
+            prefetch=2,  # batches transferred to the devices ahead of the step
+            eval_stride=16,  # dense evaluation clips every eval_stride frames (SPEC 6)
+            eval_crops="center",  # or "ten": five windows and their flips
+            ten_crop_scale=0.875,  # side of the ten-crop windows / short side of the frame
+        )
+    )
+    # Augmentations (SPEC 5), drawn once per clip; see cvtcl_jax/data/augment.py AugmentConfig.
+    cfg.data.aug = ml_collections.ConfigDict(
+        dict(
+            area_range=(0.2, 1.0),
+            aspect_range=(3 / 4, 4 / 3),
+            color_jitter_prob=0.8,
+            brightness=0.4,
+            contrast=0.4,
+            saturation=0.4,
+            hue=0.1,
+            grayscale_prob=0.2,
+            blur_prob=0.5,
+            blur_sigma=(0.1, 2.0),
+            blur_kernel_size=13,
+            flip_prob=0.5,
+            flow_color=False,  # flow gets crop and flip only
+        )
+    )
 
     # Adam with L2 weight decay added to the gradient; lr x decay_factor at each decay epoch.
     cfg.optim = ml_collections.ConfigDict(dict(lr=1e-3, weight_decay=1e-4, decay_epochs=(), decay_factor=0.1))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import collections
+import itertools
+from collections.abc import Iterator, Mapping
 
 import jax
 import numpy as np
@@ -58,3 +60,27 @@ def shard_batch(mesh: Mesh, local_batch: Mapping[str, np.ndarray]) -> dict[str, 
     return {
         k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()
     }
+
+
+def prefetch_to_mesh(
+    batches: Iterator[Mapping[str, np.ndarray]], mesh: Mesh, size: int = 2, host_keys: tuple[str, ...] = ()
+) -> Iterator[dict]:
+    """Host batches -> global arrays, `size` batches ahead, so transfers overlap the step.
+
+    Keys in `host_keys` (per-sample statistics such as `padded`) stay NumPy and are not sent.
+    """
+    batches = iter(batches)
+    queue: collections.deque = collections.deque()
+
+    def put(batch):
+        on_device = shard_batch(mesh, {k: v for k, v in batch.items() if k not in host_keys})
+        on_device.update({k: np.asarray(batch[k]) for k in host_keys if k in batch})
+        queue.append(on_device)
+
+    for batch in itertools.islice(batches, size):
+        put(batch)
+    while queue:
+        out = queue.popleft()
+        for batch in itertools.islice(batches, 1):
+            put(batch)
+        yield out

@@ -156,13 +156,16 @@ def assemble(layout: Layout, args, out_dir: Path, failures: dict[str, str]) -> d
         for subset, ids in subsets.items():
             ready = [i for i in ids if i not in failures]
             n_shards = max(1, -(-len(ready) // args.videos_per_shard))
-            shards = []
+            shards, sizes = [], []
             for s in range(n_shards):
                 name = f"{subset}-{s:05d}-of-{n_shards:05d}.tfrecord"
                 chunk = ready[s * args.videos_per_shard : (s + 1) * args.videos_per_shard]
                 _write_tfrecord(staging / name, (_read_work(_work_path(out_dir, by_id[i])) for i in chunk))
                 shards.append(f"{split}/{name}")
-            summary[split][subset] = {"num_videos": len(ready), "shards": shards}
+                sizes.append(len(chunk))
+            # Per-shard counts let the input pipeline place a resumed run inside an epoch without
+            # reading the shards.
+            summary[split][subset] = {"num_videos": len(ready), "shards": shards, "shard_sizes": sizes}
         final = out_dir / split
         if final.exists():
             shutil.rmtree(final)

@@ -32,3 +32,14 @@ def test_config_builds_model_and_objective():
     assert str(ContrastiveEncoder.from_config(cfg.model).dtype) == "bfloat16"
     with pytest.raises(ValueError, match="unknown model config keys"):
         ContrastiveEncoder.from_config({**cfg.model, "with_gating": True})
+
+
+def test_augmentation_defaults_are_spec_5():
+    from cvtcl_jax.data.augment import AugmentConfig
+
+    aug = AugmentConfig(**get_config().data.aug)
+    assert aug.area_range == (0.2, 1.0) and aug.aspect_range == (0.75, 4 / 3)
+    assert (aug.color_jitter_prob, aug.grayscale_prob, aug.blur_prob, aug.flip_prob) == (0.8, 0.2, 0.5, 0.5)
+    assert (aug.brightness, aug.contrast, aug.saturation, aug.hue) == (0.4, 0.4, 0.4, 0.1)
+    assert aug.blur_sigma == (0.1, 2.0) and not aug.flow_color
+    assert aug == AugmentConfig()  # the dataclass defaults and the config agree

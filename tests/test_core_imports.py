@@ -4,6 +4,8 @@ import subprocess
 import sys
 
 CORE = ["models", "losses", "queue", "state", "steps", "sharding", "optim"]
+# TF-free parts of the data package: benchmarks feed random batches of the pipeline's shapes.
+CORE += ["data.clip_spec", "data.random_batches", "data.dataset_info"]
 
 
 def test_core_imports_without_tensorflow_clu_or_ml_collections():

@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cvtcl_jax.models.preprocess import normalize_frames
 from cvtcl_jax.models.s3d import S3D
 
 
@@ -37,6 +38,9 @@ class ProjectionHead(nn.Module):
 
 class ContrastiveEncoder(nn.Module):
     """f + g: clips (B, T, H, W, 3) -> (features (B, F), embeddings (B, out_dim) unit vectors).
+
+    uint8 clips (the input pipeline's output) are normalised here (`normalize_frames`); float
+    clips are taken as normalised already.
 
     Variables are `{'params': {'backbone', 'head'}, 'batch_stats': {'backbone'}}`, so the backbone
     part alone is what `S3D` takes (export, evaluation, torchvision conversion).
@@ -73,5 +77,5 @@ class ContrastiveEncoder(nn.Module):
         self.head = ProjectionHead(self.head_hidden_dim, self.embed_dim, self.param_dtype)
 
     def __call__(self, x, train: bool = False):
-        feats = self.backbone(x, train=train)
+        feats = self.backbone(normalize_frames(x), train=train)
         return feats, self.head(feats)

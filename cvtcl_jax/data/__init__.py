@@ -1,0 +1,11 @@
+"""Input data: the tf.data pipeline (the only TensorFlow user besides data_prep) and TF-free helpers.
+
+  dataset_info   metadata.json of a prepared dataset, per-host shard assignment   (no TensorFlow)
+  clip_spec      ClipSpec: clip and LTCL segment geometry                         (no TensorFlow)
+  random_batches random uint8 batches of the pipeline's shapes, for benchmarks    (no TensorFlow)
+  sampling       frame indices (clips, segments, dense evaluation clips)
+  augment        per-clip augmentations, flow-aware flips
+  pipeline       pretrain_dataset / eval_dataset
+
+Nothing is imported here, so the TF-free modules stay importable on hosts without TensorFlow.
+"""

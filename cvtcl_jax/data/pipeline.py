@@ -1,0 +1,278 @@
+"""tf.data pipelines from data_prep's TFRecords to host-local NumPy batches.
+
+Pretraining (`pretrain_dataset`): an endless, shuffled stream of samples, each with
+
+  query, key   (T, S, S, 3) uint8   two clips at independent random positions (trained view)
+  anchor       (L, S, S, 3) uint8   LTCL segment s_1 (for f_q)                    [LTCL on]
+  segments     (S_n, L, S, S, 3)    [s_1 again, s_2, ..., s_n] each with its own augmentation [LTCL on]
+  other_key    (T, S, S, 3) uint8   the key clip in the other view: same frames, crop and flip [co-training]
+  ids          ()  int32            source id (queue entries of the same source are positives)
+  padded       ()  bool             the video was shorter than a clip and was looped
+
+batched to the host's share of the global batch. Evaluation (`eval_dataset`): every clip of
+every video at a fixed stride, centre or ten crops, in file order, one row per (clip, crop):
+
+  <view>       (T, S, S, 3) uint8   for each requested view ('rgb', 'flow')
+  video_index, label, clip_start, crop  () int32
+  mask         ()  bool             False on the rows that pad the last batch
+
+Determinism: every random choice is a stateless function of (seed, host, sample number), and the
+stream is a fixed sequence of epochs (files permuted and records shuffled with per-epoch seeds),
+so a run restarted with `start_step` continues with exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from cvtcl_jax.data import augment, sampling
+from cvtcl_jax.data.clip_spec import ClipSpec
+from cvtcl_jax.data.dataset_info import DatasetError, DatasetInfo, host_shards
+from data_prep.records import FLOW_KEY, RGB_KEY
+
+_FEATURE_KEY = {"rgb": RGB_KEY, "flow": FLOW_KEY}
+_CONTEXT = {
+    "label": tf.int64,
+    "source_id": tf.int64,
+    "video_index": tf.int64,
+    "num_frames": tf.int64,
+    "num_flow": tf.int64,
+    "height": tf.int64,
+    "width": tf.int64,
+}
+
+
+def _parse(raw, views):
+    context_spec = {k: tf.io.FixedLenFeature([], dt) for k, dt in _CONTEXT.items()}
+    sequence_spec = {_FEATURE_KEY[v]: tf.io.FixedLenSequenceFeature([], tf.string) for v in views}
+    context, sequence = tf.io.parse_single_sequence_example(raw, context_spec, sequence_spec)
+    context = {k: tf.cast(v, tf.int32) for k, v in context.items()}
+    # With flow, frame i's flow (between frames i and i + 1) must exist: n - 1 usable positions.
+    n = context["num_flow"] if "flow" in views else context["num_frames"]
+    frames = {v: sequence[_FEATURE_KEY[v]] for v in views}
+    return context, frames, n
+
+
+def _options(threads: int | None) -> tf.data.Options:
+    """Deterministic order; `threads` caps the pipeline's thread pool (None: one per core)."""
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.max_intra_op_parallelism = 1
+    if threads:
+        options.threading.private_threadpool_size = threads
+    return options
+
+
+def _check_views(info: DatasetInfo, views) -> None:
+    info.check_views(views)
+    if len(set(views)) != len(views):
+        raise DatasetError(f"views {views} repeat a view")
+
+
+def _records(files, epoch, seed: int, shuffle_buffer: int, cycle_length: int):
+    """One epoch of raw records: files in a per-epoch random order, interleaved, shuffled."""
+    epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+    order = tf.argsort(tf.random.stateless_uniform([len(files)], epoch_seed))
+    ds = tf.data.Dataset.from_tensor_slices(tf.gather(tf.constant(files), order))
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=cycle_length,
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return ds.shuffle(shuffle_buffer, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
+
+
+def pretrain_sample(raw, sample_seed, views, spec: ClipSpec, aug: AugmentConfig):
+    """One raw record -> one pretraining sample (see the module docstring). views[0] is trained."""
+    context, frames, n = _parse(raw, views)
+    train, other = views[0], (views[1] if len(views) > 1 else None)
+    h, w = context["height"], context["width"]
+    s = tf.random.experimental.stateless_split(sample_seed, num=8)
+    t, size = spec.num_frames, spec.crop_size
+    tf.debugging.assert_positive(n, message="a video without frames (or without flow) reached the pipeline")
+
+    def clip(view, indices, params):
+        jpegs = tf.gather(frames[view], indices)
+        return augment.augment_clip(jpegs, params, aug, size, is_flow=view == "flow")
+
+    q_params = augment.draw_params(s[0], h, w, aug)
+    k_params = augment.draw_params(s[1], h, w, aug)
+    k_idx = sampling.clip_indices(n, t, s[3])
+    out = {
+        "query": clip(train, sampling.clip_indices(n, t, s[2]), q_params),
+        "key": clip(train, k_idx, k_params),
+        "ids": context["source_id"],
+        "padded": n < spec.frames_needed,
+    }
+    if other is not None:
+        out["other_key"] = clip(other, k_idx, k_params)
+    if spec.num_segments:
+        seg = sampling.segment_indices(n, spec.num_segments, spec.segment_len, s[4])
+        out["anchor"] = clip(train, seg[0], augment.draw_params(s[5], h, w, aug))
+        seg_seeds = tf.random.experimental.stateless_split(s[6], num=spec.num_segments)
+        out["segments"] = tf.stack(
+            [
+                clip(train, seg[i], augment.draw_params(seg_seeds[i], h, w, aug))
+                for i in range(spec.num_segments)
+            ]
+        )
+    return out
+
+
+AugmentConfig = augment.AugmentConfig
+
+
+def pretrain_dataset(
+    info: DatasetInfo,
+    *,
+    split: int,
+    subset: str,
+    views: tuple[str, ...],
+    local_batch: int,
+    spec: ClipSpec,
+    aug: AugmentConfig,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle_buffer: int = 256,
+    cycle_length: int = 8,
+    threads: int | None = None,
+) -> tf.data.Dataset:
+    """Endless batches of pretraining samples for this host (see the module docstring).
+
+    views: ('rgb',), ('flow',) for initialization; (trained, other) for co-training.
+    start_step: batches already consumed (resume); the stream continues exactly where it was.
+    """
+    _check_views(info, views)
+    if aug.blur_prob > 0 and spec.crop_size <= aug.blur_kernel_size // 2:
+        raise ValueError(
+            f"blur_kernel_size {aug.blur_kernel_size} is too large for crop_size {spec.crop_size}; "
+            "use a kernel below twice the crop size"
+        )
+    if not 1 <= len(views) <= 2:
+        raise DatasetError(f"pretraining takes one view or two (trained, other); got {views}")
+    files, count = host_shards(info.subset(split, subset), process_index, process_count)
+    if count is None:  # metadata written before shard sizes were recorded: count once.
+        count = sum(1 for _ in tf.data.TFRecordDataset(files))
+    if count == 0:
+        raise DatasetError(f"split {split} {subset} has no videos on host {process_index}")
+    host_seed = seed * 65_537 + process_index
+    first = start_step * local_batch
+    epoch0 = first // count
+    epochs = tf.data.Dataset.counter(start=epoch0)
+    ds = epochs.flat_map(
+        lambda e: _records(files, e, host_seed, shuffle_buffer, min(cycle_length, len(files)))
+    )
+    # Sample numbers are global over epochs, so sample k gets the same randomness on a resume.
+    ds = ds.enumerate(start=epoch0 * count).skip(first - epoch0 * count)
+    ds = ds.map(
+        lambda i, raw: pretrain_sample(
+            raw, tf.stack([tf.constant(host_seed, tf.int64), i]), views, spec, aug
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.batch(local_batch, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(threads))
+
+
+def _eval_rows(raw, views, spec: ClipSpec, stride: int, crops: str, ten_crop_scale: float):
+    """One raw record -> a dataset of rows, one per (dense clip, crop)."""
+    context, frames, n = _parse(raw, views)
+    h, w = context["height"], context["width"]
+    starts = sampling.dense_clip_starts(n, spec.num_frames, stride)
+    windows = augment.eval_windows(h, w, crops, ten_crop_scale)
+    n_win = 1 if crops == "center" else 5
+
+    def clip_rows(start):
+        """(R, ...) rows of one clip: R = 1 (centre) or 10 (five windows and their flips)."""
+        idx = sampling.window_indices(start, spec.num_frames, n)
+        row = {}
+        for view in views:
+            is_flow = view == "flow"
+            jpegs = tf.gather(frames[view], idx)
+            if n_win == 1:
+                x = augment.resize(augment.decode_window(jpegs, windows[0]), spec.crop_size)[None]
+            else:
+                full = tf.map_fn(
+                    lambda b: tf.io.decode_jpeg(b, channels=3),
+                    jpegs,
+                    fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+                )
+                x = tf.stack(
+                    [
+                        augment.resize(
+                            full[
+                                :,
+                                windows[j, 0] : windows[j, 0] + windows[j, 2],
+                                windows[j, 1] : windows[j, 1] + windows[j, 3],
+                            ],
+                            spec.crop_size,
+                        )
+                        for j in range(n_win)
+                    ]
+                )
+                x = tf.concat([x, augment.flip(x, is_flow)], axis=0)
+            row[view] = augment.to_uint8(x, spec.crop_size)
+        num_rows = augment.EVAL_CROPS[crops]
+        row["crop"] = tf.range(num_rows, dtype=tf.int32)
+        for key, value in (
+            ("video_index", context["video_index"]),
+            ("label", context["label"]),
+            ("clip_start", start),
+        ):
+            row[key] = tf.fill([num_rows], value)
+        return row
+
+    clips = tf.data.Dataset.from_tensor_slices(starts)
+    return clips.map(clip_rows, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+
+
+def _pad_batch(batch, local_batch: int):
+    n = tf.shape(batch["video_index"])[0]
+    out = {}
+    for key, value in batch.items():
+        pad = [[0, local_batch - n]] + [[0, 0]] * (len(value.shape) - 1)
+        out[key] = tf.pad(value, pad)
+    out["mask"] = tf.range(local_batch) < n
+    return out
+
+
+def eval_dataset(
+    info: DatasetInfo,
+    *,
+    split: int,
+    subset: str,
+    views: tuple[str, ...],
+    local_batch: int,
+    spec: ClipSpec,
+    stride: int = 16,
+    crops: str = "center",
+    ten_crop_scale: float = 0.875,
+    process_index: int = 0,
+    process_count: int = 1,
+    threads: int | None = None,
+) -> tf.data.Dataset:
+    """One pass over this host's videos: dense clips, no random augmentation, last batch padded.
+
+    Rows of a few videos are interleaved (decoded in parallel); average over the rows with the
+    same video_index and mask True.
+    Hosts may end after different numbers of batches: the evaluation loop pads the short ones.
+    """
+    _check_views(info, views)
+    augment.check_eval_crops(crops, ten_crop_scale)
+    if stride < 1:
+        raise ValueError(f"eval stride must be >= 1; got {stride}")
+    files, _ = host_shards(info.subset(split, subset), process_index, process_count)
+    ds = tf.data.TFRecordDataset(files)
+    ds = ds.interleave(
+        lambda raw: _eval_rows(raw, views, spec, stride, crops, ten_crop_scale),
+        cycle_length=4,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.batch(local_batch, drop_remainder=False).map(lambda b: _pad_batch(b, local_batch))
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(threads))

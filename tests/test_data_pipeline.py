@@ -1,0 +1,344 @@
+"""The tf.data input pipeline on small pattern datasets whose pixels encode frame and video numbers."""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cvtcl_jax.data import augment, pipeline, sampling
+from cvtcl_jax.data.augment import AugmentConfig
+from cvtcl_jax.data.clip_spec import ClipSpec
+from cvtcl_jax.data.dataset_info import DatasetError, host_shards, load_dataset_info
+from cvtcl_jax.data.random_batches import random_pretrain_batch
+from cvtcl_jax.models import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
+from cvtcl_jax.sharding import batch_sharding, make_mesh, prefetch_to_mesh
+from tests.pattern_records import frame_number, write_pattern_dataset
+
+# Video lengths (frames). Flow has n - 1 frames, so with flow videos 1 and 5 (10, 14 frames) are
+# shorter than the 16 a sample needs and get looped.
+LENGTHS = [40, 10, 30, 50, 35, 14, 44, 56, 25, 33, 41, 48]
+SPEC = ClipSpec(num_frames=16, crop_size=16, num_segments=4, segment_len=4)
+NO_COLOR = AugmentConfig(color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)
+
+
+@pytest.fixture(scope="module")
+def info(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pattern")
+    write_pattern_dataset(root, LENGTHS)
+    return load_dataset_info(root)
+
+
+def _train_videos():
+    return [v for v in range(len(LENGTHS)) if v % 3 != 2]
+
+
+def _video_number(clip):
+    """(..., T, H, W, 3) -> (...) video number from channel 2 (30 + 10 v)."""
+    return np.rint((clip[..., 2].astype(np.float64).mean(axis=(-3, -2, -1)) - 30) / 10).astype(int)
+
+
+def _batches(ds, n):
+    return list(itertools.islice(ds.as_numpy_iterator(), n))
+
+
+def _pretrain(info, views=("rgb",), aug=NO_COLOR, seed=0, local_batch=4, **kw):
+    return pipeline.pretrain_dataset(
+        info,
+        split=1,
+        subset="train",
+        views=views,
+        local_batch=local_batch,
+        spec=SPEC,
+        aug=aug,
+        seed=seed,
+        **kw,
+    )
+
+
+# ---------------------------------------------------------------- frame indices (pure functions)
+
+
+def test_clip_indices_are_consecutive_and_inside_the_video():
+    starts = set()
+    for i in range(200):
+        idx = sampling.clip_indices(40, 16, tf.constant([3, i])).numpy()
+        assert idx.shape == (16,)
+        np.testing.assert_array_equal(np.diff(idx), 1)
+        assert 0 <= idx[0] and idx[-1] <= 39
+        starts.add(int(idx[0]))
+    assert starts == set(range(25))  # every start 0..n-T is reachable
+
+
+def test_short_video_is_looped():
+    idx = sampling.clip_indices(5, 12, tf.constant([0, 0])).numpy()
+    np.testing.assert_array_equal(idx, np.arange(12) % 5)
+
+
+def test_segments_tile_one_window_without_overlap():
+    for i in range(50):
+        seg = sampling.segment_indices(50, 4, 8, tf.constant([1, i])).numpy()
+        assert seg.shape == (4, 8)
+        flat = seg.reshape(-1)
+        np.testing.assert_array_equal(np.diff(flat), 1)  # consecutive, so non-overlapping and in order
+        assert len(set(flat)) == 32 and flat[0] >= 0 and flat[-1] <= 49
+
+
+@pytest.mark.parametrize("n", [16, 17, 40, 47, 48, 5])
+def test_dense_clips_cover_the_whole_video(n):
+    starts = sampling.dense_clip_starts(n, 16, 16).numpy()
+    covered = {(s + j) % n for s in starts for j in range(16)}
+    assert covered == set(range(n))
+    assert starts[0] == 0 and (n < 16 or starts[-1] == n - 16)
+    assert np.all(np.diff(starts) > 0) and np.all(np.diff(starts)[:-1] == 16)
+
+
+# ---------------------------------------------------------------- augmentations
+
+
+def test_flow_flip_negates_dx_and_rgb_flip_only_mirrors():
+    u8 = np.zeros((2, 3, 4, 3), np.uint8)
+    u8[..., 0] = np.array([128, 140, 100, 255], np.uint8)  # dx: 0, +, -, max
+    u8[..., 1] = 77
+    x = tf.constant(u8, tf.float32) / 255.0
+    flow = np.rint(augment.flip(x, is_flow=True).numpy() * 255).astype(int)
+    rgb = np.rint(augment.flip(x, is_flow=False).numpy() * 255).astype(int)
+    np.testing.assert_array_equal(flow[..., 0], 255 - u8[..., ::-1, 0].astype(int))
+    np.testing.assert_array_equal(rgb[..., 0], u8[..., ::-1, 0])
+    np.testing.assert_array_equal(flow[..., 1], 77)
+
+
+def test_augment_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="flip_prob"):
+        AugmentConfig(flip_prob=1.5)
+    with pytest.raises(ValueError, match="blur_kernel_size"):
+        AugmentConfig(blur_kernel_size=12)
+    with pytest.raises(ValueError, match="area_range"):
+        AugmentConfig(area_range=(0.5, 0.2))
+
+
+def test_crop_parameters_follow_the_configured_ranges():
+    cfg = AugmentConfig()
+    areas, aspects, flips = [], [], []
+    for i in range(300):
+        p = augment.draw_params(tf.constant([5, i], tf.int64), 96, 128, cfg)
+        y, x, h, w = p["crop"].numpy()
+        assert 0 <= y and y + h <= 96 and 0 <= x and x + w <= 128
+        areas.append(h * w / (96 * 128))
+        aspects.append(w / h)
+        flips.append(bool(p["flip"]))
+    assert 0.18 <= min(areas) and max(areas) <= 1.0 and np.mean(areas) > 0.45
+    assert 0.7 <= min(aspects) and max(aspects) <= 1.45
+    assert 0.4 < np.mean(flips) < 0.6
+
+
+def test_colour_jitter_changes_rgb_but_flow_keeps_its_values():
+    frames = [tf.io.encode_jpeg(np.full((24, 32, 3), v, np.uint8), quality=100) for v in (60, 120, 180)]
+    jpegs = tf.stack(frames)
+    cfg = AugmentConfig(color_jitter_prob=1.0, blur_prob=0.0, grayscale_prob=0.0, flip_prob=0.0)
+    params = augment.draw_params(tf.constant([0, 1], tf.int64), 24, 32, cfg)
+    rgb = augment.augment_clip(jpegs, params, cfg, 16, is_flow=False).numpy()
+    flow = augment.augment_clip(jpegs, params, cfg, 16, is_flow=True).numpy()
+    np.testing.assert_allclose(flow[:, ..., 0].mean(axis=(1, 2)), [60, 120, 180], atol=2)
+    assert np.abs(rgb.astype(int) - flow.astype(int)).max() > 5
+
+
+# ---------------------------------------------------------------- pretraining samples
+
+
+def test_pretrain_batches_have_the_step_shapes_and_right_frames(info):
+    (b,) = _batches(_pretrain(info, views=("rgb", "flow"), local_batch=8), 1)
+    t, s, n_seg, seg_len = SPEC.num_frames, SPEC.crop_size, SPEC.num_segments, SPEC.segment_len
+    assert b["query"].shape == b["key"].shape == b["other_key"].shape == (8, t, s, s, 3)
+    assert b["anchor"].shape == (8, seg_len, s, s, 3) and b["segments"].shape == (8, n_seg, seg_len, s, s, 3)
+    assert b["query"].dtype == np.uint8 and b["ids"].dtype == np.int32 and b["padded"].dtype == bool
+    # Same keys/dtypes/shapes as the TF-free random batches that benchmarks feed to the step.
+    fake = random_pretrain_batch(np.random.default_rng(0), 8, SPEC, cotrain=True)
+    assert {k: (v.shape, v.dtype) for k, v in fake.items()} == {k: (v.shape, v.dtype) for k, v in b.items()}
+
+    videos = _video_number(b["query"])
+    assert set(videos) <= set(_train_videos())
+    np.testing.assert_array_equal(b["ids"], videos // 2)  # source id of the video
+    for i, v in enumerate(videos):
+        n = LENGTHS[v] - 1  # flow present: n - 1 usable positions
+        for clip in (b["query"][i], b["key"][i], b["other_key"][i]):
+            assert _video_number(clip[None])[0] == v
+            np.testing.assert_array_equal(frame_number(clip), (frame_number(clip)[0] + np.arange(t)) % n)
+        window = frame_number(b["segments"][i]).reshape(-1)
+        np.testing.assert_array_equal(window, (window[0] + np.arange(n_seg * seg_len)) % n)
+        np.testing.assert_array_equal(frame_number(b["anchor"][i]), window[:seg_len])
+        assert b["padded"][i] == (n < SPEC.frames_needed)
+        if not b["padded"][i]:
+            assert window.max() < n and frame_number(b["query"][i]).max() < n
+
+
+def test_cotraining_rgb_and_flow_share_frames_crop_and_flip(info):
+    flips = []
+    for b in _batches(_pretrain(info, views=("rgb", "flow"), local_batch=8), 3):
+        rgb, flow = b["key"].astype(int), b["other_key"].astype(int)
+        np.testing.assert_allclose(rgb[..., 1:], flow[..., 1:], atol=3)  # same frames, same crop
+        ramp = np.diff(rgb[..., 0].mean(axis=(1, 2)), axis=-1).mean(axis=-1)  # x-ramp slope per sample
+        for i, slope in enumerate(ramp):
+            flipped = slope < 0
+            flips.append(flipped)
+            expect = 255 - flow[i, ..., 0] if flipped else flow[i, ..., 0]
+            np.testing.assert_allclose(rgb[i, ..., 0], expect, atol=3)
+    assert any(flips) and not all(flips)
+
+
+def test_padded_videos_are_counted(info):
+    seen, padded = {}, {}
+    for b in _batches(_pretrain(info, views=("rgb", "flow"), local_batch=4), 6):
+        for v, p in zip(_video_number(b["query"]), b["padded"], strict=True):
+            seen[v] = True
+            padded[v] = bool(p)
+    assert padded == {v: LENGTHS[v] - 1 < SPEC.frames_needed for v in seen}
+    assert any(padded.values())  # videos 1 and 5 are short
+
+
+def test_rgb_only_samples_use_every_frame(info):
+    (b,) = _batches(_pretrain(info, views=("rgb",), local_batch=8), 1)
+    assert "other_key" not in b
+    for clip, v in zip(b["query"], _video_number(b["query"]), strict=True):
+        assert frame_number(clip).max() < LENGTHS[v]
+
+
+def test_same_seed_same_batches_and_resume_continues_the_stream(info):
+    aug = AugmentConfig()  # colour augmentations on: they must be seeded too
+    first = _batches(_pretrain(info, views=("rgb", "flow"), aug=aug, seed=3), 5)
+    again = _batches(_pretrain(info, views=("rgb", "flow"), aug=aug, seed=3), 5)
+    other = _batches(_pretrain(info, views=("rgb", "flow"), aug=aug, seed=4), 1)
+    resumed = _batches(_pretrain(info, views=("rgb", "flow"), aug=aug, seed=3, start_step=3), 2)
+    for a, b in zip(first, again, strict=True):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    assert not np.array_equal(first[0]["query"], other[0]["query"])
+    for a, b in zip(first[3:], resumed, strict=True):  # batches 3, 4 cross the 8-video epoch boundary
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_every_video_once_per_epoch(info):
+    train = _train_videos()
+    (b,) = _batches(_pretrain(info, local_batch=len(train)), 1)
+    assert sorted(_video_number(b["query"])) == train
+
+
+def test_hosts_read_disjoint_shards(info):
+    subset = info.subset(1, "train")
+    parts = [host_shards(subset, i, 2)[0] for i in range(2)]
+    assert not set(parts[0]) & set(parts[1]) and sorted(parts[0] + parts[1]) == sorted(subset.shards)
+    videos = []
+    for i in range(2):
+        ds = _pretrain(info, local_batch=2, process_index=i, process_count=2)
+        videos.append({int(v) for b in _batches(ds, 6) for v in _video_number(b["query"])})
+    assert not videos[0] & videos[1] and videos[0] | videos[1] == set(_train_videos())
+    with pytest.raises(DatasetError, match="smaller --videos_per_shard"):
+        host_shards(subset, 0, len(subset.shards) + 1)
+
+
+def test_bad_requests_name_the_problem(info, tmp_path):
+    with pytest.raises(DatasetError, match="metadata.json does not exist"):
+        load_dataset_info(tmp_path / "nowhere")
+    with pytest.raises(DatasetError, match="no split 2"):
+        info.subset(2, "train")
+    rgb_only = load_dataset_info(info.root)
+    object.__setattr__(rgb_only, "views", ("rgb",))
+    with pytest.raises(DatasetError, match="without --no_flow"):
+        _pretrain(rgb_only, views=("rgb", "flow"))
+
+
+# ---------------------------------------------------------------- evaluation samples
+
+
+def _eval_rows(info, crops="center", views=("rgb",), local_batch=8):
+    ds = pipeline.eval_dataset(
+        info, split=1, subset="test", views=views, local_batch=local_batch, spec=SPEC, stride=8, crops=crops
+    )
+    batches = list(ds.as_numpy_iterator())
+    assert all(b["mask"].shape == (local_batch,) for b in batches)
+    assert not batches[-1]["mask"].all() or sum(b["mask"].sum() for b in batches) % local_batch == 0
+    return {k: np.concatenate([b[k][b["mask"]] for b in batches]) for k in batches[0]}, batches
+
+
+def test_dense_eval_clips_cover_each_test_video_once(info):
+    rows, batches = _eval_rows(info, views=("rgb", "flow"))
+    test_videos = [v for v in range(len(LENGTHS)) if v % 3 == 2]
+    assert sorted(set(rows["video_index"])) == test_videos
+    for v in test_videos:
+        mine = rows["video_index"] == v
+        starts = sorted(rows["clip_start"][mine])
+        n = LENGTHS[v] - 1
+        np.testing.assert_array_equal(starts, sampling.dense_clip_starts(n, SPEC.num_frames, 8).numpy())
+        frames = frame_number(rows["rgb"][mine])
+        assert set(frames.reshape(-1)) == set(range(n))  # every usable frame, no frame from elsewhere
+        assert set(_video_number(rows["rgb"][mine])) == {v}
+        assert set(rows["label"][mine]) == {v % 3}
+    np.testing.assert_allclose(rows["rgb"][..., 1:].astype(int), rows["flow"][..., 1:].astype(int), atol=3)
+    # The padded rows of the last batch are masked out; padding never invents a video.
+    assert batches[-1]["mask"].sum() == len(rows["video_index"]) - 8 * (len(batches) - 1)
+
+
+def test_ten_crops_are_five_windows_and_their_flips(info):
+    rows, _ = _eval_rows(info, crops="ten", views=("flow",), local_batch=16)
+    centre, _ = _eval_rows(info, crops="center", views=("flow",))
+    assert len(rows["crop"]) == 10 * len(centre["crop"])
+    key = rows["video_index"] * 1000 + rows["clip_start"]
+    for k in np.unique(key):
+        clip = rows["flow"][key == k][np.argsort(rows["crop"][key == k])].astype(int)
+        for j in range(5):
+            # 1 level of rounding: the flip is done in float before the uint8 conversion.
+            np.testing.assert_allclose(clip[5 + j, ..., 0], 255 - clip[j, ..., ::-1, 0], atol=1)
+        xs = [c[..., 0].mean() for c in clip[:5]]  # left corners have the lower x-ramp values
+        assert xs[1] < xs[0] < xs[2]
+
+
+def test_eval_rejects_unknown_crops(info):
+    with pytest.raises(ValueError, match="eval crops"):
+        pipeline.eval_dataset(
+            info, split=1, subset="test", views=("rgb",), local_batch=4, spec=SPEC, crops="five"
+        )
+
+
+# ---------------------------------------------------------------- to the devices
+
+
+def test_prefetch_to_mesh_makes_sharded_global_arrays_in_order():
+    mesh = make_mesh()
+    rng = np.random.default_rng(0)
+    host = [random_pretrain_batch(rng, 8, SPEC, cotrain=False) for _ in range(4)]
+    out = list(prefetch_to_mesh(iter(host), mesh, size=2, host_keys=("padded",)))
+    assert len(out) == 4
+    for h, d in zip(host, out, strict=True):
+        assert isinstance(d["padded"], np.ndarray)
+        assert d["query"].sharding == batch_sharding(mesh) and len(d["query"].addressable_shards) == 8
+        np.testing.assert_array_equal(np.asarray(d["query"]), h["query"])
+
+
+def test_uint8_frames_are_normalised_with_imagenet_statistics():
+    x = np.random.default_rng(1).integers(0, 256, (2, 3, 4, 4, 3), dtype=np.uint8)
+    expect = (x / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(np.asarray(normalize_frames(jax.numpy.asarray(x))), expect, atol=1e-5)
+    f = jax.numpy.ones((2, 3), jax.numpy.float32)
+    assert normalize_frames(f) is f
+
+
+def test_gaussian_blur_matches_a_reflect_padded_convolution():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (2, 9, 11, 3)).astype(np.float32)
+    sigma, size = 1.3, 7
+    taps = np.arange(-3, 4)
+    k = np.exp(-0.5 * (taps / sigma) ** 2)
+    k /= k.sum()
+    pad = np.pad(x, ((0, 0), (3, 3), (3, 3), (0, 0)), mode="reflect")
+    rows = sum(k[i] * pad[:, :, i : i + 11] for i in range(size))
+    expect = sum(k[i] * rows[:, i : i + 9] for i in range(size))
+    got = augment.gaussian_blur(tf.constant(x), tf.constant(sigma), size).numpy()
+    np.testing.assert_allclose(got, expect, atol=1e-5)
+    flat = np.full((1, 9, 11, 3), 0.5, np.float32)  # a flat image stays flat (weights sum to 1)
+    np.testing.assert_allclose(
+        augment.gaussian_blur(tf.constant(flat), tf.constant(2.0), 13).numpy(), 0.5, atol=1e-6
+    )
