@@ -9,6 +9,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
+    cfg.mode = ""  # set by each mode's config file: pretrain, cotrain, schedule, export, demo
     cfg.seed = 0
 
     # S3D + projection head g (SPEC 2, 4). bn_group_size: clips per BN statistics group.
@@ -82,6 +83,33 @@ def get_config() -> ml_collections.ConfigDict:
     # The paper's schedule: 300 init epochs per view; 2 co-training cycles of RGB 100 + flow 100
     # epochs, each run's lr x0.1 at epoch 80.
     cfg.schedule = ml_collections.ConfigDict(
-        dict(init_epochs=300, cotrain_cycles=2, cotrain_epochs=100, cotrain_decay_epochs=(80,))
+        dict(
+            init_epochs=300,
+            cotrain_cycles=2,
+            cotrain_epochs=100,
+            cotrain_decay_epochs=(80,),
+            cotrain_flow_beta=0.0,  # SPEC 3: LTCL on the RGB co-training run only
+        )
+    )
+
+    # One training run (pretrain / cotrain modes; the schedule mode sets view and sources itself).
+    cfg.train = ml_collections.ConfigDict(
+        dict(
+            view="rgb",  # the view trained
+            init_from="",  # cotrain: workdir of this view's previous stage (init or last cycle)
+            other_from="",  # cotrain: workdir of the other view's stage (its key encoder is frozen)
+            log_every_steps=50,
+            checkpoint_every_steps=500,
+            keep_checkpoints=3,
+            retrieval_every_epochs=10,  # R@k on a held-out subset (paper Fig. 3); 0 = off
+            retrieval_max_videos=512,  # videos per subset for that check (0 = all)
+        )
+    )
+    # Export of a trained backbone (export mode, and the end of the schedule).
+    cfg.export = ml_collections.ConfigDict(
+        dict(
+            source="",  # a stage's workdir; its latest checkpoint is exported
+            encoder="encoder",  # "encoder" (query f_q, used downstream) or "ema_encoder" (key f_k)
+        )
     )
     return cfg

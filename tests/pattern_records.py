@@ -34,7 +34,9 @@ def frame_number(clip: np.ndarray) -> np.ndarray:
     return np.rint((clip[..., 1].astype(np.float64).mean(axis=(-2, -1)) - 20) / 4).astype(int)
 
 
-def write_pattern_dataset(root: Path, num_frames: list[int], videos_per_shard: int = 2, test_every: int = 3):
+def write_pattern_dataset(
+    root: Path, num_frames: list[int], videos_per_shard: int = 2, test_every: int = 3, views=("rgb", "flow")
+):
     """Videos 0..N-1 with the given lengths; every `test_every`-th video goes to split1/test.
 
     Labels are video % 3 and source ids video // 2 (pairs of clips share a source).
@@ -54,7 +56,7 @@ def write_pattern_dataset(root: Path, num_frames: list[int], videos_per_shard: i
             height=HEIGHT,
             width=WIDTH,
             frames=frames,
-            flows=frames[:-1],
+            flows=frames[:-1] if "flow" in views else [],
         )
         subsets["test" if v % test_every == test_every - 1 else "train"].append(record.to_proto_bytes())
     split = {}
@@ -70,7 +72,7 @@ def write_pattern_dataset(root: Path, num_frames: list[int], videos_per_shard: i
         "classes": ["class0", "class1", "class2"],
         "num_classes": 3,
         "splits": {"split1": split},
-        "views": ["rgb", "flow"],
+        "views": list(views),
     }
     (root / "metadata.json").write_text(json.dumps(meta))
     return meta

@@ -81,7 +81,8 @@ def _records(files, epoch, seed: int, shuffle_buffer: int, cycle_length: int):
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    return ds.shuffle(shuffle_buffer, seed=seed * 1_000_003 + epoch, reshuffle_each_iteration=False)
+    shuffle_seed = tf.constant(seed % 2**31, tf.int64) * 1_000_003 + epoch  # stays inside int64
+    return ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
 
 
 def pretrain_sample(raw, sample_seed, views, spec: ClipSpec, aug: AugmentConfig):
@@ -255,12 +256,14 @@ def eval_dataset(
     process_index: int = 0,
     process_count: int = 1,
     threads: int | None = None,
+    max_videos: int | None = None,
 ) -> tf.data.Dataset:
     """One pass over this host's videos: dense clips, no random augmentation, last batch padded.
 
     Rows of a few videos are interleaved (decoded in parallel); average over the rows with the
     same video_index and mask True.
     Hosts may end after different numbers of batches: the evaluation loop pads the short ones.
+    max_videos: only that many videos of this host, the first of each shard in turn (a quick subset).
     """
     _check_views(info, views)
     augment.check_eval_crops(crops, ten_crop_scale)
@@ -268,6 +271,11 @@ def eval_dataset(
         raise ValueError(f"eval stride must be >= 1; got {stride}")
     files, _ = host_shards(info.subset(split, subset), process_index, process_count)
     ds = tf.data.TFRecordDataset(files)
+    if max_videos:  # round-robin over the shards: shards hold sorted videos, this spreads classes
+        ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+            tf.data.TFRecordDataset, cycle_length=len(files), block_length=1, deterministic=True
+        )
+        ds = ds.take(max_videos)
     ds = ds.interleave(
         lambda raw: _eval_rows(raw, views, spec, stride, crops, ten_crop_scale),
         cycle_length=4,

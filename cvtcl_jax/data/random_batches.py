@@ -26,3 +26,13 @@ def random_pretrain_batch(rng: np.random.Generator, batch: int, spec: ClipSpec, 
     if cotrain:
         out["other_key"] = clips(batch, t)
     return out
+
+
+def empty_eval_batch(local_batch: int, spec: ClipSpec, views) -> dict:
+    """An evaluation batch with every row masked out, for hosts that ran out of data first."""
+    t, s = spec.num_frames, spec.crop_size
+    out = {view: np.zeros((local_batch, t, s, s, 3), np.uint8) for view in views}
+    for key in ("video_index", "label", "clip_start", "crop"):
+        out[key] = np.zeros(local_batch, np.int32)
+    out["mask"] = np.zeros(local_batch, bool)
+    return out

@@ -1,7 +1,9 @@
 """Conversion between torchvision's `s3d` state dict and our `S3D` variables (both directions).
 
 Works on NumPy arrays keyed by torchvision's names (`features.0.0.0.weight`, ...), so neither
-direction needs torch at run time. Only the full network (default `S3D()` arguments) maps.
+direction needs torch at run time. torchvision's `s3d` itself is the full network (default
+`S3D()` arguments); the small variants (`num_mixed_4` < 5, any width) convert too, under the same
+names minus the Mixed_4 blocks they lack, so their exports round-trip.
 """
 
 from __future__ import annotations
@@ -36,9 +38,15 @@ _MIXED = (
 )
 
 
-def _conv_bn_units() -> Iterator[tuple[tuple[str, ...], str]]:
+# Blocks that the small variants (num_mixed_4 < 5) leave out.
+_OPTIONAL = ("mixed_4c", "mixed_4d", "mixed_4e", "mixed_4f")
+
+
+def _conv_bn_units(skip: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str]]:
     """Yields (our module path, torchvision prefix) for every conv + BN unit of the network."""
     for top, idx in _TOP.items():
+        if top in skip:
+            continue
         prefix = f"features.{idx}"
         if top == "conv_2b":
             yield (top,), prefix
@@ -76,7 +84,8 @@ def load_torchvision_s3d(arrays: Mapping[str, np.ndarray]) -> dict:
     """
     params: dict = {}
     stats: dict = {}
-    for path, prefix in _conv_bn_units():
+    absent = tuple(t for t in _OPTIONAL if f"features.{_TOP[t]}.branch0.0.weight" not in arrays)
+    for path, prefix in _conv_bn_units(skip=absent):
 
         def take(name, _prefix=prefix):
             key = f"{_prefix}.{name}"
@@ -104,7 +113,7 @@ def to_torchvision_s3d(variables: Mapping) -> dict[str, np.ndarray]:
     """
     params, stats = variables["params"], variables["batch_stats"]
     out: dict[str, np.ndarray] = {}
-    for path, prefix in _conv_bn_units():
+    for path, prefix in _conv_bn_units(skip=tuple(t for t in _OPTIONAL if t not in params)):
         kernel = np.asarray(_get(params, (*path, "conv", "kernel")), np.float32)
         out[f"{prefix}.0.weight"] = np.ascontiguousarray(np.transpose(kernel, (4, 3, 0, 1, 2)))
         out[f"{prefix}.1.weight"] = np.asarray(_get(params, (*path, "bn", "scale")), np.float32)

@@ -1,0 +1,13 @@
+"""Initialization of the flow view: InfoNCE + LTCL for schedule.init_epochs (300) epochs.
+
+python main.py --config=configs/init_flow.py --workdir=runs/init_flow --config.data.dir=data/ucf101
+"""
+
+from configs import default
+
+
+def get_config():
+    cfg = default.get_config()
+    cfg.mode = "pretrain"
+    cfg.train.view = "flow"
+    return cfg

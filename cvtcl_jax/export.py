@@ -1,0 +1,105 @@
+"""Export of a trained backbone for reuse outside this project.
+
+OUT/
+  params/                          Orbax checkpoint of the S3D variables {'params', 'batch_stats'}
+  feature_extractor.jax_export     jax.export of uint8 clips (b, T, H, W, 3) -> (b, 1024) features,
+                                   weights embedded, symbolic batch size, for cpu / cuda / tpu
+  s3d_torchvision.safetensors      torchvision `s3d` `features.*` state dict (float32)
+  manifest.json                    view, input size and format, normalisation, versions, source
+
+Load the feature extractor with
+  exported = jax.export.deserialize(open(OUT / "feature_extractor.jax_export", "rb").read())
+  feats = exported.call(clips_uint8)
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from safetensors.numpy import save_file
+
+from cvtcl_jax.features import backbone_from_config
+from cvtcl_jax.models import IMAGENET_MEAN, IMAGENET_STD, normalize_frames, to_torchvision_s3d
+
+PLATFORMS = ("cpu", "cuda", "tpu")
+EXPORT_FILE = "feature_extractor.jax_export"
+SAFETENSORS_FILE = "s3d_torchvision.safetensors"
+
+
+def export_backbone(
+    variables: Mapping,
+    model_cfg: Mapping,
+    clip: tuple[int, int, int],
+    view: str,
+    out_dir: str | Path,
+    source: Mapping,
+) -> dict:
+    """Writes the four artefacts of the module docstring; returns the manifest.
+
+    variables: the backbone's {'params', 'batch_stats'}; clip: (T, H, W) the input size the
+    feature extractor is exported for; source: where the weights came from (for the manifest).
+    """
+    out = Path(out_dir).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    variables = jax.device_get(dict(variables))
+
+    if (out / "params").exists():
+        shutil.rmtree(out / "params")
+    with ocp.StandardCheckpointer() as ckpt:
+        ckpt.save(out / "params", variables)
+
+    backbone = backbone_from_config(model_cfg)
+
+    def extract(clips):
+        return backbone.apply(variables, normalize_frames(clips), train=False).astype(jnp.float32)
+
+    (batch,) = jax.export.symbolic_shape("b")
+    t, h, w = clip
+    exported = jax.export.export(jax.jit(extract), platforms=PLATFORMS)(
+        jax.ShapeDtypeStruct((batch, t, h, w, 3), jnp.uint8)
+    )
+    (out / EXPORT_FILE).write_bytes(exported.serialize())
+
+    torch_state = {k: np.ascontiguousarray(v) for k, v in to_torchvision_s3d(variables).items()}
+    save_file(torch_state, str(out / SAFETENSORS_FILE))
+
+    dim = int(jax.eval_shape(extract, jax.ShapeDtypeStruct((1, t, h, w, 3), jnp.uint8)).shape[1])
+    full = model_cfg["width_multiplier"] == 1.0 and model_cfg["num_mixed_4"] == 5
+    manifest = {
+        "view": view,
+        "input": {
+            "shape": ["batch", t, h, w, 3],
+            "layout": "NTHWC",
+            "dtype": "uint8",
+            "content": "RGB frames"
+            if view == "rgb"
+            else "TV-L1 flow images (dx, dy, 128) as uint8, 0 px = 128",
+            "normalisation": "inside the extractor: (x / 255 - mean) / std",
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        },
+        "output": {
+            "shape": ["batch", dim],
+            "content": "pooled S3D features (mean over the last map), not normalised",
+        },
+        "model": dict(model_cfg),
+        "torchvision_compatible": full,
+        "files": {"params": "params", "jax_export": EXPORT_FILE, "torchvision_state_dict": SAFETENSORS_FILE},
+        "platforms": list(PLATFORMS),
+        "jax_version": jax.__version__,
+        "flax_version": flax.__version__,
+        "jax_export_serialization_version": exported.calling_convention_version,
+        "source": dict(source),
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest

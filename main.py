@@ -1,0 +1,72 @@
+"""cvtcl-jax: every mode from one command.
+
+    python main.py --config=configs/<mode>.py --workdir=DIR [--config.key=value ...]
+
+The config file selects the mode (see configs/); any value can be overridden on the command line,
+e.g. --config.optim.lr=3e-4. Runs on one or many hosts (jax.distributed where a cluster is set
+up). A bad config stops before any work with a message naming the fix.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "a config file under configs/", lock_config=True)
+flags.DEFINE_string("workdir", None, "directory for checkpoints, TensorBoard events and results")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _init_distributed() -> None:
+    import jax
+
+    try:  # a cluster (SLURM, TPU pod, JAX_COORDINATOR_ADDRESS ...) is detected automatically
+        jax.distributed.initialize()
+    except (ValueError, RuntimeError) as e:  # single host: nothing to join
+        logging.info("single-process run (jax.distributed.initialize: %s)", e)
+
+
+def _quiet_orbax(record) -> bool:
+    """Orbax logs every checkpoint I/O step at INFO; keep its warnings and errors only."""
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    logging.get_absl_handler().addFilter(_quiet_orbax)
+    # The pipeline (TensorFlow) must not take the accelerators from JAX.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+
+    import jax
+
+    from cvtcl_jax import modes
+    from cvtcl_jax.config_checks import ConfigError
+
+    _init_distributed()
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(FLAGS.workdir, "jax_cache")
+    jax.config.update("jax_compilation_cache_dir", cache)
+    logging.info(
+        "process %d of %d, %d local / %d global devices (%s), mode %r",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        jax.devices()[0].device_kind,
+        FLAGS.config.mode,
+    )
+    try:
+        modes.run(FLAGS.config, FLAGS.workdir)
+    except ConfigError as e:
+        modes.main_error(e)
+
+
+if __name__ == "__main__":
+    app.run(main)

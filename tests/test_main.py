@@ -1,0 +1,329 @@
+"""main.py and its modes end to end with the tiny config on pattern datasets (8 emulated devices).
+
+One schedule run (init RGB, init flow, one co-training cycle, export) is shared by most tests;
+the persistent compilation cache (conftest) lets the other runs reuse its compiled steps.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow as tf
+from safetensors.numpy import load_file
+
+from cvtcl_jax import checkpoints, modes, optim
+from cvtcl_jax.config_checks import ConfigError
+from cvtcl_jax.features import backbone_from_config, backbone_variables
+from cvtcl_jax.models import ContrastiveEncoder, load_torchvision_s3d, normalize_frames
+from cvtcl_jax.state import create_train_state
+from cvtcl_jax.train import TrainingDiverged
+from tests import tiny_config
+from tests.pattern_records import write_pattern_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+LENGTHS = [40, 24, 30, 50, 35, 20, 44, 36, 25, 33, 41, 48]  # 8 train, 4 test videos
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pattern_data")
+    write_pattern_dataset(root, LENGTHS, videos_per_shard=3)
+    return root
+
+
+def _config(data_dir, mode="pretrain", **train):
+    cfg = tiny_config.get_config()
+    cfg.mode = mode
+    cfg.data.dir = str(data_dir)
+    cfg.train.update(train)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def schedule_run(data, tmp_path_factory):
+    wd = tmp_path_factory.mktemp("schedule")
+    summary = modes.run(_config(data, "schedule"), wd)
+    return wd, summary
+
+
+def _scalar_tags(workdir) -> set[str]:
+    tags = set()
+    for path in glob.glob(str(Path(workdir) / "events.out.tfevents*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+def _restore_items(workdir, step=None, items=("encoder", "ema_encoder", "queue", "optimizer")):
+    with checkpoints.manager(workdir, read_only=True) as mngr:
+        step = mngr.latest_step() if step is None else step
+        args = ocp.args.Composite(**{k: ocp.args.StandardRestore() for k in items})
+        return step, jax.device_get(dict(mngr.restore(step, args=args)))
+
+
+# ---------------------------------------------------------------------- the schedule
+
+
+def test_schedule_runs_every_stage_then_exports(schedule_run):
+    wd, summary = schedule_run
+    names = ["init_rgb", "init_flow", "cotrain1_rgb", "cotrain1_flow"]
+    assert list(summary["stages"]) == names
+    for name in names:
+        metrics = json.loads((wd / name / "metrics.json").read_text())
+        assert metrics["stage"] == name and np.isfinite(metrics["final"]["loss"])
+        assert checkpoints.stage_info(wd / name)["progress"]["done"]
+    assert {"loss_infonce", "loss_local", "loss_lt"} <= set(summary["stages"]["init_flow"]["final"])
+    rgb = summary["stages"]["cotrain1_rgb"]["final"]
+    assert {"loss_rf", "mined_positives", "loss_ltcl"} <= set(rgb)
+    flow = summary["stages"]["cotrain1_flow"]["final"]
+    assert "loss_rf" in flow and "loss_ltcl" not in flow  # SPEC 3: the flow run has beta = 0
+    for view in ("rgb", "flow"):
+        manifest = json.loads((wd / "export" / view / "manifest.json").read_text())
+        assert manifest["view"] == view and manifest["source"]["stage"] == f"cotrain1_{view}"
+    assert json.loads((wd / "schedule.json").read_text())["exports"]["flow"].endswith("export/flow")
+
+
+def test_tensorboard_has_every_term(schedule_run):
+    wd, _ = schedule_run
+    init = _scalar_tags(wd / "init_rgb")
+    expected = {
+        "train/loss",
+        "train/loss_infonce",
+        "train/loss_local",
+        "train/loss_lt",
+        "train/loss_ltcl",
+        "train/lr",
+        "train/inst_top1",
+        "train/queue_fill",
+        "train/grad_norm",
+        "train/clips_per_sec",
+        "train/eta_minutes",
+        "train/padded_videos",
+        "steps_per_sec",
+        "retrieval/R@1",
+        "retrieval/R@5",
+    }
+    assert expected <= init, expected - init
+    assert any(t.startswith("_hparams_") for t in init)  # hyperparameters, written once
+    cotrain = _scalar_tags(wd / "cotrain1_rgb")
+    assert {"train/loss_rf", "train/mined_positives", "train/self_positive_dropped"} <= cotrain
+
+
+def test_checkpoints_hold_named_items_and_keep_the_last_few(schedule_run):
+    wd, _ = schedule_run
+    ckpt = wd / "init_rgb" / checkpoints.CHECKPOINT_DIR
+    steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    assert steps == [2, 4]  # every 2 batches, 4 batches in all (keep 3)
+    assert {p.name for p in (ckpt / "4").iterdir()} >= set(checkpoints.ITEMS)
+    info = checkpoints.stage_info(wd / "init_rgb")
+    assert info["config"]["model"]["width_multiplier"] == 0.25 and info["progress"]["view"] == "rgb"
+
+
+def test_rerun_skips_finished_stages(schedule_run, data):
+    wd, _ = schedule_run
+    before = {p: p.stat().st_mtime for p in wd.glob("*/checkpoints/*")}
+    start = time.perf_counter()
+    modes.run(_config(data, "schedule"), wd)
+    assert time.perf_counter() - start < 60  # no stage trains again (exports are rewritten)
+    assert {p: p.stat().st_mtime for p in wd.glob("*/checkpoints/*")} == before
+
+
+def test_export_gives_the_models_features_and_torchvision_weights(schedule_run):
+    wd, _ = schedule_run
+    out = wd / "export" / "rgb"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["jax_version"] == jax.__version__ and manifest["input"]["dtype"] == "uint8"
+    assert manifest["input"]["shape"] == ["batch", 8, 32, 32, 3]
+    _, items = _restore_items(wd / "cotrain1_rgb", items=("encoder",))
+    variables = backbone_variables(items["encoder"])
+    cfg = tiny_config.get_config()
+    backbone = backbone_from_config(cfg.model)
+    exported = jax.export.deserialize((out / "feature_extractor.jax_export").read_bytes())
+    for batch in (1, 3):  # the batch size is symbolic
+        clips = np.random.default_rng(batch).integers(0, 256, (batch, 8, 32, 32, 3), dtype=np.uint8)
+        want = backbone.apply(variables, normalize_frames(jnp.asarray(clips)), train=False)
+        np.testing.assert_allclose(np.asarray(exported.call(clips)), np.asarray(want), rtol=1e-5, atol=1e-5)
+    back = load_torchvision_s3d(load_file(str(out / "s3d_torchvision.safetensors")))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), back, variables)
+    with ocp.StandardCheckpointer() as ckpt:
+        params = ckpt.restore(out / "params")
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, variables)
+
+
+def test_cotrain_and_export_modes_take_stage_workdirs(schedule_run, data, tmp_path):
+    wd, _ = schedule_run
+    cfg = _config(
+        data, "cotrain", view="rgb", init_from=str(wd / "init_rgb"), other_from=str(wd / "init_flow")
+    )
+    result = modes.run(cfg, tmp_path / "cotrain")
+    assert result["other_view"] == "flow" and "loss_rf" in result["final"]
+    export = _config(data, "export")
+    export.export.update(source=str(tmp_path / "cotrain"), encoder="ema_encoder")
+    manifest = modes.run(export, tmp_path / "exported")
+    assert manifest["source"]["encoder"] == "ema_encoder" and manifest["source"]["stage"] == "cotrain_rgb"
+    assert (tmp_path / "exported" / "feature_extractor.jax_export").is_file()
+
+
+# ---------------------------------------------------------------------- crash safety
+
+
+def _launch(workdir, data_dir, epochs):
+    # JAX_NUM_CPU_DEVICES (not XLA_FLAGS, which is part of the compilation cache key) so the
+    # subprocess reuses the steps this session compiled.
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "8", "JAX_PLATFORMS": "cpu"}
+    cmd = [
+        sys.executable,
+        "main.py",
+        "--config=tests/tiny_config.py",
+        f"--workdir={workdir}",
+        f"--config.data.dir={data_dir}",
+        f"--config.schedule.init_epochs={epochs}",
+        "--config.train.retrieval_every_epochs=0",
+    ]
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_killed_run_resumes_to_the_same_parameters(data, tmp_path):
+    epochs = 10
+    reference = _config(data, retrieval_every_epochs=0)
+    reference.schedule.init_epochs = epochs
+    modes.run(reference, tmp_path / "reference")
+
+    wd = tmp_path / "killed"
+    proc = _launch(wd, data, epochs)
+    deadline = time.time() + 300
+    while not (wd / checkpoints.CHECKPOINT_DIR / "2").is_dir():  # orbax renames a finished save into place
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = checkpoints.stage_info(wd)["step"]
+    assert killed_at < epochs and not (wd / "metrics.json").exists()  # it really was interrupted
+
+    proc = _launch(wd, data, epochs)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "resumed init_rgb from its checkpoint at batch" in err
+    step_a, a = _restore_items(tmp_path / "reference")
+    step_b, b = _restore_items(wd)
+    assert step_a == step_b == epochs
+    jax.tree.map(
+        lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7), a, b
+    )
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint_kept(data, tmp_path):
+    cfg = _config(data, retrieval_every_epochs=0)
+    cfg.schedule.init_epochs = 6
+    model = ContrastiveEncoder.from_config(cfg.model)
+    optimizer = optim.adam_l2(optim.step_decay_schedule(cfg.optim.lr, 1), cfg.optim.weight_decay)
+    shapes = jax.eval_shape(
+        lambda: create_train_state(model, optimizer, jax.random.key(0), (8, 32, 32, 3), cfg.queue_size, 8)
+    )
+    state = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # no compile, no eager init
+    state = state.replace(params=jax.tree.map(lambda p: jnp.full_like(p, jnp.inf), state.params))
+    with checkpoints.manager(tmp_path) as mngr:  # a run whose state broke after batch 2
+        progress = {"stage": "init_rgb", "view": "rgb", "done": False, "padded_videos": 0, "retrieval": []}
+        checkpoints.save(mngr, 2, state, checkpoints.config_json(cfg), progress)
+        mngr.wait_until_finished()
+    with pytest.raises(
+        TrainingDiverged, match=r"became NaN/Inf at batch 3.*last good checkpoint \(batch 2\)"
+    ):
+        modes.run(cfg, tmp_path)
+    with checkpoints.manager(tmp_path, read_only=True) as mngr:
+        assert mngr.all_steps() == [2]
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def _bad(data, tmp_path, change):
+    cfg = _config(data)
+    change(cfg, tmp_path)
+    with pytest.raises(ConfigError) as err:
+        modes.run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing was started
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c, t: c.update(mode="pretrian"), "unknown mode 'pretrian'; the modes are"),
+        (lambda c, t: c.update(global_batch=12), "global_batch=12 is not divisible by the 8 devices"),
+        (
+            lambda c, t: c.update(queue_size=20),
+            "queue_size=20 must be a positive multiple of the global batch",
+        ),
+        (lambda c, t: c.data.update(dir=str(t / "nowhere")), "no dataset at"),
+        (lambda c, t: c.data.update(dir=""), "set --config.data.dir"),
+        (lambda c, t: c.train.update(view="depth"), "train.view='depth' is not a view"),
+        (
+            lambda c, t: (
+                c.update(mode="cotrain") or c.train.update(init_from=str(t / "gone"), other_from=str(t))
+            ),
+            "train.init_from=.*gone does not exist",
+        ),
+        (lambda c, t: c.update(mode="export") or c.export.update(source=str(t)), "no checkpoints at"),
+        (lambda c, t: c.data.update(num_frames=4), "too small for S3D"),
+        (lambda c, t: c.data.aug.update(flip_prob=2.0), "flip_prob=2.0 is not in"),
+    ],
+    ids=[
+        "mode",
+        "batch-devices",
+        "queue",
+        "data-dir",
+        "no-data-dir",
+        "view",
+        "checkpoint",
+        "export",
+        "clip",
+        "aug",
+    ],
+)
+def test_bad_config_fails_before_any_work(data, tmp_path, change, message):
+    assert re.search(message, _bad(data, tmp_path, change))
+
+
+def test_view_missing_from_the_data(tmp_path):
+    rgb_only = tmp_path / "rgb_only"
+    write_pattern_dataset(rgb_only, LENGTHS, views=("rgb",))
+    cfg = _config(rgb_only)
+    cfg.train.view = "flow"
+    with pytest.raises(ConfigError, match="holds the views \\['rgb'\\], not 'flow'.*without --no_flow"):
+        modes.run(cfg, tmp_path / "run")
+
+
+def test_command_line_reports_config_errors_and_exits_2(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "main.py",
+            "--config=configs/init_rgb.py",
+            f"--workdir={tmp_path}",
+            "--config.global_batch=7",
+        ],
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: global_batch=7 is not a multiple of model.bn_group_size=32" in proc.stderr

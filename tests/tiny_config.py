@@ -1,0 +1,20 @@
+"""The demo's small S3D sized for 8 emulated devices and the pattern datasets of the tests.
+
+python main.py --config=tests/tiny_config.py --workdir=DIR --config.data.dir=DATA
+"""
+
+from configs import demo
+
+
+def get_config():
+    cfg = demo.get_config()
+    cfg.mode = "pretrain"
+    del cfg["demo"]
+    cfg.global_batch = 8
+    cfg.queue_size = 16
+    cfg.data.update(shuffle_buffer=16, threads=2, prefetch=1)
+    cfg.schedule.update(init_epochs=4, cotrain_cycles=1, cotrain_epochs=2, cotrain_decay_epochs=(1,))
+    cfg.train.update(
+        log_every_steps=1, checkpoint_every_steps=2, keep_checkpoints=3, retrieval_every_epochs=4
+    )
+    return cfg
