@@ -167,6 +167,18 @@ def schedule_stages(config, workdir: str | Path) -> list[Stage]:
     return stages
 
 
+def _export_once(source: Path, out_dir: Path, encoder: str) -> dict:
+    """Exports unless out_dir already holds this very checkpoint's export (a re-run)."""
+    manifest = out_dir / "manifest.json"
+    if manifest.is_file():
+        done = json.loads(manifest.read_text())
+        step = checkpoints.stage_info(source)["step"]
+        src = done["source"]
+        if (src["workdir"], src["batch"], src["encoder"]) == (str(Path(source).absolute()), step, encoder):
+            return done
+    return export_stage(source, out_dir, encoder)
+
+
 def _check_schedule(config, workdir) -> None:
     checks.check_training(config)
     checks.check_data(config, ("rgb", "flow"))
@@ -187,7 +199,7 @@ def run_schedule(config, workdir) -> dict:
     for stage in schedule_stages(config, wd):
         last[stage.view] = wd / stage.name
     exports = {
-        view: export_stage(path, wd / "export" / view, config.export.encoder) for view, path in last.items()
+        view: _export_once(path, wd / "export" / view, config.export.encoder) for view, path in last.items()
     }
     summary = {"stages": results, "exports": {v: str(wd / "export" / v) for v in exports}}
     if jax.process_index() == 0:

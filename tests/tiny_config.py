@@ -13,7 +13,7 @@ def get_config():
     cfg.global_batch = 8
     cfg.queue_size = 16
     cfg.data.update(shuffle_buffer=16, threads=2, prefetch=1)
-    cfg.schedule.update(init_epochs=4, cotrain_cycles=1, cotrain_epochs=2, cotrain_decay_epochs=(1,))
+    cfg.schedule.update(init_epochs=6, cotrain_cycles=1, cotrain_epochs=2, cotrain_decay_epochs=(1,))
     cfg.train.update(
         log_every_steps=1, checkpoint_every_steps=2, keep_checkpoints=3, retrieval_every_epochs=4
     )
