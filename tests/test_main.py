@@ -157,7 +157,8 @@ def test_export_gives_the_models_features_and_torchvision_weights(schedule_run):
     for batch in (1, 3):  # the batch size is symbolic
         clips = np.random.default_rng(batch).integers(0, 256, (batch, 8, 32, 32, 3), dtype=np.uint8)
         want = backbone.apply(variables, normalize_frames(jnp.asarray(clips)), train=False)
-        np.testing.assert_allclose(np.asarray(exported.call(clips)), np.asarray(want), rtol=1e-5, atol=1e-5)
+        # Separately compiled float32 programs fuse differently: agreement to float32 rounding.
+        np.testing.assert_allclose(np.asarray(exported.call(clips)), np.asarray(want), rtol=1e-4, atol=1e-4)
     back = load_torchvision_s3d(load_file(str(out / "s3d_torchvision.safetensors")))
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), back, variables)
     with ocp.StandardCheckpointer() as ckpt:
