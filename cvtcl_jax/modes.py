@@ -191,13 +191,12 @@ def run_schedule(config, workdir) -> dict:
     """Every stage in its own sub-workdir (finished ones are skipped), then both views exported."""
     wd = Path(workdir)
     results = {}
-    for stage in schedule_stages(config, wd):
+    stages = schedule_stages(config, wd)
+    for stage in stages:
         if stage_done(wd / stage.name):
             logging.info("stage %s is finished; skipping it", stage.name)
         results[stage.name] = train_stage(config, wd / stage.name, stage)
-    last = {}
-    for stage in schedule_stages(config, wd):
-        last[stage.view] = wd / stage.name
+    last = {stage.view: wd / stage.name for stage in stages}  # each view's latest stage
     exports = {
         view: _export_once(path, wd / "export" / view, config.export.encoder) for view, path in last.items()
     }

@@ -26,6 +26,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from cvtcl_jax.data import augment, sampling
+from cvtcl_jax.data.augment import AugmentConfig
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import DatasetError, DatasetInfo, host_shards
 from data_prep.records import FLOW_KEY, RGB_KEY
@@ -120,9 +121,6 @@ def pretrain_sample(raw, sample_seed, views, spec: ClipSpec, aug: AugmentConfig)
             ]
         )
     return out
-
-
-AugmentConfig = augment.AugmentConfig
 
 
 def pretrain_dataset(
