@@ -9,7 +9,9 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
-    cfg.mode = ""  # set by each mode's config file: pretrain, cotrain, schedule, export, demo
+    # Set by each mode's config file: pretrain, cotrain, schedule, export, demo, retrieval,
+    # linear_probe, finetune.
+    cfg.mode = ""
     cfg.seed = 0
 
     # S3D + projection head g (SPEC 2, 4). bn_group_size: clips per BN statistics group.
@@ -89,6 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
             cotrain_epochs=100,
             cotrain_decay_epochs=(80,),
             cotrain_flow_beta=0.0,  # SPEC 3: LTCL on the RGB co-training run only
+            # Evaluation at the end: of which encoders (random_init, init, cotrain = the last
+            # cycle) and with which protocols (retrieval, linear_probe, finetune), on data.dir.
+            eval_stages=("cotrain",),
+            eval_protocols=("retrieval", "linear_probe"),
         )
     )
 
@@ -111,5 +117,34 @@ def get_config() -> ml_collections.ConfigDict:
             source="",  # a stage's workdir; its latest checkpoint is exported
             encoder="encoder",  # "encoder" (query f_q, used downstream) or "ema_encoder" (key f_k)
         )
+    )
+
+    # Evaluation (SPEC 6): which encoders, which view; see cvtcl_jax/evaluation.py.
+    cfg.eval = ml_collections.ConfigDict(
+        dict(
+            view="rgb",  # rgb, flow or two_stream (both views fused)
+            rgb_source="",  # a stage workdir, an export directory, or "random" (random init)
+            flow_source="",
+            encoder="encoder",  # of a stage checkpoint: "encoder" (query) or "ema_encoder" (key)
+            clip_from_source=True,  # evaluate at the clip size the encoder was trained on
+            coclr_protocol=False,  # retrieval: CoCLR's variant (one random gallery clip, mean centring)
+            num_pictures=4,  # retrieval: queries pictured with their top-3 neighbours in TensorBoard
+        )
+    )
+    # Linear probe (SPEC 6): SGD momentum 0.9, lr 0.1, wd 1e-3, 100 epochs, lr x0.1 at 60 and 80.
+    cfg.linear = ml_collections.ConfigDict(
+        dict(
+            epochs=100,
+            lr=0.1,
+            momentum=0.9,
+            weight_decay=1e-3,
+            decay_epochs=(60, 80),
+            cached=False,  # True: train on cached dense centre-clip features (fast, for sweeps)
+        )
+    )
+    # Finetuning (SPEC 6): Adam 1e-3, backbone lr x0.1, wd 1e-3, dropout 0.9. The epoch count and
+    # decay are the linear probe's unless set (SPEC leaves them to the config).
+    cfg.finetune = ml_collections.ConfigDict(
+        dict(epochs=100, lr=1e-3, backbone_lr_mult=0.1, weight_decay=1e-3, dropout=0.9, decay_epochs=(60, 80))
     )
     return cfg

@@ -38,10 +38,17 @@ class CheckpointError(ValueError):
     """A checkpoint that a config points at is missing or does not fit."""
 
 
-def manager(workdir: str | Path, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-    """The stage's CheckpointManager (WORKDIR/checkpoints), keeping the last `keep` steps."""
+def manager(
+    workdir: str | Path, keep: int = 3, read_only: bool = False, item_names: tuple[str, ...] = ITEMS
+) -> ocp.CheckpointManager:
+    """The stage's CheckpointManager (WORKDIR/checkpoints), keeping the last `keep` steps.
+
+    item_names: a training stage's ITEMS by default; classifier runs save ('state', 'progress').
+    """
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only)
-    return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options, item_names=ITEMS)
+    return ocp.CheckpointManager(
+        Path(workdir).absolute() / CHECKPOINT_DIR, options=options, item_names=item_names
+    )
 
 
 def _abstract(tree):
@@ -138,3 +145,23 @@ def config_json(config: Any) -> dict:
     return (
         json.loads(config.to_json_best_effort()) if hasattr(config, "to_json_best_effort") else dict(config)
     )
+
+
+CLASSIFIER_ITEMS = ("state", "progress")
+
+
+def save_classifier(mngr: ocp.CheckpointManager, step: int, state: Any, progress: dict) -> None:
+    """A classifier run's checkpoint (linear probe on clips, finetuning): its state and progress."""
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave({**progress, "batches": step})
+    )
+    mngr.save(step, args=args, force=True)
+
+
+def restore_classifier(mngr: ocp.CheckpointManager, state: Any) -> tuple[Any, dict]:
+    """(state restored into `state`'s structure and shardings, progress) of the latest checkpoint."""
+    args = ocp.args.Composite(
+        state=ocp.args.StandardRestore(_abstract(state)), progress=ocp.args.JsonRestore()
+    )
+    r = mngr.restore(mngr.latest_step(), args=args)
+    return r.state, dict(r.progress)

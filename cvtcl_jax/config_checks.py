@@ -122,3 +122,66 @@ def check_stage_source(path: str, key: str, view: str | None, model_cfg=None) ->
                 f"{key}={path} was trained with model {theirs}; this config has {ours}; they must agree"
             )
     return info
+
+
+def check_evaluation(config, protocol: str) -> dict:
+    """An evaluation config (retrieval / linear_probe / finetune); returns the sources' descriptions."""
+    from cvtcl_jax.evaluation import EVAL_VIEWS, source_descriptions, views_of
+
+    ec = config.eval
+    if ec.view not in EVAL_VIEWS:
+        raise ConfigError(f"eval.view={ec.view!r}; use one of {EVAL_VIEWS}")
+    b, n_dev, n_proc = config.global_batch, jax.device_count(), jax.process_count()
+    if b <= 0 or b % n_dev or b % n_proc:
+        raise ConfigError(
+            f"global_batch={b} (the evaluation batch) must be a positive multiple of the {n_dev} devices "
+            f"and {n_proc} processes"
+        )
+    if ec.num_pictures < 0:
+        raise ConfigError(f"eval.num_pictures={ec.num_pictures} must be >= 0")
+    sources = _wrap(source_descriptions, config)
+    d = config.data
+    _wrap(check_eval_crops, d.eval_crops, d.ten_crop_scale, prefix="data: ")
+    if d.eval_stride < 1:
+        raise ConfigError(f"data.eval_stride={d.eval_stride} must be >= 1")
+    for view, desc in sources.items():
+        t, s = desc["clip"] if ec.clip_from_source else (d.num_frames, d.crop_size)
+        _wrap(feature_map_size, t, s, s, prefix=f"{view} evaluation clip ({t}x{s}x{s}): ")
+    if not d.dir:
+        raise ConfigError(
+            "data.dir is empty: set --config.data.dir to the --out_dir of `python -m data_prep.build`"
+        )
+    info = _wrap(load_dataset_info, d.dir)
+    _wrap(info.check_views, views_of(ec.view))
+    train = _wrap(info.subset, d.split, "train")
+    _wrap(info.subset, d.split, "test")
+    if protocol == "linear_probe":
+        lc = config.linear
+        _check_numbers("linear", lc, positive=("epochs", "lr"), non_negative=("weight_decay",))
+        if not 0 <= lc.momentum < 1:
+            raise ConfigError(f"linear.momentum={lc.momentum} must be in [0, 1)")
+    if protocol == "finetune":
+        fc = config.finetune
+        _check_numbers(
+            "finetune", fc, positive=("epochs", "lr"), non_negative=("weight_decay", "backbone_lr_mult")
+        )
+        if not 0 <= fc.dropout < 1:
+            raise ConfigError(f"finetune.dropout={fc.dropout} must be in [0, 1)")
+    on_clips = protocol == "finetune" or (protocol == "linear_probe" and not config.linear.cached)
+    if on_clips:
+        _wrap(lambda: AugmentConfig(**d.aug), prefix="data.aug: ")
+        if train.num_videos < b:
+            raise ConfigError(
+                f"split {d.split} of {d.dir} has {train.num_videos} training videos, fewer than "
+                f"global_batch={b} (one epoch); lower the batch"
+            )
+    return sources
+
+
+def _check_numbers(section: str, values, positive=(), non_negative=()) -> None:
+    for key in positive:
+        if not values[key] > 0:
+            raise ConfigError(f"{section}.{key}={values[key]} must be > 0")
+    for key in non_negative:
+        if values[key] < 0:
+            raise ConfigError(f"{section}.{key}={values[key]} must be >= 0")

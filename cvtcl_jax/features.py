@@ -16,7 +16,8 @@ from jax.sharding import Mesh
 from cvtcl_jax.models import S3D, normalize_frames
 from cvtcl_jax.sharding import batch_sharding, replicated, shard_batch
 
-META_KEYS = ("video_index", "label", "mask")
+META_KEYS = ("video_index", "label", "clip_start", "crop", "mask")
+ROW_KEYS = ("features", "video_index", "label", "clip_start", "crop")
 
 
 def backbone_from_config(model_cfg: Mapping) -> S3D:
@@ -35,6 +36,13 @@ def backbone_variables(encoder: Mapping) -> dict:
     return {"params": encoder["params"]["backbone"], "batch_stats": encoder["batch_stats"]["backbone"]}
 
 
+def sharded_batch_fn(fn: Callable, mesh: Mesh) -> Callable:
+    """jit of fn(variables, clips) -> per-row outputs: batch split over the mesh, variables replicated."""
+    return jax.jit(
+        fn, in_shardings=(replicated(mesh), batch_sharding(mesh)), out_shardings=batch_sharding(mesh)
+    )
+
+
 def make_feature_fn(backbone: S3D, mesh: Mesh) -> Callable:
     """jit of (backbone variables, clips (B, T, H, W, 3) uint8) -> (B, 1024) pooled features,
     inference-mode BN, float32; batch split over the mesh, variables replicated."""
@@ -42,9 +50,7 @@ def make_feature_fn(backbone: S3D, mesh: Mesh) -> Callable:
     def features(variables, clips):
         return backbone.apply(variables, normalize_frames(clips), train=False).astype(jax.numpy.float32)
 
-    return jax.jit(
-        features, in_shardings=(replicated(mesh), batch_sharding(mesh)), out_shardings=batch_sharding(mesh)
-    )
+    return sharded_batch_fn(features, mesh)
 
 
 def _synced(batches: Iterator[dict], empty: dict) -> Iterator[dict]:
@@ -66,14 +72,15 @@ def _synced(batches: Iterator[dict], empty: dict) -> Iterator[dict]:
 def extract(
     feature_fn: Callable, variables, batches: Iterable[dict], mesh: Mesh, view: str, empty: dict
 ) -> dict[str, np.ndarray]:
-    """Runs `feature_fn` over evaluation batches of one view.
+    """Runs `feature_fn` (per-row outputs: features, or class probabilities) over evaluation
+    batches of one view.
 
     empty: an all-masked batch of the same shapes (`random_batches.empty_eval_batch`), fed by
     hosts that finished early. Returns the real rows of all hosts: {'features' (N, F),
-    'video_index' (N,), 'label' (N,)}.
+    'video_index', 'label', 'clip_start', 'crop' (N,)} (ROW_KEYS).
     """
     variables = jax.device_put(variables, replicated(mesh))
-    rows: dict[str, list] = {"features": [], "video_index": [], "label": []}
+    rows: dict[str, list] = {k: [] for k in ROW_KEYS}
     for batch in _synced(iter(batches), empty):
         on_device = shard_batch(mesh, {view: batch[view], **{k: batch[k] for k in META_KEYS}})
         feats = feature_fn(variables, on_device[view])

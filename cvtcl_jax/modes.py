@@ -139,6 +139,97 @@ def run_export(config, workdir) -> dict:
     return export_stage(config.export.source, workdir, config.export.encoder)
 
 
+# ---------------------------------------------------------------------- evaluation (SPEC 6)
+
+
+def _register_evaluation(protocol: str) -> None:
+    def check(config, workdir) -> None:
+        checks.check_evaluation(config, protocol)
+
+    def run_protocol(config, workdir) -> dict:
+        from cvtcl_jax import evaluation
+
+        results = evaluation.RUNNERS[protocol](config, workdir)
+        if jax.process_index() == 0:
+            print(evaluation.summary_line(protocol, results), flush=True)
+        return results
+
+    register(protocol, check)(run_protocol)
+
+
+for _protocol in ("retrieval", "linear_probe", "finetune"):
+    _register_evaluation(_protocol)
+
+EVAL_STAGES = ("random_init", "init", "cotrain")
+TABLE_METRICS = {"retrieval": ("R@1", "R@5"), "linear_probe": ("top1",), "finetune": ("top1",)}
+
+
+def stage_sources(config, workdir: str | Path) -> dict[str, dict[str, str]]:
+    """{eval stage: {view: source}} for the schedule's encoders (cotrain = the last cycle)."""
+    wd = Path(workdir)
+    out = {
+        "random_init": {"rgb": "random", "flow": "random"},
+        "init": {v: str(wd / f"init_{v}") for v in ("rgb", "flow")},
+    }
+    cycles = config.schedule.cotrain_cycles
+    if cycles:
+        out["cotrain"] = {v: str(wd / f"cotrain{cycles}_{v}") for v in ("rgb", "flow")}
+    return out
+
+
+def evaluate_stages(config, workdir: str | Path) -> dict:
+    """Every protocol of schedule.eval_protocols on both views and two-stream, for each of
+    schedule.eval_stages, in WORKDIR/eval/<stage>/. Returns the table
+    {view: {stage: {'R@1', 'R@5', 'linear_top1', ...}}} (percent)."""
+    from cvtcl_jax import evaluation
+
+    sources = stage_sources(config, workdir)
+    table: dict = {view: {} for view in evaluation.EVAL_VIEWS}
+    for stage in config.schedule.eval_stages:
+        if stage not in sources:
+            logging.info("no %s stage to evaluate (schedule.cotrain_cycles=0)", stage)
+            continue
+        cfg = config.copy_and_resolve_references()
+        with cfg.unlocked():
+            cfg.eval.view = evaluation.TWO_STREAM
+            cfg.eval.rgb_source = sources[stage]["rgb"]
+            cfg.eval.flow_source = sources[stage]["flow"]
+        for protocol in config.schedule.eval_protocols:
+            cfg.mode = protocol
+            checks.check_evaluation(cfg, protocol)
+            stage_dir = Path(workdir) / "eval" / stage
+            results = evaluation.finished_results(cfg, stage_dir, protocol)
+            if results is None:
+                results = evaluation.RUNNERS[protocol](cfg, stage_dir)
+            else:
+                logging.info("%s of the %s encoders is done; not repeating it", protocol, stage)
+            for view, record in results.items():
+                row = table[view].setdefault(stage, {})
+                for metric in TABLE_METRICS[protocol]:
+                    name = metric if protocol == "retrieval" else f"{protocol.split('_')[0]}_{metric}"
+                    row[name] = round(record["metrics"][metric], 2)
+    return table
+
+
+def format_table(table: dict) -> str:
+    """The evaluation table as aligned text, one row per (view, stage)."""
+    columns = sorted(
+        {k for stages in table.values() for row in stages.values() for k in row}, key=_column_order
+    )
+    lines = [f"{'view':<12}{'stage':<13}" + "".join(f"{c:>13}" for c in columns)]
+    for view, stages in table.items():
+        for stage, row in stages.items():
+            lines.append(
+                f"{view:<12}{stage:<13}" + "".join(f"{row.get(c, float('nan')):>13.1f}" for c in columns)
+            )
+    return "\n".join(lines)
+
+
+def _column_order(name: str):
+    order = ["R@1", "R@5", "linear_top1", "finetune_top1"]
+    return order.index(name) if name in order else len(order)
+
+
 # ---------------------------------------------------------------------- the paper's whole schedule
 
 
@@ -184,6 +275,28 @@ def _check_schedule(config, workdir) -> None:
     checks.check_data(config, ("rgb", "flow"))
     if config.schedule.cotrain_cycles < 0 or config.schedule.init_epochs < 1:
         raise ConfigError("schedule.init_epochs must be >= 1 and schedule.cotrain_cycles >= 0")
+    _check_schedule_evaluation(config)
+
+
+def _check_eval_names(config) -> None:
+    s = config.schedule
+    unknown = [x for x in s.eval_stages if x not in EVAL_STAGES]
+    unknown += [x for x in s.eval_protocols if x not in TABLE_METRICS]
+    if unknown:
+        raise ConfigError(
+            f"schedule.eval_stages / eval_protocols name {unknown}; stages are {EVAL_STAGES}, protocols "
+            f"{tuple(TABLE_METRICS)} (empty tuples skip the evaluation)"
+        )
+
+
+def _check_schedule_evaluation(config) -> None:
+    """The evaluation modes' checks on the schedule's data, with a stand-in (random) source."""
+    _check_eval_names(config)
+    if config.schedule.eval_stages and config.schedule.eval_protocols:
+        cfg = config.copy_and_resolve_references()
+        cfg.eval.update(view="two_stream", rgb_source="random", flow_source="random")
+        for protocol in config.schedule.eval_protocols:
+            checks.check_evaluation(cfg, protocol)
 
 
 @register("schedule", _check_schedule)
@@ -201,8 +314,13 @@ def run_schedule(config, workdir) -> dict:
         view: _export_once(path, wd / "export" / view, config.export.encoder) for view, path in last.items()
     }
     summary = {"stages": results, "exports": {v: str(wd / "export" / v) for v in exports}}
+    if config.schedule.eval_stages and config.schedule.eval_protocols:
+        summary["evaluation"] = evaluate_stages(config, wd)
     if jax.process_index() == 0:
         (wd / "schedule.json").write_text(json.dumps(summary, indent=1))
+        if "evaluation" in summary:
+            print(f"evaluation on {config.data.dir} split {config.data.split}:", flush=True)
+            print(format_table(summary["evaluation"]), flush=True)
     return summary
 
 
@@ -211,11 +329,13 @@ def run_schedule(config, workdir) -> dict:
 
 def _check_demo(config, workdir) -> None:
     checks.check_training(config)
+    _check_eval_names(config)  # the rest once the demo has made its data
 
 
 @register("demo", _check_demo)
 def run_demo(config, workdir) -> dict:
-    """The whole schedule on a generated motion-class video set (data_prep's generator and command)."""
+    """The whole schedule on a generated motion-class video set (data_prep's generator and command),
+    ending with the evaluation table, also written to WORKDIR/demo_results.json."""
     from data_prep import build, synthetic
 
     wd = Path(workdir)
@@ -232,6 +352,7 @@ def run_demo(config, workdir) -> dict:
                 height=demo.height,
                 width=demo.width,
                 seed=config.seed,
+                kind=demo.kind,
             )
         argv = ["--dataset=ucf101", f"--raw_dir={raw}", f"--out_dir={prepared}", "--splits=1", "--quiet"]
         argv += [f"--short_side={demo.short_side}", f"--workers={demo.prep_workers}"]
@@ -240,7 +361,11 @@ def run_demo(config, workdir) -> dict:
     with config.unlocked():
         config.data.dir = str(prepared)
     checks.check_data(config, ("rgb", "flow"))
-    return run_schedule(config, wd)
+    _check_schedule_evaluation(config)
+    summary = run_schedule(config, wd)
+    if "evaluation" in summary and jax.process_index() == 0:
+        (wd / "demo_results.json").write_text(json.dumps(summary["evaluation"], indent=1))
+    return summary
 
 
 def main_error(e: Exception) -> None:

@@ -3,6 +3,10 @@
 Clip features are L2-normalised, averaged per video and re-normalised; test videos query the
 train videos by cosine similarity; R@k counts a query as a hit if any of its k nearest train
 videos has its class.
+
+CoCLR's variant (`coclr_protocol`, to put numbers next to theirs): the gallery is one random clip
+per train video instead of the dense average, and each set (test, train) has its own mean
+subtracted before the features are normalised.
 """
 
 from __future__ import annotations
@@ -33,6 +37,32 @@ def video_features(clip_features: np.ndarray, video_index: np.ndarray, labels: n
     return videos, video_labels, l2_normalize(sums)
 
 
+def single_clip_features(clip_features: np.ndarray, video_index: np.ndarray, labels: np.ndarray, seed: int):
+    """CoCLR's gallery: one clip per video drawn uniformly with `seed`, raw (not normalised).
+
+    Returns (videos (V,) sorted, labels (V,), features (V, F)) like `video_features`.
+    """
+    videos, inverse = np.unique(video_index, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    rows = np.array([rng.choice(np.flatnonzero(inverse == v)) for v in range(len(videos))], np.int64)
+    return videos, labels[rows].astype(np.int64), clip_features[rows].astype(np.float64)
+
+
+def centre(features: np.ndarray) -> np.ndarray:
+    """(N, F) minus the set's mean feature, re-normalised (CoCLR's per-set mean centring)."""
+    return l2_normalize(features - features.mean(axis=0, keepdims=True))
+
+
+def fuse(*features: np.ndarray) -> np.ndarray:
+    """Two-stream video features: the mean of the views' unit vectors (same video order), normalised."""
+    return l2_normalize(np.mean(np.stack(features), axis=0))
+
+
+def ranking(query: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+    """(Q, G) gallery indices from most to least similar (cosine; ties keep gallery order)."""
+    return np.argsort(-(query @ gallery.T), axis=1, kind="stable")
+
+
 def recall_at_k(
     query: np.ndarray,
     query_labels: np.ndarray,
@@ -46,8 +76,6 @@ def recall_at_k(
     """
     if len(query) == 0 or len(gallery) == 0:
         raise ValueError(f"retrieval needs queries and a gallery; got {len(query)} and {len(gallery)}")
-    sim = query @ gallery.T
-    order = np.argsort(-sim, axis=1, kind="stable")
-    hits = gallery_labels[order] == query_labels[:, None]  # (Q, G) in rank order
+    hits = gallery_labels[ranking(query, gallery)] == query_labels[:, None]  # (Q, G) in rank order
     first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), len(gallery))
     return {f"R@{k}": float(100.0 * np.mean(first_hit < min(k, len(gallery)))) for k in ks}

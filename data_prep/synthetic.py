@@ -4,10 +4,16 @@
 
 Each class is a kind of motion (a textured object moving right, left, up, down, growing or
 shrinking over a textured background); appearance is random per group, so that, as in UCF101, the
-clips of one group share their look and only motion tells the classes apart. Written as MJPG AVIs
-under RAW/UCF-101/<Class>/v_<Class>_gXX_cYY.avi with RAW/ucfTrainTestlist/ (classInd.txt and
-train/test lists of splits 1-3; split n tests on the n-th third of the groups), so the real
-`python -m data_prep.build --dataset=ucf101` prepares it.
+clips of one group share their look and only motion tells the classes apart.
+
+`--kind=speed` makes the classes speeds instead (slow, steady, quick, fast) with a heading drawn
+anew every 8 frames: a flow image's colour (its direction) then says nothing of the class, so
+untrained features do poorly while features learned from temporal positives (clips of one video
+at different times share the speed, not the heading) do well. The demo uses it.
+
+Written as MJPG AVIs under RAW/UCF-101/<Class>/v_<Class>_gXX_cYY.avi with RAW/ucfTrainTestlist/
+(classInd.txt and train/test lists of splits 1-3; split n tests on the n-th third of the
+groups), so the real `python -m data_prep.build --dataset=ucf101` prepares it.
 """
 
 from __future__ import annotations
@@ -59,6 +65,35 @@ def render_clip(rng, motion, appearance, num_frames, height, width):
     return frames
 
 
+# name -> speed in pixels per frame; the heading is redrawn every HEADING_SEGMENT frames.
+SPEEDS = {"Slow": 0.7, "Steady": 1.5, "Quick": 2.3, "Fast": 3.1}
+HEADING_SEGMENT = 8
+
+
+def render_speed_clip(rng, speed, appearance, num_frames, height, width):
+    """Frames (num_frames, H, W, 3) uint8 BGR: a textured square moving at `speed` in a heading
+    drawn anew every HEADING_SEGMENT frames, bouncing off the frame's edges."""
+    background, obj_tex = appearance
+    half = rng.uniform(0.18, 0.25) * min(height, width)
+    x, y = rng.uniform(half, width - half), rng.uniform(half, height - half)
+    yy, xx = np.mgrid[0:height, 0:width]
+    frames = []
+    for t in range(num_frames):
+        if t % HEADING_SEGMENT == 0:
+            angle = rng.uniform(0, 2 * np.pi)
+            vx, vy = speed * np.cos(angle), speed * np.sin(angle)
+        inside = (np.abs(xx - x) < half) & (np.abs(yy - y) < half)
+        shifted = np.roll(obj_tex, (int(round(y)), int(round(x))), axis=(0, 1))
+        frame = np.where(inside[..., None], shifted, background)
+        frames.append(np.clip(frame + rng.normal(0, 2, frame.shape), 0, 255).astype(np.uint8))
+        if not half <= x + vx <= width - half:
+            vx = -vx
+        if not half <= y + vy <= height - half:
+            vy = -vy
+        x, y = x + vx, y + vy
+    return frames
+
+
 def write_avi(path: Path, frames, fps: float = 25.0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = frames[0].shape[:2]
@@ -84,15 +119,23 @@ def generate(
     height: int = 64,
     width: int = 80,
     seed: int = 0,
+    kind: str = "direction",
 ) -> Path:
-    """Writes the set under out_dir and returns out_dir as a Path."""
-    if not 1 <= num_classes <= len(MOTIONS):
-        raise ValueError(f"num_classes must be in 1..{len(MOTIONS)}, got {num_classes}")
+    """Writes the set under out_dir and returns out_dir as a Path.
+
+    kind: 'direction' (the classes of MOTIONS) or 'speed' (the classes of SPEEDS: speed is the
+    class, the heading changes every 8 frames, so the flow's direction says nothing of it).
+    """
+    table = {"direction": MOTIONS, "speed": SPEEDS}.get(kind)
+    if table is None:
+        raise ValueError(f"kind must be 'direction' or 'speed', got {kind!r}")
+    if not 1 <= num_classes <= len(table):
+        raise ValueError(f"num_classes must be in 1..{len(table)} for kind {kind!r}, got {num_classes}")
     if groups < 3:
         raise ValueError(f"groups must be at least 3 (one third is tested per split), got {groups}")
     root = Path(out_dir)
     rng = np.random.default_rng(seed)
-    classes = list(MOTIONS)[:num_classes]
+    classes = list(table)[:num_classes]
     names = {c: [] for c in classes}
     for cls in classes:
         for g in range(1, groups + 1):
@@ -104,7 +147,9 @@ def generate(
                 name = f"v_{cls}_g{g:02d}_c{c:02d}.avi"
                 write_avi(
                     root / "UCF-101" / cls / name,
-                    render_clip(rng, MOTIONS[cls], appearance, num_frames, height, width),
+                    render_clip(rng, MOTIONS[cls], appearance, num_frames, height, width)
+                    if kind == "direction"
+                    else render_speed_clip(rng, SPEEDS[cls], appearance, num_frames, height, width),
                 )
                 names[cls].append((g, name))
     lists = root / "ucfTrainTestlist"
@@ -129,9 +174,10 @@ def main(argv=None):
     p.add_argument("--height", type=int, default=64)
     p.add_argument("--width", type=int, default=80)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kind", choices=("direction", "speed"), default="direction")
     a = p.parse_args(argv)
     root = generate(
-        a.out_dir, a.num_classes, a.groups, a.clips_per_group, a.num_frames, a.height, a.width, a.seed
+        a.out_dir, a.num_classes, a.groups, a.clips_per_group, a.num_frames, a.height, a.width, a.seed, a.kind
     )
     print(f"wrote {a.num_classes * a.groups * a.clips_per_group} videos under {root}")
 

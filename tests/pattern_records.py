@@ -35,11 +35,16 @@ def frame_number(clip: np.ndarray) -> np.ndarray:
 
 
 def write_pattern_dataset(
-    root: Path, num_frames: list[int], videos_per_shard: int = 2, test_every: int = 3, views=("rgb", "flow")
+    root: Path,
+    num_frames: list[int],
+    videos_per_shard: int = 2,
+    test_every: int = 3,
+    views=("rgb", "flow"),
+    num_classes: int = 3,
 ):
     """Videos 0..N-1 with the given lengths; every `test_every`-th video goes to split1/test.
 
-    Labels are video % 3 and source ids video // 2 (pairs of clips share a source).
+    Labels are video % num_classes and source ids video // 2 (pairs of clips share a source).
     """
     root.mkdir(parents=True, exist_ok=True)
     subsets = {"train": [], "test": []}
@@ -47,8 +52,8 @@ def write_pattern_dataset(
         frames = [encode_jpeg(frame_image(v, i)[..., ::-1], 100) for i in range(n)]
         record = VideoRecord(
             video_id=f"video{v:03d}",
-            class_name=f"class{v % 3}",
-            label=v % 3,
+            class_name=f"class{v % num_classes}",
+            label=v % num_classes,
             source=f"source{v // 2}",
             source_id=v // 2,
             video_index=v,
@@ -69,8 +74,8 @@ def write_pattern_dataset(
         split[subset] = {"num_videos": len(records), "shards": names, "shard_sizes": [len(c) for c in chunks]}
     meta = {
         "dataset": "pattern",
-        "classes": ["class0", "class1", "class2"],
-        "num_classes": 3,
+        "classes": [f"class{c}" for c in range(num_classes)],
+        "num_classes": num_classes,
         "splits": {"split1": split},
         "views": list(views),
     }

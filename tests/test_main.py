@@ -1,6 +1,7 @@
 """main.py and its modes end to end with the tiny config on pattern datasets (8 emulated devices).
 
-One schedule run (init RGB, init flow, one co-training cycle, export) is shared by most tests;
+One schedule run (init RGB, init flow, one co-training cycle, export, evaluation; the session
+fixture of conftest.py) is shared by most tests;
 the persistent compilation cache (conftest) lets the other runs reuse its compiled steps.
 """
 
@@ -31,32 +32,14 @@ from cvtcl_jax.models import ContrastiveEncoder, load_torchvision_s3d, normalize
 from cvtcl_jax.state import create_train_state
 from cvtcl_jax.train import TrainingDiverged
 from tests import tiny_config
+from tests.conftest import LENGTHS
 from tests.pattern_records import write_pattern_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-LENGTHS = [40, 24, 30, 50, 35, 20, 44, 36, 25, 33, 41, 48]  # 8 train, 4 test videos
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pattern_data")
-    write_pattern_dataset(root, LENGTHS, videos_per_shard=3)
-    return root
 
 
 def _config(data_dir, mode="pretrain", **train):
-    cfg = tiny_config.get_config()
-    cfg.mode = mode
-    cfg.data.dir = str(data_dir)
-    cfg.train.update(train)
-    return cfg
-
-
-@pytest.fixture(scope="module")
-def schedule_run(data, tmp_path_factory):
-    wd = tmp_path_factory.mktemp("schedule")
-    summary = modes.run(_config(data, "schedule"), wd)
-    return wd, summary
+    return tiny_config.run_config(data_dir, mode, **train)
 
 
 def _scalar_tags(workdir) -> set[str]:
@@ -136,11 +119,15 @@ def test_rerun_skips_finished_stages(schedule_run, data):
     wd, _ = schedule_run
     before = {p: p.stat().st_mtime for p in wd.glob("*/checkpoints/*")}
     exported = {p: p.stat().st_mtime for p in wd.glob("export/*/*")}
+    evaluated = {p: p.stat().st_mtime for p in wd.glob("eval/*/*.json")}
     start = time.perf_counter()
     modes.run(_config(data, "schedule"), wd)
-    assert time.perf_counter() - start < 60  # no stage trains again, nothing is exported again
+    assert time.perf_counter() - start < 60  # nothing trains, is exported or evaluated again
     assert {p: p.stat().st_mtime for p in wd.glob("*/checkpoints/*")} == before
     assert {p: p.stat().st_mtime for p in wd.glob("export/*/*")} == exported
+    assert (
+        len(evaluated) == 3 * 2 * 3 and {p: p.stat().st_mtime for p in wd.glob("eval/*/*.json")} == evaluated
+    )
 
 
 def test_export_gives_the_models_features_and_torchvision_weights(schedule_run):

@@ -18,3 +18,12 @@ def get_config():
         log_every_steps=1, checkpoint_every_steps=2, keep_checkpoints=3, retrieval_every_epochs=4
     )
     return cfg
+
+
+def run_config(data_dir, mode: str = "pretrain", **train):
+    """The tiny config for `mode` on the data at data_dir, with train.* overrides."""
+    cfg = get_config()
+    cfg.mode = mode
+    cfg.data.dir = str(data_dir)
+    cfg.train.update(train)
+    return cfg

@@ -9,7 +9,8 @@ Pretraining (`pretrain_dataset`): an endless, shuffled stream of samples, each w
   ids          ()  int32            source id (queue entries of the same source are positives)
   padded       ()  bool             the video was shorter than a clip and was looped
 
-batched to the host's share of the global batch. Evaluation (`eval_dataset`): every clip of
+batched to the host's share of the global batch. Classifier training (`labelled_clip_dataset`):
+one augmented clip per video per epoch with its label. Evaluation (`eval_dataset`): every clip of
 every video at a fixed stride, centre or ten crops, in file order, one row per (clip, crop):
 
   <view>       (T, S, S, 3) uint8   for each requested view ('rgb', 'flow')
@@ -123,6 +124,67 @@ def pretrain_sample(raw, sample_seed, views, spec: ClipSpec, aug: AugmentConfig)
     return out
 
 
+def labelled_clip_sample(raw, sample_seed, view: str, spec: ClipSpec, aug: AugmentConfig):
+    """One raw record -> one augmented clip at a random position with its label (classifiers)."""
+    context, frames, n = _parse(raw, (view,))
+    s = tf.random.experimental.stateless_split(sample_seed, num=2)
+    tf.debugging.assert_positive(n, message="a video without frames (or without flow) reached the pipeline")
+    params = augment.draw_params(s[0], context["height"], context["width"], aug)
+    jpegs = tf.gather(frames[view], sampling.clip_indices(n, spec.num_frames, s[1]))
+    return {
+        view: augment.augment_clip(jpegs, params, aug, spec.crop_size, is_flow=view == "flow"),
+        "label": context["label"],
+        "padded": n < spec.num_frames,
+    }
+
+
+def _sample_stream(
+    info: DatasetInfo,
+    split: int,
+    subset: str,
+    local_batch: int,
+    seed: int,
+    start_step: int,
+    process_index: int,
+    process_count: int,
+    shuffle_buffer: int,
+    cycle_length: int,
+    threads: int | None,
+    sample_fn,
+) -> tf.data.Dataset:
+    """Endless batches of sample_fn(raw record, stateless seed) over shuffled epochs of this host's
+    videos; `start_step` batches are skipped exactly (resume)."""
+    files, count = host_shards(info.subset(split, subset), process_index, process_count)
+    if count is None:  # metadata written before shard sizes were recorded: count once.
+        count = sum(1 for _ in tf.data.TFRecordDataset(files))
+    if count == 0:
+        raise DatasetError(f"split {split} {subset} has no videos on host {process_index}")
+    host_seed = seed * 65_537 + process_index
+    first = start_step * local_batch
+    epoch0 = first // count
+    epochs = tf.data.Dataset.counter(start=epoch0)
+    ds = epochs.flat_map(
+        lambda e: _records(files, e, host_seed, shuffle_buffer, min(cycle_length, len(files)))
+    )
+    # Sample numbers are global over epochs, so sample k gets the same randomness on a resume.
+    ds = ds.enumerate(start=epoch0 * count).skip(first - epoch0 * count)
+    ds = ds.map(
+        lambda i, raw: sample_fn(raw, tf.stack([tf.constant(host_seed, tf.int64), i])),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.batch(local_batch, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(threads))
+
+
+def _check_blur(aug: AugmentConfig, spec: ClipSpec) -> None:
+    if aug.blur_prob > 0 and spec.crop_size <= aug.blur_kernel_size // 2:
+        raise ValueError(
+            f"blur_kernel_size {aug.blur_kernel_size} is too large for crop_size {spec.crop_size}; "
+            "use a kernel below twice the crop size"
+        )
+
+
 def pretrain_dataset(
     info: DatasetInfo,
     *,
@@ -146,36 +208,88 @@ def pretrain_dataset(
     start_step: batches already consumed (resume); the stream continues exactly where it was.
     """
     _check_views(info, views)
-    if aug.blur_prob > 0 and spec.crop_size <= aug.blur_kernel_size // 2:
-        raise ValueError(
-            f"blur_kernel_size {aug.blur_kernel_size} is too large for crop_size {spec.crop_size}; "
-            "use a kernel below twice the crop size"
-        )
+    _check_blur(aug, spec)
     if not 1 <= len(views) <= 2:
         raise DatasetError(f"pretraining takes one view or two (trained, other); got {views}")
-    files, count = host_shards(info.subset(split, subset), process_index, process_count)
-    if count is None:  # metadata written before shard sizes were recorded: count once.
-        count = sum(1 for _ in tf.data.TFRecordDataset(files))
-    if count == 0:
-        raise DatasetError(f"split {split} {subset} has no videos on host {process_index}")
-    host_seed = seed * 65_537 + process_index
-    first = start_step * local_batch
-    epoch0 = first // count
-    epochs = tf.data.Dataset.counter(start=epoch0)
-    ds = epochs.flat_map(
-        lambda e: _records(files, e, host_seed, shuffle_buffer, min(cycle_length, len(files)))
+    return _sample_stream(
+        info,
+        split,
+        subset,
+        local_batch,
+        seed,
+        start_step,
+        process_index,
+        process_count,
+        shuffle_buffer,
+        cycle_length,
+        threads,
+        lambda raw, sample_seed: pretrain_sample(raw, sample_seed, views, spec, aug),
     )
-    # Sample numbers are global over epochs, so sample k gets the same randomness on a resume.
-    ds = ds.enumerate(start=epoch0 * count).skip(first - epoch0 * count)
-    ds = ds.map(
-        lambda i, raw: pretrain_sample(
-            raw, tf.stack([tf.constant(host_seed, tf.int64), i]), views, spec, aug
-        ),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
+
+
+def labelled_clip_dataset(
+    info: DatasetInfo,
+    *,
+    split: int,
+    subset: str,
+    view: str,
+    local_batch: int,
+    spec: ClipSpec,
+    aug: AugmentConfig,
+    seed: int,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle_buffer: int = 256,
+    cycle_length: int = 8,
+    threads: int | None = None,
+) -> tf.data.Dataset:
+    """Endless batches {view: (B, T, S, S, 3) uint8, 'label', 'padded'}: one augmented clip per
+    video per epoch, for the linear probe and finetuning. Deterministic and resumable like
+    `pretrain_dataset`."""
+    _check_views(info, (view,))
+    _check_blur(aug, spec)
+    return _sample_stream(
+        info,
+        split,
+        subset,
+        local_batch,
+        seed,
+        start_step,
+        process_index,
+        process_count,
+        shuffle_buffer,
+        cycle_length,
+        threads,
+        lambda raw, sample_seed: labelled_clip_sample(raw, sample_seed, view, spec, aug),
     )
-    ds = ds.batch(local_batch, drop_remainder=True)
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(threads))
+
+
+def middle_frames(info: DatasetInfo, split: int, subset: str, view: str, video_indices) -> dict:
+    """{video_index: (H, W, 3) uint8} the middle frame of each requested video (for pictures).
+
+    The shards are read in parallel and filtered on the video index before any frame is decoded.
+    """
+    _check_views(info, (view,))
+    wanted = tf.constant(sorted({int(v) for v in video_indices}), tf.int32)
+
+    def is_wanted(raw):
+        context = tf.io.parse_single_sequence_example(
+            raw, {"video_index": tf.io.FixedLenFeature([], tf.int64)}
+        )[0]
+        return tf.reduce_any(tf.equal(tf.cast(context["video_index"], tf.int32), wanted))
+
+    def middle(raw):
+        context, frames, _ = _parse(raw, (view,))
+        jpegs = frames[view]
+        return context["video_index"], tf.io.decode_jpeg(jpegs[tf.shape(jpegs)[0] // 2], channels=3)
+
+    files = list(info.subset(split, subset).shards)
+    ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=min(8, len(files)), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    ds = ds.filter(is_wanted).map(middle, num_parallel_calls=tf.data.AUTOTUNE)
+    return {int(index): frame for index, frame in ds.as_numpy_iterator()}
 
 
 def _eval_rows(raw, views, spec: ClipSpec, stride: int, crops: str, ten_crop_scale: float):

@@ -1,0 +1,305 @@
+"""Evaluation modes end to end: retrieval, linear probe, finetuning, two-stream, results files,
+device-count independence, resume, bad configs, and learned vs random features on motion classes."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cvtcl_jax import checkpoints, modes
+from cvtcl_jax.config_checks import ConfigError
+from cvtcl_jax.data import sampling
+from data_prep import build, synthetic
+from tests import tiny_config
+from tests.conftest import LENGTHS
+from tests.pattern_records import write_pattern_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def two_class_data(tmp_path_factory):
+    """The pattern videos with labels video % 2, so both classes are in train and test."""
+    root = tmp_path_factory.mktemp("two_class")
+    write_pattern_dataset(root, LENGTHS, videos_per_shard=3, num_classes=2)
+    return root
+
+
+def _eval_config(data_dir, mode, view="two_stream", rgb="random", flow="random", **changes):
+    cfg = tiny_config.run_config(data_dir, mode)
+    cfg.eval.update(view=view, rgb_source=str(rgb), flow_source=str(flow))
+    cfg.linear.update(epochs=4, decay_epochs=(3,))
+    cfg.finetune.update(epochs=2, decay_epochs=(1,))
+    for key, value in changes.items():
+        section, name = key.split("__")
+        cfg[section][name] = value
+    return cfg
+
+
+def _events(workdir) -> tuple[set[str], set[str]]:
+    """(scalar tags, image tags) in a workdir's TensorBoard files."""
+    scalars, images = set(), set()
+    for path in glob.glob(str(Path(workdir) / "events.out.tfevents*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                is_image = value.metadata.plugin_data.plugin_name == "images" or value.HasField("image")
+                (images if is_image else scalars).add(value.tag)
+    return scalars, images
+
+
+def _metrics(workdir, protocol, view, dataset="pattern"):
+    return json.loads((Path(workdir) / f"{protocol}_{dataset}_split1_{view}.json").read_text())
+
+
+# ---------------------------------------------------------------------- the schedule's table
+
+
+def test_schedule_ends_with_the_evaluation_table(schedule_run):
+    wd, summary = schedule_run
+    table = summary["evaluation"]
+    assert set(table) == {"rgb", "flow", "two_stream"}
+    for view, stages in table.items():
+        assert set(stages) == {"random_init", "init", "cotrain"}, view
+        for row in stages.values():
+            assert set(row) == {"R@1", "R@5", "linear_top1"}
+            assert all(0 <= v <= 100 for v in row.values())
+    record = _metrics(wd / "eval" / "cotrain", "retrieval", "two_stream")
+    assert (
+        record["sources"]["rgb"]["stage"] == "cotrain1_rgb"
+        and record["sources"]["flow"]["kind"] == "checkpoint"
+    )
+    assert json.loads((wd / "schedule.json").read_text())["evaluation"] == table
+    text = modes.format_table(table)
+    assert text.splitlines()[0].split() == ["view", "stage", "R@1", "R@5", "linear_top1"]
+    assert len(text.splitlines()) == 1 + 9
+
+
+# ---------------------------------------------------------------------- retrieval
+
+
+def test_retrieval_from_checkpoints_and_exports_agree_and_record_everything(
+    schedule_run, two_class_data, tmp_path
+):
+    wd, _ = schedule_run
+    from_stages = modes.run(
+        _eval_config(two_class_data, "retrieval", rgb=wd / "cotrain1_rgb", flow=wd / "cotrain1_flow"),
+        tmp_path / "a",
+    )
+    from_exports = modes.run(
+        _eval_config(two_class_data, "retrieval", rgb=wd / "export" / "rgb", flow=wd / "export" / "flow"),
+        tmp_path / "b",
+    )
+    assert set(from_stages) == {"rgb", "flow", "two_stream"}
+    for view in from_stages:
+        assert from_stages[view]["metrics"] == from_exports[view]["metrics"], view
+    for name in ("rgb_test_center.npz", "flow_train_center.npz"):
+        np.testing.assert_allclose(
+            np.load(tmp_path / "a" / "features" / name)["features"],
+            np.load(tmp_path / "b" / "features" / name)["features"],
+            rtol=1e-4,
+            atol=1e-5,
+        )
+    record = _metrics(tmp_path / "a", "retrieval", "two_stream")
+    assert set(record["metrics"]) == {"R@1", "R@5", "R@10", "R@20"}
+    assert record["protocol"] == "retrieval" and record["dataset"] == "pattern" and record["split"] == 1
+    assert record["sources"]["rgb"]["batch"] == checkpoints.stage_info(wd / "cotrain1_rgb")["step"]
+    assert record["settings"]["protocol"] == "dense" and record["date"].startswith("20")
+    assert _metrics(tmp_path / "b", "retrieval", "flow")["sources"]["flow"]["kind"] == "export"
+    scalars, images = _events(tmp_path / "a")
+    assert {"retrieval/rgb/R@1", "retrieval/flow/R@5", "retrieval/two_stream/R@20"} <= scalars
+    assert "retrieval/two_stream/nearest_neighbours" in images
+
+
+def test_padding_and_device_count_do_not_change_retrieval(two_class_data, tmp_path):
+    # 8 devices, batch 8 vs batch 24 (the last batches padded differently) in this process ...
+    eight = modes.run(_eval_config(two_class_data, "retrieval", view="rgb"), tmp_path / "b8")
+    padded = _eval_config(two_class_data, "retrieval", view="rgb")
+    padded.global_batch = 24
+    wide = modes.run(padded, tmp_path / "b24")
+    # ... and 1 device, CoCLR's protocol off and on, from the command line.
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "main.py", "--config=configs/retrieval.py:rgb", f"--workdir={tmp_path / 'one'}"]
+    cmd += [f"--config.data.dir={two_class_data}", "--config.eval.rgb_source=random"]
+    cmd += ["--config.global_batch=8", "--config.data.eval_stride=8"]  # the tiny config's stride
+    cmd += [
+        "--config.model.width_multiplier=0.25",
+        "--config.model.num_mixed_4=1",
+        "--config.model.bn_group_size=8",
+    ]
+    cmd += ["--config.data.num_frames=8", "--config.data.crop_size=32"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert re.search(r"^retrieval pattern split 1: rgb R@1 [\d.]+ R@5", proc.stdout, re.M), proc.stdout
+    one = _metrics(tmp_path / "one", "retrieval", "rgb")
+    assert one["devices"] == 1 and eight["rgb"]["devices"] == 8
+    assert eight["rgb"]["metrics"] == wide["rgb"]["metrics"] == one["metrics"]
+    feats = {k: np.load(tmp_path / k / "features" / "rgb_train_center.npz") for k in ("b8", "b24", "one")}
+    rows = feats["b8"]
+    for k in ("b24", "one"):
+        np.testing.assert_array_equal(feats[k]["video_index"], feats["b8"]["video_index"])
+        np.testing.assert_allclose(feats[k]["features"], feats["b8"]["features"], rtol=1e-4, atol=1e-5)
+    # every dense clip of every train video exactly once, whatever the padding
+    train_videos = [v for v in range(len(LENGTHS)) if v % 3 != 2]
+    expected = sorted(
+        (v, int(start))
+        for v in train_videos
+        for start in sampling.dense_clip_starts(LENGTHS[v], 8, 8).numpy()
+    )
+    got = sorted(zip(rows["video_index"].tolist(), rows["clip_start"].tolist(), strict=True))
+    assert got == expected
+
+
+def test_coclr_protocol_is_recorded_and_reuses_the_cached_features(two_class_data, tmp_path):
+    dense = modes.run(_eval_config(two_class_data, "retrieval", view="flow"), tmp_path)
+    mtime = (tmp_path / "features" / "flow_train_center.npz").stat().st_mtime
+    coclr = modes.run(
+        _eval_config(two_class_data, "retrieval", view="flow", eval__coclr_protocol=True), tmp_path
+    )
+    assert (tmp_path / "features" / "flow_train_center.npz").stat().st_mtime == mtime  # cache hit
+    assert _metrics(tmp_path, "retrieval", "flow")["settings"]["protocol"] == "coclr"
+    assert set(coclr["flow"]["metrics"]) == set(dense["flow"]["metrics"])
+
+
+# ---------------------------------------------------------------------- classifiers
+
+
+def test_linear_probe_cached_two_stream_averages_the_views(two_class_data, tmp_path):
+    cfg = _eval_config(two_class_data, "linear_probe", linear__cached=True)
+    results = modes.run(cfg, tmp_path)
+    preds = {
+        v: np.load(tmp_path / f"linear_probe_{v}_predictions.npz") for v in ("rgb", "flow", "two_stream")
+    }
+    np.testing.assert_allclose(
+        preds["two_stream"]["probs"], (preds["rgb"]["probs"] + preds["flow"]["probs"]) / 2
+    )
+    for view, p in preds.items():
+        assert len(p["videos"]) == 4  # every test video once
+        top1 = 100 * np.mean(p["probs"].argmax(1) == p["labels"])
+        assert results[view]["metrics"]["top1"] == pytest.approx(top1)
+    record = _metrics(tmp_path, "linear_probe", "two_stream")
+    assert record["settings"]["variant"].startswith("cached") and record["settings"]["epochs"] == 4
+    scalars, _ = _events(tmp_path)
+    assert {
+        "linear_probe/rgb/train/loss",
+        "linear_probe/flow/train/lr",
+        "linear_probe/two_stream/top1",
+    } <= scalars
+
+
+def test_linear_probe_on_clips_trains_the_head_only(two_class_data, tmp_path):
+    cfg = _eval_config(
+        two_class_data, "linear_probe", view="rgb", data__eval_crops="ten", linear__cached=False
+    )
+    results = modes.run(cfg, tmp_path)
+    assert set(results) == {"rgb"} and results["rgb"]["settings"]["test_crops"] == "ten"
+    steps = results["rgb"]["settings"]["epochs"] * (8 // 8)
+    assert (
+        checkpoints.manager(
+            tmp_path / "linear_probe_rgb", read_only=True, item_names=checkpoints.CLASSIFIER_ITEMS
+        ).latest_step()
+        == steps
+    )
+    assert np.load(tmp_path / "features" / "rgb_test_ten.npz")["features"].shape[0] % 10 == 0
+
+
+def test_finetune_resumes_to_the_same_result(two_class_data, tmp_path):
+    cfg = _eval_config(
+        two_class_data, "finetune", view="flow", train__checkpoint_every_steps=1, train__keep_checkpoints=5
+    )
+    first = modes.run(cfg, tmp_path / "full")
+    assert first["flow"]["settings"]["dropout"] == 0.9
+    # A crash after batch 1: only that checkpoint survives; the re-run resumes and ends the same.
+    shutil.copytree(tmp_path / "full", tmp_path / "crashed")
+    for result in [*(tmp_path / "crashed").glob("*.json"), *(tmp_path / "crashed").glob("*.npz")]:
+        result.unlink()
+    shutil.rmtree(tmp_path / "crashed" / "finetune_flow" / "checkpoints" / "2")
+    again = modes.run(cfg, tmp_path / "crashed")
+    assert again["flow"]["metrics"] == first["flow"]["metrics"]
+    a, b = (np.load(tmp_path / d / "finetune_flow_predictions.npz")["probs"] for d in ("full", "crashed"))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    scalars, _ = _events(tmp_path / "full")
+    assert {"finetune/flow/train/loss", "finetune/flow/train/top1", "finetune/flow/top1"} <= scalars
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "mode, change, message",
+    [
+        ("retrieval", dict(view="depth"), r"eval.view='depth'; use one of"),
+        ("retrieval", dict(rgb=""), r"eval.rgb_source is empty"),
+        ("retrieval", dict(rgb="/no/such/run"), r"/no/such/run does not exist"),
+        (
+            "retrieval",
+            dict(view="flow", flow="RGB_STAGE"),
+            r"holds a 'rgb' encoder, but it is given as the 'flow'",
+        ),
+        ("retrieval", dict(data__eval_crops="five"), r"eval crops 'five' unknown; use one of"),
+        ("linear_probe", dict(linear__momentum=1.0), r"linear.momentum=1.0 must be in \[0, 1\)"),
+        ("finetune", dict(finetune__dropout=1.0), r"finetune.dropout=1.0 must be in \[0, 1\)"),
+        ("finetune", dict(finetune__epochs=0), r"finetune.epochs=0 must be > 0"),
+    ],
+    ids=["view", "no-source", "missing", "wrong-view", "crops", "momentum", "dropout", "epochs"],
+)
+def test_bad_evaluation_configs_fail_before_any_work(
+    schedule_run, two_class_data, tmp_path, mode, change, message
+):
+    wd, _ = schedule_run
+    change = {k: (str(wd / "init_rgb") if v == "RGB_STAGE" else v) for k, v in change.items()}
+    cfg = _eval_config(two_class_data, mode, **change)
+    with pytest.raises(ConfigError, match=message):
+        modes.run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------- learned vs random
+
+
+@pytest.fixture(scope="module")
+def speed_data(tmp_path_factory):
+    """The demo's motion set at a smaller size: 4 speed classes, heading redrawn every 8 frames."""
+    root = tmp_path_factory.mktemp("speed")
+    synthetic.generate(
+        root / "raw",
+        num_classes=4,
+        groups=9,
+        clips_per_group=2,
+        num_frames=24,
+        height=48,
+        width=64,
+        kind="speed",
+    )
+    argv = ["--dataset=ucf101", f"--raw_dir={root / 'raw'}", f"--out_dir={root / 'data'}", "--splits=1"]
+    assert build.main([*argv, "--quiet", "--short_side=48", "--workers=2"]) == 0
+    return root / "data"
+
+
+def test_learned_flow_features_beat_random_init_on_motion_classes(speed_data, tmp_path):
+    # The demo's recipe for the flow view: 20 epochs of initialization (InfoNCE + LTCL).
+    cfg = tiny_config.run_config(speed_data, "pretrain", view="flow", retrieval_every_epochs=0)
+    cfg.update(global_batch=16, queue_size=48)
+    cfg.train.update(checkpoint_every_steps=60, log_every_steps=20)
+    cfg.schedule.init_epochs = 20
+    modes.run(cfg, tmp_path / "init_flow")
+    scores = {}
+    for name, source in (("random", "random"), ("learned", tmp_path / "init_flow")):
+        for protocol in ("retrieval", "linear_probe"):
+            c = _eval_config(speed_data, protocol, view="flow", flow=source, linear__cached=True)
+            c.linear.update(epochs=100, decay_epochs=(60, 80))
+            c.global_batch = 16
+            scores[name, protocol] = modes.run(c, tmp_path / f"eval_{name}")["flow"]["metrics"]
+    print(scores)
+    # 24 test videos, 4 classes (chance 25%): learned features must win by a wide margin.
+    assert scores["learned", "retrieval"]["R@1"] >= scores["random", "retrieval"]["R@1"] + 20, scores
+    assert scores["learned", "linear_probe"]["top1"] >= scores["random", "linear_probe"]["top1"] + 20, scores
