@@ -106,6 +106,14 @@ class Context:
         spec = self.spec(view)
         return spec.num_frames, spec.crop_size
 
+    def clip_settings(self) -> dict:
+        """What every protocol records of its test clips: size per view, stride, encoder."""
+        return {
+            "clip": {v: list(self.clip(v)) for v in views_of(self.config.eval.view)},
+            "stride": int(self.config.data.eval_stride),
+            "encoder": self.config.eval.encoder,
+        }
+
     def feature_fn(self, backbone: encoders.Backbone) -> Callable:
         """One jitted extractor per model config, shared by every source of that model."""
         key = json.dumps(backbone.model_cfg, sort_keys=True)
@@ -152,7 +160,9 @@ class Context:
         cached = None
         if path.is_file():
             with np.load(path) as f:
-                if json.loads(str(f["key"])) == json.loads(json.dumps(key)):
+                # A file of another key, or written by a version with other row fields, is a miss.
+                complete = set(features.ROW_KEYS) <= set(f.files)
+                if complete and json.loads(str(f["key"])) == json.loads(json.dumps(key)):
                     cached = {k: f[k] for k in features.ROW_KEYS}
         # Every host must take the same branch (extraction is collective): all hit or all compute.
         if jax.process_count() > 1:
@@ -305,10 +315,8 @@ def run_retrieval(config, workdir) -> dict:
         sets[TWO_STREAM] = _fused_sets(sets["rgb"], sets["flow"])
     settings = {
         "protocol": "coclr" if coclr else "dense",
-        "clip": {v: list(ctx.clip(v)) for v in views_of(config.eval.view)},
-        "stride": int(config.data.eval_stride),
         "crops": "center",
-        "encoder": config.eval.encoder,
+        **ctx.clip_settings(),
     }
     results = {}
     for view in _views_and_fused(config.eval.view):
@@ -508,9 +516,7 @@ def run_linear_probe(config, workdir) -> dict:
         "decay_epochs": list(lc.decay_epochs),
         "batch": int(config.global_batch),
         "test_crops": crops,
-        "stride": int(config.data.eval_stride),
-        "clip": {v: list(ctx.clip(v)) for v in views_of(config.eval.view)},
-        "encoder": config.eval.encoder,
+        **ctx.clip_settings(),
     }
     return _classifier_results(ctx, "linear_probe", per_view, settings, steps)
 
@@ -563,9 +569,7 @@ def run_finetune(config, workdir) -> dict:
         "batch": int(config.global_batch),
         "augmentation": dict(config.data.aug),
         "test_crops": crops,
-        "stride": int(config.data.eval_stride),
-        "clip": {v: list(ctx.clip(v)) for v in views_of(config.eval.view)},
-        "encoder": config.eval.encoder,
+        **ctx.clip_settings(),
     }
     return _classifier_results(ctx, "finetune", per_view, settings, steps)
 
