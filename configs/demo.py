@@ -2,14 +2,14 @@
 
     python main.py --config=configs/demo.py --workdir=/tmp/cvtcl_demo
 
-Generates 4 motion classes (textured squares moving at 4 speeds, changing heading every 8 frames)
-in UCF101's layout with data_prep's generator, prepares them with the real `data_prep.build`
-command (RGB + TV-L1 flow), then runs the schedule with a small S3D (width 1/4, one Mixed_4 block)
-on 8x32x32 clips: init RGB, init flow, two co-training cycles, export of both encoders, then
-evaluation: retrieval R@1/R@5 and linear-probe accuracy of random-init, initialized and co-trained
-encoders, for RGB, flow and both fused, printed as a table and written to
-WORKDIR/demo_results.json. Everything lands in the workdir; running the
-command again resumes (finished stages are skipped).
+Generates 4 motion classes (textured squares moving at 4 speeds, changing heading every 8 frames,
+9 looks each filmed once per class) in UCF101's layout with data_prep's generator, prepares them
+with the real `data_prep.build` command (RGB + TV-L1 flow), then runs the schedule with a small
+S3D (width 1/4, one Mixed_4 block) on 8x32x32 clips: init RGB, init flow, two co-training cycles,
+export of both encoders, then evaluation: retrieval R@1/R@5 and linear-probe accuracy of
+random-init, initialized and co-trained encoders, for RGB, flow and both fused, printed as a table
+and written to WORKDIR/demo_results.json. Everything lands in the workdir; running the command
+again resumes (finished stages are skipped).
 """
 
 import ml_collections
@@ -23,8 +23,10 @@ def get_config():
     cfg.demo = ml_collections.ConfigDict(
         dict(
             # Speed classes with a heading that changes every 8 frames (data_prep/synthetic.py):
-            # the flow's direction, which untrained features pick up, says nothing of the class.
+            # the flow's direction, which untrained features pick up, says nothing of the class;
+            # each look occurs in every class, so appearance says nothing of it either.
             kind="speed",
+            shared_looks=True,
             num_classes=4,
             groups=9,  # split 1 tests groups 1-3 -> 48 train / 24 test videos
             clips_per_group=2,

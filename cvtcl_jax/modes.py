@@ -353,6 +353,7 @@ def run_demo(config, workdir) -> dict:
                 width=demo.width,
                 seed=config.seed,
                 kind=demo.kind,
+                shared_looks=demo.shared_looks,
             )
         argv = ["--dataset=ucf101", f"--raw_dir={raw}", f"--out_dir={prepared}", "--splits=1", "--quiet"]
         argv += [f"--short_side={demo.short_side}", f"--workers={demo.prep_workers}"]

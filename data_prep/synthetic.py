@@ -9,7 +9,10 @@ clips of one group share their look and only motion tells the classes apart.
 `--kind=speed` makes the classes speeds instead (slow, steady, quick, fast) with a heading drawn
 anew every 8 frames: a flow image's colour (its direction) then says nothing of the class, so
 untrained features do poorly while features learned from temporal positives (clips of one video
-at different times share the speed, not the heading) do well. The demo uses it.
+at different times share the speed, not the heading) do well. `--shared_looks` draws each group's
+look once for every class (group g of each class is one setting, as KTH's actors perform every
+action; speed squares then also have one size), so a look tells videos apart but never their
+class. The demo uses both.
 
 Written as MJPG AVIs under RAW/UCF-101/<Class>/v_<Class>_gXX_cYY.avi with RAW/ucfTrainTestlist/
 (classInd.txt and train/test lists of splits 1-3; split n tests on the n-th third of the
@@ -70,11 +73,12 @@ SPEEDS = {"Slow": 0.7, "Steady": 1.5, "Quick": 2.3, "Fast": 3.1}
 HEADING_SEGMENT = 8
 
 
-def render_speed_clip(rng, speed, appearance, num_frames, height, width):
+def render_speed_clip(rng, speed, appearance, num_frames, height, width, half_size=None):
     """Frames (num_frames, H, W, 3) uint8 BGR: a textured square moving at `speed` in a heading
-    drawn anew every HEADING_SEGMENT frames, bouncing off the frame's edges."""
+    drawn anew every HEADING_SEGMENT frames, bouncing off the frame's edges. half_size: the
+    square's half side as a fraction of the short side (None: drawn per clip in 0.18-0.25)."""
     background, obj_tex = appearance
-    half = rng.uniform(0.18, 0.25) * min(height, width)
+    half = (rng.uniform(0.18, 0.25) if half_size is None else half_size) * min(height, width)
     x, y = rng.uniform(half, width - half), rng.uniform(half, height - half)
     yy, xx = np.mgrid[0:height, 0:width]
     frames = []
@@ -120,11 +124,14 @@ def generate(
     width: int = 80,
     seed: int = 0,
     kind: str = "direction",
+    shared_looks: bool = False,
 ) -> Path:
     """Writes the set under out_dir and returns out_dir as a Path.
 
     kind: 'direction' (the classes of MOTIONS) or 'speed' (the classes of SPEEDS: speed is the
     class, the heading changes every 8 frames, so the flow's direction says nothing of it).
+    shared_looks: each group's look is drawn once and used by every class (and speed squares have
+    one size), so appearance never tells the class; otherwise each (class, group) has its own.
     """
     table = {"direction": MOTIONS, "speed": SPEEDS}.get(kind)
     if table is None:
@@ -137,19 +144,30 @@ def generate(
     rng = np.random.default_rng(seed)
     classes = list(table)[:num_classes]
     names = {c: [] for c in classes}
+
+    def look():
+        return (
+            texture(rng, height, width, rng.uniform(40, 215, 3)),
+            texture(rng, height, width, rng.uniform(40, 215, 3)),
+        )
+
+    # Shared looks: group g of every class is filmed in one setting, so the look tells instances
+    # apart but never the class; one square size, since a per-clip size would be a second cue
+    # besides the speed that tells the clips of one look apart.
+    shared = {g: look() for g in range(1, groups + 1)} if shared_looks else {}
+    half_size = 0.22 if shared_looks else None
     for cls in classes:
         for g in range(1, groups + 1):
-            appearance = (
-                texture(rng, height, width, rng.uniform(40, 215, 3)),
-                texture(rng, height, width, rng.uniform(40, 215, 3)),
-            )
+            appearance = shared[g] if shared_looks else look()
             for c in range(1, clips_per_group + 1):
                 name = f"v_{cls}_g{g:02d}_c{c:02d}.avi"
                 write_avi(
                     root / "UCF-101" / cls / name,
                     render_clip(rng, MOTIONS[cls], appearance, num_frames, height, width)
                     if kind == "direction"
-                    else render_speed_clip(rng, SPEEDS[cls], appearance, num_frames, height, width),
+                    else render_speed_clip(
+                        rng, SPEEDS[cls], appearance, num_frames, height, width, half_size
+                    ),
                 )
                 names[cls].append((g, name))
     lists = root / "ucfTrainTestlist"
@@ -175,9 +193,19 @@ def main(argv=None):
     p.add_argument("--width", type=int, default=80)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kind", choices=("direction", "speed"), default="direction")
+    p.add_argument("--shared_looks", action="store_true", help="one look per group for every class")
     a = p.parse_args(argv)
     root = generate(
-        a.out_dir, a.num_classes, a.groups, a.clips_per_group, a.num_frames, a.height, a.width, a.seed, a.kind
+        a.out_dir,
+        a.num_classes,
+        a.groups,
+        a.clips_per_group,
+        a.num_frames,
+        a.height,
+        a.width,
+        a.seed,
+        a.kind,
+        a.shared_looks,
     )
     print(f"wrote {a.num_classes * a.groups * a.clips_per_group} videos under {root}")
 

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -207,3 +208,36 @@ def test_interrupted_build_resumes_to_the_same_records(tmp_path):
         assert (
             shard.read_bytes() == (tmp_path / "resumed" / shard.relative_to(tmp_path / "whole")).read_bytes()
         )
+
+
+def _read_avi(path):
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while (frame := cap.read())[0]:
+        frames.append(frame[1].astype(np.float32))
+    return np.stack(frames)
+
+
+def test_speed_set_shares_each_look_across_classes(tmp_path):
+    # The demo's set: a look (background + square pattern) is one group's setting in every class,
+    # so appearance never tells the class; only the square's speed does.
+    raw = synthetic.generate(
+        tmp_path, num_classes=4, groups=3, clips_per_group=1, num_frames=16, kind="speed", shared_looks=True
+    )
+    video = {
+        (cls, g): _read_avi(raw / "UCF-101" / cls / f"v_{cls}_g{g:02d}_c01.avi")
+        for cls in synthetic.SPEEDS
+        for g in (1, 2, 3)
+    }
+    # Pixels away from the square are the background; its median colour is the look's.
+    background = {key: np.median(v.reshape(-1, 3), axis=0) for key, v in video.items()}
+    for g in (1, 2, 3):
+        same = [np.abs(background["Slow", g] - background[cls, g]).max() for cls in synthetic.SPEEDS]
+        assert max(same) < 8, (g, same)
+    assert np.abs(background["Slow", 1] - background["Slow", 2]).max() > 8
+    # The frame-to-frame change grows with the class's speed.
+    motion = [
+        np.mean([np.abs(np.diff(video[cls, g], axis=0)).mean() for g in (1, 2, 3)])
+        for cls in synthetic.SPEEDS
+    ]
+    assert motion == sorted(motion), motion

@@ -268,7 +268,9 @@ def test_bad_evaluation_configs_fail_before_any_work(
 
 @pytest.fixture(scope="module")
 def speed_data(tmp_path_factory):
-    """The demo's motion set at a smaller size: 4 speed classes, heading redrawn every 8 frames."""
+    """The demo's speed classes at a smaller size (heading redrawn every 8 frames), each class
+    with its own looks: the demo's shared looks leave random flow features a linear probe only
+    ~8 points below the learned ones after 20 epochs, too close to assert on 24 test videos."""
     root = tmp_path_factory.mktemp("speed")
     synthetic.generate(
         root / "raw",
