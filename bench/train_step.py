@@ -2,12 +2,21 @@
 
     python bench/train_step.py --batch 64                      # paper size, all three steps
     python bench/train_step.py --batch 8 --frames 16 --size 64 --width 0.25 --queue 64   # CPU
+    python bench/train_step.py --stage init --batch 128 --profile /tmp/prof   # + top ops
+    python bench/train_step.py --stage init --batch 64 128 --fit_gib 80       # largest batch
 
 Steps: `init` (InfoNCE + LTCL, S segments), `cotrain` (L_RF + LTCL with the frozen other view,
 queue already full so every step updates) and `moco` (InfoNCE alone: the plain MoCo step that the
 PyTorch reference in ../shared/bench times). Prints one JSON line per (step, batch): clips/s,
-step time, compile time, peak memory, XLA's FLOP count of the step and the achieved TFLOP/s
-(fraction of peak when --peak_tflops is given).
+step time, compile time, peak memory (measured, and XLA's buffer assignment of the compiled
+step), XLA's FLOP count of the step and the achieved TFLOP/s (fraction of peak when --peak_tflops
+is given).
+
+--profile DIR traces a few more steps with `jax.profiler` (viewable in TensorBoard's profile
+tab or Perfetto), saves the step's optimised HLO and prints the top ops and the time per kind of
+op (bench/profile_ops.py). --fit_gib G finds the largest batch (a multiple of the BN group) whose
+compiled step needs at most G GiB per device: extrapolated from the last two batches measured,
+then checked by compiling it (not running it).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import profile_ops  # noqa: E402
 from cvtcl_jax import optim  # noqa: E402
 from cvtcl_jax.data.clip_spec import ClipSpec  # noqa: E402
 from cvtcl_jax.data.random_batches import random_pretrain_batch  # noqa: E402
@@ -49,7 +59,24 @@ def peak_memory_gib(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # host RSS, KiB -> GiB
 
 
-def bench(args, stage: str, batch: int) -> dict:
+def xla_memory_gib(compiled) -> float | None:
+    """Device memory XLA assigned to the compiled step (arguments + outputs + temporaries - aliased
+    donations), per device; None where the backend does not say."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # some backends do not implement it
+        return None
+    if m is None:
+        return None
+    total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+    return total / 2**30
+
+
+def compile_step(args, stage: str, batch: int, queue: int | None = None):
+    """(compiled step, compile seconds, state, batch data, extra args) for one step kind and batch.
+
+    queue: queue length (default args.queue; it must be a multiple of the batch)."""
+    queue = queue or args.queue
     mesh = make_mesh()
     check_global_batch(batch, mesh)
     model = ContrastiveEncoder(
@@ -57,6 +84,8 @@ def bench(args, stage: str, batch: int) -> dict:
         num_mixed_4=args.num_mixed_4,
         bn_group_size=min(args.bn_group, batch),
         dtype=jnp.dtype(args.dtype),
+        remat=args.remat,
+        pool_grad=args.pool_grad,
     )
     cfg = ContrastConfig(beta=0.0 if stage == "moco" else 1.0)
     schedule = optim.step_decay_schedule(1e-3, 100)
@@ -65,9 +94,9 @@ def bench(args, stage: str, batch: int) -> dict:
 
     def init(rng):
         clip = (args.frames, args.size, args.size, 3)
-        state = create_train_state(model, optimizer, rng, clip, args.queue, batch)
+        state = create_train_state(model, optimizer, rng, clip, queue, batch)
         if cotrain:  # a full queue: every timed step mines and updates
-            state = state.replace(queue=state.queue.replace(fill=jnp.int32(args.queue)))
+            state = state.replace(queue=state.queue.replace(fill=jnp.int32(queue)))
         return state
 
     shapes = jax.eval_shape(init, jax.random.key(0))
@@ -83,7 +112,11 @@ def bench(args, stage: str, batch: int) -> dict:
 
     t0 = time.perf_counter()
     compiled = step.lower(state, data, *extra).compile()
-    compile_s = time.perf_counter() - t0
+    return compiled, time.perf_counter() - t0, state, data, extra
+
+
+def bench(args, stage: str, batch: int) -> dict:
+    compiled, compile_s, state, data, extra = compile_step(args, stage, batch)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     flops = float(cost.get("flops", 0.0)) if cost else 0.0
@@ -96,20 +129,26 @@ def bench(args, stage: str, batch: int) -> dict:
         state, metrics = compiled(state, data, *extra)
     jax.block_until_ready(metrics)
     step_s = (time.perf_counter() - t0) / args.steps
+    if args.profile:
+        profile(args, f"{stage}_b{batch}_{args.dtype}", compiled, state, data, extra)
+    xla_mem = xla_memory_gib(compiled)
 
     result = {
         "step": stage,
         "batch": batch,
         "dtype": args.dtype,
         "clip": f"{args.frames}x{args.size}x{args.size}",
-        "segments": f"{args.segments}x{args.seg_len}" if cfg.use_ltcl else None,
+        "segments": f"{args.segments}x{args.seg_len}" if stage != "moco" else None,
         "queue": args.queue,
         "width": args.width,
+        "remat": args.remat,
+        "pool_grad": args.pool_grad,
         "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
         "step_s": round(step_s, 4),
         "clips_per_s": round(batch / step_s, 2),
         "compile_s": round(compile_s, 1),
         "peak_mem_gib": round(peak_memory_gib(jax.devices()[0]), 2),
+        "xla_mem_gib": None if xla_mem is None else round(xla_mem, 4),
         "step_gflop": round(flops / 1e9, 1),
         "achieved_tflops": round(flops / step_s / 1e12, 3),
         "loss": float(metrics["loss"]),
@@ -117,6 +156,68 @@ def bench(args, stage: str, batch: int) -> dict:
     if args.peak_tflops:
         result["fraction_of_peak"] = round(result["achieved_tflops"] / args.peak_tflops, 4)
     return result
+
+
+def profile(args, name: str, compiled, state, data, extra) -> None:
+    """Traces args.profile_steps steps into args.profile/name and prints the top ops (stderr)."""
+    out = Path(args.profile) / name
+    out.mkdir(parents=True, exist_ok=True)
+    hlo = compiled.as_text()
+    (out / "step.hlo.txt").write_text(hlo)
+    with jax.profiler.trace(str(out)):
+        t0 = time.perf_counter()
+        for _ in range(args.profile_steps):
+            state, metrics = compiled(state, data, *extra)
+        jax.block_until_ready(metrics)
+        wall_s = time.perf_counter() - t0
+    summary = profile_ops.summarize(out, hlo, top=args.profile_top, wall_s=wall_s)
+    (out / "top_ops.txt").write_text(summary + "\n")
+    print(f"== {name}: top ops of {args.profile_steps} traced steps ({out})\n{summary}", file=sys.stderr)
+
+
+def fit_batch(args, stage: str, measured: list[dict]) -> dict:
+    """The largest batch (multiple of the BN group) whose compiled step needs <= args.fit_gib GiB
+    per device. Memory is close to linear in the batch: a line through the two largest measured
+    batches gives a guess, each guess is compiled (not run) and the line redrawn through the last
+    two points, until a guess repeats; then the next batch up is compiled to confirm it does not
+    fit. The queue is rounded up to a multiple of each batch tried (its memory is negligible)."""
+    points = {r["batch"]: r["xla_mem_gib"] for r in measured if r["xla_mem_gib"] is not None}
+    if len(points) < 2:
+        raise SystemExit("--fit_gib needs two batches measured (--batch A B) and XLA's memory_analysis")
+    group = max(args.bn_group, jax.device_count())
+
+    def compiled_memory(batch):
+        points[batch] = xla_memory_gib(compile_step(args, stage, batch, -(-args.queue // batch) * batch)[0])
+
+    def largest_fit():
+        return max((b for b, m in points.items() if m <= args.fit_gib), default=None)
+
+    last = sorted(points)[-2:]
+    for _ in range(5):
+        (b0, m0), (b1, m1) = sorted((b, points[b]) for b in last)
+        slope = max(m1 - m0, 1e-9) / (b1 - b0)
+        guess = max(group, int((args.fit_gib - m1) / slope + b1) // group * group)
+        if guess in points:
+            break
+        compiled_memory(guess)
+        last = [last[-1], guess]
+    for _ in range(3):  # bracket the answer: the next batch up must not fit
+        largest = largest_fit()
+        if largest is None or largest + group in points:
+            break
+        compiled_memory(largest + group)
+    largest = largest_fit()
+    over = [b for b, m in points.items() if m > args.fit_gib and (largest is None or b > largest)]
+    return {
+        "step": stage,
+        "dtype": args.dtype,
+        "remat": args.remat,
+        "fit_gib": args.fit_gib,
+        "largest_batch": largest,
+        "xla_mem_gib": None if largest is None else round(points[largest], 2),
+        "smallest_batch_over": min(over) if over else None,
+        "batches_compiled": {b: round(m, 3) for b, m in sorted(points.items())},
+    }
 
 
 def main():
@@ -137,10 +238,20 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peak_tflops", type=float, default=None, help="device peak, for the fraction")
+    p.add_argument("--remat", action="store_true", help="recompute activations in the backward pass")
+    p.add_argument("--pool_grad", default="autodiff", choices=["autodiff", "slices"], help="S3D.pool_grad")
+    p.add_argument("--profile", help="trace steps into this directory and print the top ops")
+    p.add_argument("--profile_steps", type=int, default=3)
+    p.add_argument("--profile_top", type=int, default=15)
+    p.add_argument("--fit_gib", type=float, help="also find the largest batch that fits this many GiB")
     args = p.parse_args()
     for stage in args.stage:
+        measured = []
         for batch in args.batch:
-            print(json.dumps(bench(args, stage, batch)), flush=True)
+            measured.append(bench(args, stage, batch))
+            print(json.dumps(measured[-1]), flush=True)
+        if args.fit_gib:
+            print(json.dumps(fit_batch(args, stage, measured)), flush=True)
 
 
 if __name__ == "__main__":

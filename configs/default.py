@@ -15,6 +15,9 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.seed = 0
 
     # S3D + projection head g (SPEC 2, 4). bn_group_size: clips per BN statistics group.
+    # dtype "bfloat16": bf16 convolutions, float32 parameters, BN statistics, head and losses.
+    # remat: recompute activations in the backward pass (less memory, about 1/3 more compute).
+    # pool_grad: "autodiff" (XLA's SelectAndScatter) or "slices" (same gradient, other kernels).
     cfg.model = ml_collections.ConfigDict(
         dict(
             width_multiplier=1.0,
@@ -23,6 +26,8 @@ def get_config() -> ml_collections.ConfigDict:
             head_hidden_dim=1024,
             embed_dim=128,
             dtype="float32",
+            remat=False,
+            pool_grad="autodiff",
         )
     )
 

@@ -28,6 +28,9 @@ def backbone_from_config(model_cfg: Mapping) -> S3D:
         num_mixed_4=model_cfg["num_mixed_4"],
         bn_group_size=model_cfg.get("bn_group_size"),
         dtype=jax.numpy.dtype(dtype),
+        # Only matter where the backbone is trained (finetuning).
+        remat=model_cfg.get("remat", False),
+        pool_grad=model_cfg.get("pool_grad", "autodiff"),
     )
 
 

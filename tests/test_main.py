@@ -265,6 +265,7 @@ def _bad(data, tmp_path, change):
         (lambda c, t: c.update(mode="export") or c.export.update(source=str(t)), "no checkpoints at"),
         (lambda c, t: c.data.update(num_frames=4), "too small for S3D"),
         (lambda c, t: c.data.aug.update(flip_prob=2.0), "flip_prob=2.0 is not in"),
+        (lambda c, t: c.model.update(pool_grad="scatter"), "model.pool_grad='scatter' must be one of"),
     ],
     ids=[
         "mode",
@@ -277,6 +278,7 @@ def _bad(data, tmp_path, change):
         "export",
         "clip",
         "aug",
+        "pool-grad",
     ],
 )
 def test_bad_config_fails_before_any_work(data, tmp_path, change, message):

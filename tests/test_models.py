@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cvtcl_jax.models import S3D, ContrastiveEncoder, load_torchvision_s3d, to_torchvision_s3d
+from cvtcl_jax.models import S3D, ContrastiveEncoder, load_torchvision_s3d, pooling, to_torchvision_s3d
 from cvtcl_jax.models.s3d import feature_map_size
 from tests.s3d_reference import CASES, random_torchvision_state, reference_input
 
@@ -81,6 +81,66 @@ def test_small_variant_and_bfloat16_compute():
     assert y.dtype == jnp.float32
     y32 = jax.jit(S3D(width_multiplier=0.125, num_mixed_4=1).apply)(variables, x)
     assert rel_err(y, np.asarray(y32)) < 0.05
+
+
+def test_remat_keeps_variables_outputs_and_gradients():
+    """remat only changes what the backward pass stores: same variable tree, features, BN updates
+    and gradients as without it (float64, training-mode BN), and the backward pass recomputes."""
+    with jax.enable_x64(True):
+        kw = dict(width_multiplier=0.125, num_mixed_4=1, bn_group_size=2, dtype=jnp.float64)
+        plain, remat = S3D(**kw), S3D(**kw, remat=True)
+        x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 8, 32, 32, 3)), jnp.float64)
+        variables = jax.jit(plain.init)(jax.random.key(0), x)
+        assert jax.tree.structure(jax.eval_shape(remat.init, jax.random.key(0), x)) == jax.tree.structure(
+            variables
+        )
+
+        def loss_and_grad(model):
+            def loss(params):
+                y, upd = model.apply(
+                    {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+                )
+                return jnp.sum(jnp.sin(y)), upd
+
+            return jax.jit(jax.value_and_grad(loss, has_aux=True))
+
+        (l0, upd0), g0 = loss_and_grad(plain)(variables["params"])
+        (l1, upd1), g1 = loss_and_grad(remat)(variables["params"])
+        np.testing.assert_allclose(l1, l0, rtol=1e-12)
+        for a, b in ((g0, g1), (upd0, upd1)):
+            jax.tree.map(lambda u, v: np.testing.assert_allclose(v, u, rtol=1e-9, atol=1e-12), a, b)
+
+        def grad_convolutions(model):
+            def feature_sum(params):
+                y, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+                return jnp.sum(y)
+
+            return str(jax.make_jaxpr(jax.grad(feature_sum))(variables["params"])).count("conv_general")
+
+        # The 45 convolutions of the forward pass run again in the backward pass.
+        assert grad_convolutions(remat) == grad_convolutions(plain) + 45
+
+
+@pytest.mark.parametrize(
+    "window, strides, pad",
+    [((3, 3, 3), (1, 1, 1), (1, 1, 1)), ((1, 3, 3), (1, 2, 2), (0, 1, 1)), ((3, 3, 3), (2, 2, 2), (1, 1, 1)),
+     ((2, 2, 2), (2, 2, 2), (0, 0, 0))],
+    ids=["mixed-branch3", "stem", "pool-4", "pool-5"],
+)
+def test_slices_pool_gradient_is_the_automatic_one(window, strides, pad):
+    """S3D's four max pools: same values, and the same gradient as SelectAndScatter's, also where
+    a window holds several maxima (ReLU zeros, repeated values): the first one gets it."""
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.standard_normal((2, 5, 9, 8, 3)), jnp.float64)
+        tied = jnp.round(jax.nn.relu(x) * 2) / 2
+        for inputs in (x, tied):
+            y, vjp = jax.vjp(lambda v: pooling.max_pool3d(v, window, strides, pad), inputs)
+            y2, vjp2 = jax.vjp(lambda v: pooling.max_pool3d_slices(v, window, strides, pad), inputs)
+            np.testing.assert_array_equal(y2, y)
+            g = jnp.asarray(rng.standard_normal(y.shape), jnp.float64)
+            np.testing.assert_allclose(vjp2(g)[0], vjp(g)[0], rtol=1e-12, atol=1e-12)
+        assert int(jnp.sum(tied == 0)) > 0 and int(jnp.sum(tied == 0.5)) > 1
 
 
 def test_bn_groups_normalise_each_group_alone():

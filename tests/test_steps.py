@@ -151,6 +151,29 @@ def test_instance_discrimination_is_learned(videos, mesh8, init_step8):
     assert np.mean(loss[-12:]) < np.mean(loss[:12]) - 0.25, loss
 
 
+def test_bfloat16_training_tracks_float32(videos, mesh8, init_step8):
+    """Mixed precision (bf16 convolutions; float32 master weights, BN statistics, head and losses):
+    from the same start on the same batches, each step's loss stays within 6% of float32's (2.9%
+    at most measured over these 6 steps, 4.6% over 16)."""
+    bf16 = tiny.MODEL.clone(dtype=jnp.bfloat16)
+    step16 = make_train_step(bf16, CFG, tiny.OPTIMIZER, tiny.SCHEDULE)
+    step16 = jit_train_step(step16, mesh8, tiny.state_shapes())
+    rng = np.random.default_rng(4)
+    batches = [tiny.sample_batch(rng, videos, np.arange(16) + 16 * i, False) for i in range(6)]
+    state32, state16 = tiny.make_state(mesh8, seed=1), tiny.make_state(mesh8, seed=1, model=bf16)
+    jax.tree.map(np.testing.assert_array_equal, state16.params, state32.params)
+    state32, m32 = run(init_step8, mesh8, state32, batches)
+    state16, m16 = run(step16, mesh8, state16, batches)
+    loss32 = np.array([m["loss"] for m in m32])
+    loss16 = np.array([m["loss"] for m in m16])
+    assert all(m["loss"].dtype == np.float32 for m in m16)
+    masters = (state16.params, state16.ema_params, state16.batch_stats)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(masters))
+    assert state16.queue.keys.dtype == jnp.float32
+    rel = np.abs(loss16 - loss32) / loss32
+    assert 0 < rel[0] and rel.max() < 0.06, (loss32, loss16)
+
+
 def test_bad_configuration_is_rejected(mesh8):
     with pytest.raises(ValueError, match="tau"):
         ContrastConfig(tau=0.0)

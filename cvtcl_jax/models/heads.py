@@ -53,6 +53,8 @@ class ContrastiveEncoder(nn.Module):
     embed_dim: int = 128
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    remat: bool = False  # S3D.remat: recompute activations in the backward pass to save memory
+    pool_grad: str = "autodiff"  # S3D.pool_grad: how max pooling is differentiated
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ContrastiveEncoder:
@@ -73,6 +75,8 @@ class ContrastiveEncoder(nn.Module):
             bn_group_size=self.bn_group_size,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            remat=self.remat,
+            pool_grad=self.pool_grad,
         )
         self.head = ProjectionHead(self.head_hidden_dim, self.embed_dim, self.param_dtype)
 

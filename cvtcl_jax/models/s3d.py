@@ -12,9 +12,9 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-from jax import lax
 
 from cvtcl_jax.models.batchnorm import GroupedBatchNorm
+from cvtcl_jax.models.pooling import POOL_GRADS
 
 # Inception block widths: (branch0, branch1 reduce, branch1 out, branch2 reduce, branch2 out,
 # branch3 pool projection). Output channels = branch0 + branch1 out + branch2 out + branch3.
@@ -33,13 +33,6 @@ MIXED_4 = ("mixed_4b", "mixed_4c", "mixed_4d", "mixed_4e", "mixed_4f")
 
 # He-normal initialisation suits the conv + BN + ReLU units.
 _KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
-
-
-def max_pool3d(x, window, strides, pad):
-    """PyTorch-style MaxPool3d (padding with -inf). x: (B, T, H, W, C)."""
-    padding = [(0, 0)] + [(p, p) for p in pad] + [(0, 0)]
-    # A scalar -inf init lets JAX use the differentiable reduce_window_max primitive.
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), padding)
 
 
 class ConvBN(nn.Module):
@@ -96,6 +89,7 @@ class Mixed(nn.Module):
     bn_group_size: int | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    pool_grad: str = "autodiff"
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -106,7 +100,7 @@ class Mixed(nn.Module):
         y1 = SepConv(b1, 3, name="branch1_sep", **kw)(y1, train)
         y2 = ConvBN(b2r, name="branch2_reduce", **kw)(x, train)
         y2 = SepConv(b2, 3, name="branch2_sep", **kw)(y2, train)
-        y3 = max_pool3d(x, (3, 3, 3), (1, 1, 1), (1, 1, 1))
+        y3 = POOL_GRADS[self.pool_grad](x, (3, 3, 3), (1, 1, 1), (1, 1, 1))
         y3 = ConvBN(b3, name="branch3", **kw)(y3, train)
         return jnp.concatenate([y0, y1, y2, y3], axis=-1)
 
@@ -152,6 +146,12 @@ class S3D(nn.Module):
       bn_group_size: clips per BN statistics group in training mode (None: the whole batch).
       dtype: compute dtype; bfloat16 with float32 parameters gives mixed precision.
       param_dtype: parameter dtype (float32; float64 only for exact-comparison tests).
+      remat: recompute each unit's inner activations in the backward pass instead of storing them
+        (`nn.remat` around the stem, conv_2b/2c and every Mixed block): only unit outputs stay
+        in memory, for a larger batch at the cost of about one more forward pass. Same values,
+        same variables.
+      pool_grad: how max pooling is differentiated: 'autodiff' (XLA's SelectAndScatter) or
+        'slices' (compare-and-pad; same gradient, see `pooling.py`).
     """
 
     width_multiplier: float = 1.0
@@ -159,6 +159,8 @@ class S3D(nn.Module):
     bn_group_size: int | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    remat: bool = False
+    pool_grad: str = "autodiff"
 
     @property
     def out_features(self) -> int:
@@ -173,13 +175,19 @@ class S3D(nn.Module):
         feature_map_size(*x.shape[1:4])
         if not 1 <= self.num_mixed_4 <= len(MIXED_4):
             raise ValueError(f"num_mixed_4 must be in 1..5, got {self.num_mixed_4}")
+        if self.pool_grad not in POOL_GRADS:
+            raise ValueError(f"pool_grad must be one of {sorted(POOL_GRADS)}, got {self.pool_grad!r}")
+        max_pool3d = POOL_GRADS[self.pool_grad]
         m = self.width_multiplier
         kw = dict(bn_group_size=self.bn_group_size, dtype=self.dtype, param_dtype=self.param_dtype)
+        # `train` (argument 2, counting self) selects BN's mode: static, so remat can branch on it.
+        unit = (lambda cls: nn.remat(cls, static_argnums=(2,))) if self.remat else (lambda cls: cls)
+        sep_conv, conv_bn, mixed = unit(SepConv), unit(ConvBN), unit(Mixed)
         x = x.astype(self.dtype)
-        x = SepConv(_scaled(64, m), 7, 2, name="stem", **kw)(x, train)
+        x = sep_conv(_scaled(64, m), 7, 2, name="stem", **kw)(x, train)
         x = max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
-        x = ConvBN(_scaled(64, m), name="conv_2b", **kw)(x, train)
-        x = SepConv(_scaled(192, m), 3, name="conv_2c", **kw)(x, train)
+        x = conv_bn(_scaled(64, m), name="conv_2b", **kw)(x, train)
+        x = sep_conv(_scaled(192, m), 3, name="conv_2c", **kw)(x, train)
         x = max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
         blocks = ["mixed_3b", "mixed_3c", "pool", *MIXED_4[: self.num_mixed_4]]
         blocks += ["pool_5", "mixed_5b", "mixed_5c"]
@@ -190,7 +198,7 @@ class S3D(nn.Module):
                 x = max_pool3d(x, (2, 2, 2), (2, 2, 2), (0, 0, 0))
             else:
                 widths = tuple(_scaled(w, m) for w in MIXED_BLOCKS[name])
-                x = Mixed(widths, name=name, **kw)(x, train)
+                x = mixed(widths, pool_grad=self.pool_grad, name=name, **kw)(x, train)
         if return_map:
             return x
         # Pool in (at least) float32: the feature feeds the head, retrieval and the linear probe.

@@ -1,0 +1,83 @@
+"""3D max pooling, with a choice of gradient: XLA's SelectAndScatter or slices and pads.
+
+The automatic gradient of `lax.reduce_window(max)` is a SelectAndScatter. XLA's CPU backend
+expands it into a variadic reduce-window that carries an s32 index array per dimension (built
+from iotas) plus a scatter; GPU kernels for it scatter with atomics. `max_pool3d_slices` has the
+same values and the same gradient (checked in tests/test_models.py) computed another way: it compares
+the K = prod(window) strided views of the padded input with the pooled output, keeps for each
+output the first window position holding the maximum (window order, like SelectAndScatter with
+`>=`, PyTorch's MaxPool3d and the automatic gradient) and sends the output gradient back through
+the transpose of each strided view, which is a pad: only elementwise ops, slices and pads, which
+XLA fuses into a few loops on every backend. On the 2-core CPU both run the init step equally
+fast (0.78 vs 0.80 s); which is faster on a GPU is for the GPU benchmark to say
+(`bench/train_step.py --pool_grad slices`), hence the choice (`S3D.pool_grad`).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def max_pool3d(x, window, strides, pad):
+    """PyTorch-style MaxPool3d (padding with -inf, no ceil mode); automatic gradient.
+
+    x: (B, T, H, W, C); window, strides, pad: 3-tuples over (T, H, W).
+    """
+    padding = [(0, 0)] + [(p, p) for p in pad] + [(0, 0)]
+    # A scalar -inf init lets JAX use the reduce_window_max primitive.
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, *window, 1), (1, *strides, 1), padding)
+
+
+def _views(xp, out_shape, window, strides):
+    """[(offset, view)]: for each of the prod(window) offsets (window order), the strided view of
+    the padded input xp that holds, at output position q, the input at window offset of q."""
+    views = []
+    for offset in itertools.product(*(range(k) for k in window)):
+        ends = (o + (n - 1) * s + 1 for o, n, s in zip(offset, out_shape[1:4], strides, strict=True))
+        limit = (out_shape[0], *ends, out_shape[4])
+        views.append((offset, lax.slice(xp, (0, *offset, 0), limit, (1, *strides, 1))))
+    return views
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool3d_slices(x, window, strides, pad):
+    """`max_pool3d` with the gradient of the module docstring (reverse mode only)."""
+    return max_pool3d(x, window, strides, pad)
+
+
+def _slices_fwd(x, window, strides, pad):
+    y = max_pool3d(x, window, strides, pad)
+    return y, (x, y)
+
+
+def _slices_bwd(window, strides, pad, residuals, g):
+    x, y = residuals
+    padding = [(0, 0, 0)] + [(p, p, 0) for p in pad] + [(0, 0, 0)]
+    xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), padding)
+    # first[q] = index of the first window offset whose input equals the maximum y[q].
+    first = jnp.full(y.shape, -1, jnp.int8 if math.prod(window) < 128 else jnp.int32)
+    views = _views(xp, y.shape, window, strides)
+    for k, (_, view) in reversed(list(enumerate(views))):
+        first = jnp.where(view == y, jnp.asarray(k, first.dtype), first)
+    grad = jnp.zeros(xp.shape, g.dtype)
+    for k, (offset, _) in enumerate(views):
+        # The transpose of a strided view is a pad: low = offset, interior = stride - 1.
+        picked = jnp.where(first == k, g, jnp.zeros((), g.dtype))
+        config = [(0, 0, 0)]
+        for o, n, s, size in zip(offset, y.shape[1:4], strides, xp.shape[1:4], strict=True):
+            config.append((o, size - o - (n - 1) * s - 1, s - 1))
+        config.append((0, 0, 0))
+        grad = grad + lax.pad(picked, jnp.zeros((), g.dtype), config)
+    crop = tuple(slice(p, p + n) for p, n in zip(pad, x.shape[1:4], strict=True))
+    return (grad[(slice(None), *crop, slice(None))],)
+
+
+max_pool3d_slices.defvjp(_slices_fwd, _slices_bwd)
+
+POOL_GRADS = {"autodiff": max_pool3d, "slices": max_pool3d_slices}
