@@ -8,9 +8,10 @@ the K = prod(window) strided views of the padded input with the pooled output, k
 output the first window position holding the maximum (window order, like SelectAndScatter with
 `>=`, PyTorch's MaxPool3d and the automatic gradient) and sends the output gradient back through
 the transpose of each strided view, which is a pad: only elementwise ops, slices and pads, which
-XLA fuses into a few loops on every backend. On the 2-core CPU both run the init step equally
-fast (0.78 vs 0.80 s); which is faster on a GPU is for the GPU benchmark to say
-(`bench/train_step.py --pool_grad slices`), hence the choice (`S3D.pool_grad`).
+XLA fuses into a few loops on every backend. On the 2-core CPU it is no faster (the tiny test
+model's init step 0.78-0.85 vs 0.80 s; the README's bench step 2.65 vs 2.50 s, 6% slower); which
+wins on a GPU is for the GPU benchmark to say (`bench/train_step.py --pool_grad slices`), hence
+the choice (`S3D.pool_grad`, default 'autodiff').
 """
 
 from __future__ import annotations
