@@ -59,8 +59,8 @@ cp "$OUT"/prof/*/top_ops.txt "$OUT/" 2>/dev/null
 # 3. float32 beside it, then the largest init-step batch that fits an 80 GB card (78 GiB usable),
 #    without and with remat (compiled, not run, beyond the two measured batches).
 run 150 f32_b128 $STEP --dtype float32 --batch 128 --stage init moco
-run 150 fit_80g $STEP --dtype bfloat16 --batch 64 128 --stage init --steps 3 --fit_gib 78
-run 150 fit_80g_remat $STEP --dtype bfloat16 --batch 64 128 --stage init --steps 3 --fit_gib 78 --remat
+run 150 fit_80g $STEP --dtype bfloat16 --batch 64 128 --stage init --steps 1 --warmup 1 --fit_gib 78
+run 150 fit_80g_remat $STEP --dtype bfloat16 --batch 64 128 --stage init --steps 1 --warmup 1 --fit_gib 78 --remat
 # 4. The rest of the batch sweep.
 run 200 bf16_sweep $STEP --dtype bfloat16 --batch 32 256 --stage init cotrain
 log "done, $((DEADLINE - SECONDS))s of the budget left"
