@@ -192,6 +192,7 @@ class Context:
             "config": run_key(self.config, protocol),
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "devices": jax.device_count(),
+            "processes": jax.process_count(),
             "jax_version": jax.__version__,
         }
         self.writer.write_scalars(step, {f"{protocol}/{view}/{k}": v for k, v in metrics.items()})

@@ -87,8 +87,9 @@ def extract(
     for batch in _synced(iter(batches), empty):
         on_device = shard_batch(mesh, {view: batch[view], **{k: batch[k] for k in META_KEYS}})
         feats = feature_fn(variables, on_device[view])
+        # tiled: the global arrays span every host; this gives each host the whole global batch.
         gathered = multihost_utils.process_allgather(
-            {"features": feats, **{k: on_device[k] for k in META_KEYS}}
+            {"features": feats, **{k: on_device[k] for k in META_KEYS}}, tiled=True
         )
         keep = np.asarray(gathered["mask"], bool)
         for key in rows:

@@ -3,6 +3,12 @@
 Session fixtures: the pattern dataset and one tiny schedule run, shared by test_main and
 test_evaluation. A persistent compilation cache for the session (inherited by `main.py`
 subprocesses) lets runs of the same train step in several tests and processes compile it once.
+
+The suite runs on pytest-xdist workers (pyproject's addopts), the controller's cache directory
+shared by all of them. Each test is in a group that one worker runs whole
+(`pytest_collection_modifyitems` below), so module and session fixtures are built once: a group
+per module, and one for every test of the session's schedule run, which test_main and
+test_evaluation share.
 """
 
 import atexit
@@ -28,6 +34,33 @@ from tests import tiny_config  # noqa: E402
 from tests.pattern_records import write_pattern_dataset  # noqa: E402
 
 LENGTHS = [40, 24, 30, 50, 35, 20, 44, 36, 25, 33, 41, 48]  # 8 train, 4 test videos
+
+# The longest groups (11-12 minutes each of a one-process run on 2 cores) are handed out first, so no worker
+# starts one of them while the others are running out of work.
+LONG_GROUPS = ("test_steps", "test_evaluation", "schedule")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Puts each test in an xdist group (its module's, or 'schedule') and the long groups first.
+
+    tryfirst: xdist's worker hook, registered after this conftest and so called before it
+    otherwise, reads the marks. Every worker sorts the same collection the same way, as xdist
+    requires.
+    """
+
+    def group(item):
+        if (mark := item.get_closest_marker("xdist_group")) is not None:
+            return mark.args[0] if mark.args else mark.kwargs["name"]
+        if "schedule_run" in getattr(item, "fixturenames", ()):
+            return "schedule"
+        return item.module.__name__.rsplit(".", 1)[-1]
+
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:  # a test's own group wins
+            item.add_marker(pytest.mark.xdist_group(group(item)))
+    rank = {g: i for i, g in enumerate(LONG_GROUPS)}
+    items.sort(key=lambda item: rank.get(group(item), len(rank)))
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import synthetic
+from data_prep import layouts, synthetic
 from data_prep.records import read_records
 from data_prep.video import dequantize_flow, process_video
 
@@ -190,6 +190,13 @@ def test_interrupted_build_resumes_to_the_same_records(tmp_path):
     raw = synthetic.generate(
         tmp_path / "raw", num_classes=2, groups=6, clips_per_group=1, num_frames=12, height=32, width=40
     )
+    # The third video the build takes gets 64 times the pixels of another (4x the frames, 16x the
+    # frame size), so that the kill below, after two records, lands while it is prepared, however
+    # busy the machine is.
+    rng = np.random.default_rng(0)
+    look = tuple(synthetic.texture(rng, 128, 160, rng.uniform(40, 215, 3)) for _ in range(2))
+    frames = synthetic.render_clip(rng, synthetic.MOTIONS["MoveLeft"], look, 48, 128, 160)
+    synthetic.write_avi(Path(layouts.ucf101(str(raw), [1]).videos[2].path), frames)
     build(raw, tmp_path / "whole")
     cmd = [sys.executable, "-m", "data_prep.build", "--dataset=ucf101", f"--raw_dir={raw}"]
     cmd += [f"--out_dir={tmp_path / 'resumed'}", "--workers=1", "--quiet", "--short_side=32"]

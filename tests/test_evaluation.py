@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -128,15 +129,7 @@ def test_padding_and_device_count_do_not_change_retrieval(two_class_data, tmp_pa
     wide = modes.run(padded, tmp_path / "b24")
     # ... and 1 device, CoCLR's protocol off and on, from the command line.
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, "main.py", "--config=configs/retrieval.py:rgb", f"--workdir={tmp_path / 'one'}"]
-    cmd += [f"--config.data.dir={two_class_data}", "--config.eval.rgb_source=random"]
-    cmd += ["--config.global_batch=8", "--config.data.eval_stride=8"]  # the tiny config's stride
-    cmd += [
-        "--config.model.width_multiplier=0.25",
-        "--config.model.num_mixed_4=1",
-        "--config.model.bn_group_size=8",
-    ]
-    cmd += ["--config.data.num_frames=8", "--config.data.crop_size=32"]
+    cmd = _random_rgb_retrieval_command(two_class_data, tmp_path / "one")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert re.search(r"^retrieval pattern split 1: rgb R@1 [\d.]+ R@5", proc.stdout, re.M), proc.stdout
@@ -157,6 +150,64 @@ def test_padding_and_device_count_do_not_change_retrieval(two_class_data, tmp_pa
     )
     got = sorted(zip(rows["video_index"].tolist(), rows["clip_start"].tolist(), strict=True))
     assert got == expected
+
+
+def _random_rgb_retrieval_command(data_dir, workdir) -> list[str]:
+    """main.py's retrieval of a random-init RGB encoder with the tiny config's model and clips."""
+    cmd = [sys.executable, "main.py", "--config=configs/retrieval.py:rgb", f"--workdir={workdir}"]
+    cmd += [f"--config.data.dir={data_dir}", "--config.eval.rgb_source=random"]
+    cmd += ["--config.global_batch=8", "--config.data.eval_stride=8"]  # the tiny config's stride
+    cmd += [
+        "--config.model.width_multiplier=0.25",
+        "--config.model.num_mixed_4=1",
+        "--config.model.bn_group_size=8",
+    ]
+    return cmd + ["--config.data.num_frames=8", "--config.data.crop_size=32"]
+
+
+def _sorted_rows(npz) -> dict:
+    order = np.lexsort((npz["crop"], npz["clip_start"], npz["video_index"]))
+    return {k: npz[k][order] for k in ("features", "video_index", "clip_start", "crop")}
+
+
+@pytest.mark.xdist_group("multi_host")
+def test_two_hosts_give_the_one_host_retrieval(two_class_data, tmp_path):
+    """main.py on two processes of 4 CPU devices each (jax.distributed on localhost, gloo
+    collectives), started with --coordinator_address/--num_processes/--process_id. Each host reads
+    its own shards (train: 2 + 1 of 3, test: 1 + 1 of 2 shards; host 1 runs out of batches first
+    and feeds masked ones), and the result is the one host's: same metrics, same clip features."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "4", "JAX_PLATFORMS": "cpu"}
+    logs = [tmp_path / f"host{i}.log" for i in range(2)]
+    procs = []
+    try:
+        for i, log in enumerate(logs):
+            cmd = _random_rgb_retrieval_command(two_class_data, tmp_path / "two")
+            cmd += [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"]
+            with open(log, "w") as out:  # the child has its own copy of the descriptor
+                procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT))
+        for proc in procs:
+            proc.wait(timeout=600)
+    finally:
+        for proc in procs:
+            proc.kill()  # a host left waiting for a failed one
+    for proc, log in zip(procs, logs, strict=True):
+        assert proc.returncode == 0, log.read_text()[-3000:]
+    one = modes.run(_eval_config(two_class_data, "retrieval", view="rgb"), tmp_path / "one")
+    two = _metrics(tmp_path / "two", "retrieval", "rgb")
+    assert (two["processes"], two["devices"]) == (2, 8)
+    assert (one["rgb"]["processes"], one["rgb"]["devices"]) == (1, 8)
+    assert two["metrics"] == one["rgb"]["metrics"]
+    for subset in ("train", "test"):
+        rows = {
+            k: _sorted_rows(np.load(tmp_path / k / "features" / f"rgb_{subset}_center.npz"))
+            for k in ("one", "two")
+        }
+        for key in ("video_index", "clip_start", "crop"):
+            np.testing.assert_array_equal(rows["two"][key], rows["one"][key], err_msg=f"{subset} {key}")
+        np.testing.assert_allclose(rows["two"]["features"], rows["one"]["features"], rtol=1e-4, atol=1e-5)
 
 
 def test_coclr_protocol_is_recorded_and_reuses_the_cached_features(two_class_data, tmp_path):

@@ -294,20 +294,31 @@ def test_view_missing_from_the_data(tmp_path):
         modes.run(cfg, tmp_path / "run")
 
 
+def _run_init_rgb(workdir, *flags) -> subprocess.CompletedProcess:
+    """main.py with configs/init_rgb.py and `flags`, on the CPU."""
+    cmd = [sys.executable, "main.py", "--config=configs/init_rgb.py", f"--workdir={workdir}", *flags]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--num_processes=2"], "missing --coordinator_address, --process_id"),
+        (
+            ["--coordinator_address=127.0.0.1:1", "--num_processes=2", "--process_id=2"],
+            "--process_id=2 must be below --num_processes=2",
+        ),
+    ],
+)
+def test_multi_host_flags_are_checked_before_any_work(tmp_path, flags, message):
+    proc = _run_init_rgb(tmp_path / "wd", *flags)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert not (tmp_path / "wd").exists()
+
+
 def test_command_line_reports_config_errors_and_exits_2(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "main.py",
-            "--config=configs/init_rgb.py",
-            f"--workdir={tmp_path}",
-            "--config.global_batch=7",
-        ],
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _run_init_rgb(tmp_path, "--config.global_batch=7")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "error: global_batch=7 is not a multiple of model.bn_group_size=32" in proc.stderr
