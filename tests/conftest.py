@@ -35,8 +35,8 @@ from tests.pattern_records import write_pattern_dataset  # noqa: E402
 
 LENGTHS = [40, 24, 30, 50, 35, 20, 44, 36, 25, 33, 41, 48]  # 8 train, 4 test videos
 
-# The longest groups (11-12 minutes each of a one-process run on 2 cores) are handed out first, so no worker
-# starts one of them while the others are running out of work.
+# The longest groups (11-12 minutes each of a one-process run on 2 cores) are handed out first,
+# so no worker starts one of them while the others are running out of work.
 LONG_GROUPS = ("test_steps", "test_evaluation", "schedule")
 
 
