@@ -12,6 +12,10 @@
 # bf16 figure the performance issue uses for the H100/H200) gives the fraction of peak.
 # BENCH_ARGS is appended to every bench/train_step.py command (a dry run on a CPU, say:
 # BENCH_ARGS="--frames 8 --size 32 --width 0.125 --num_mixed_4 1 --queue 256 --bn_group 8").
+# PHASES runs some of the groups, in the order given: headline (the reference and our three
+# steps at batch 128, bf16, each traced), variants (the init step with the other conv lowering and
+# pooling gradient), f32, sweep (batches 32 and 256), fit (the largest batch for 80 GB),
+# fit_remat.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REF=${1:-}
@@ -21,6 +25,14 @@ DEADLINE=$((SECONDS + ${BUDGET_S:-540}))
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 STEP="python3 bench/train_step.py --peak_tflops $PEAK"
+# One persistent compilation cache for the session: a program compiled by an earlier run (the
+# fit's measured batches) is loaded, not compiled again (JAX also keeps XLA's autotuning results
+# there). A run's compile_s
+# is therefore a cache load where an earlier run compiled the same program.
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/cvtcl_jax_cache}
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
+# Batch 256 of the init step needs more than JAX's default 75% of an 80 GB card.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
 
 log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/session.log"; }
 
@@ -44,23 +56,38 @@ run() {  # run LIMIT_S NAME COMMAND...
 }
 
 log "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null)"
-python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" 2>&1 |
+python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" 2>&1 |
     tee -a "$OUT/session.log"
 
-# 1. The paper's configuration (32x128x128, S = 4 x 8, queue 2048) at batch 128, bf16, all three
-#    steps, with the PyTorch reference's MoCo step in the same call.
-if [ -n "$REF" ] && [ -f "$REF/torch_one.py" ]; then
-    run 120 torch_b128 python3 "$REF/torch_one.py" 128
-fi
-run 240 bf16_b128 $STEP --dtype bfloat16 --batch 128 --stage moco init cotrain
-# 2. Where the init step's time goes: top ops and time per kind of op.
-run 120 profile_init $STEP --dtype bfloat16 --batch 128 --stage init --steps 3 --profile "$OUT/prof"
-cp "$OUT"/prof/*/top_ops.txt "$OUT/" 2>/dev/null
-# 3. float32 beside it, then the largest init-step batch that fits an 80 GB card (78 GiB usable),
-#    without and with remat (compiled, not run, beyond the two measured batches).
-run 150 f32_b128 $STEP --dtype float32 --batch 128 --stage init moco
-run 150 fit_80g $STEP --dtype bfloat16 --batch 64 128 --stage init --steps 1 --warmup 1 --fit_gib 78
-run 150 fit_80g_remat $STEP --dtype bfloat16 --batch 64 128 --stage init --steps 1 --warmup 1 --fit_gib 78 --remat
-# 4. The rest of the batch sweep.
-run 200 bf16_sweep $STEP --dtype bfloat16 --batch 32 256 --stage init cotrain
+# PHASES picks and orders the groups below (default: all, most important first). Each step
+# program takes about 2 minutes to compile on an H200 (115-120 s, presumably mostly XLA's
+# autotuning of the convolutions; measured 2026-11-27), so a run's limit is about 150 s per
+# program it compiles, and a 15-minute device session affords the headline and one variant.
+for phase in ${PHASES:-headline variants f32 sweep fit fit_remat}; do
+    case $phase in
+    headline)  # The paper's configuration (32x128x128, S = 4 x 8, queue 2048) at batch 128, bf16,
+        # all three steps, with the PyTorch reference's MoCo step in the same call; each step is
+        # also traced (no extra compile) for its top ops.
+        if [ -n "$REF" ] && [ -f "$REF/torch_one.py" ]; then
+            run 120 torch_b128 python3 "$REF/torch_one.py" 128
+        fi
+        run 540 bf16_b128 $STEP --dtype bfloat16 --batch 128 --stage init moco cotrain --profile "$OUT/prof"
+        for d in "$OUT"/prof/*/; do
+            [ -f "$d/top_ops.txt" ] && cp "$d/top_ops.txt" "$OUT/top_ops_$(basename "$d").txt"
+        done ;;
+    variants)  # The init step with the other lowering of the convolutions and pooling gradient.
+        run 200 init_xla3d $STEP --dtype bfloat16 --batch 128 --stage init --conv_lowering xla3d
+        run 200 init_slices $STEP --dtype bfloat16 --batch 128 --stage init --pool_grad slices ;;
+    f32)  # float32 beside bf16.
+        run 320 f32_b128 $STEP --dtype float32 --batch 128 --stage init moco ;;
+    sweep)  # The rest of the batch sweep (batch 256 also serves the fit below from the cache).
+        run 620 bf16_sweep $STEP --dtype bfloat16 --batch 32 256 --stage init cotrain ;;
+    fit)  # The largest init-step batch that fits an 80 GB card (78 GiB usable): a line through
+        # batches 128 and 256, each guess compiled (not run) until bracketed.
+        run 480 fit_80g $STEP --dtype bfloat16 --batch 128 256 --stage init --steps 1 --warmup 1 --fit_gib 78 ;;
+    fit_remat)  # The same with remat.
+        run 760 fit_80g_remat $STEP --dtype bfloat16 --batch 128 256 --stage init --steps 1 --warmup 1 --fit_gib 78 --remat ;;
+    *) log "unknown phase $phase" ;;
+    esac
+done
 log "done, $((DEADLINE - SECONDS))s of the budget left"

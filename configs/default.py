@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
     # dtype "bfloat16": bf16 convolutions, float32 parameters, BN statistics, head and losses.
     # remat: recompute activations in the backward pass (less memory, about 1/3 more compute).
     # pool_grad: "autodiff" (XLA's SelectAndScatter) or "slices" (same gradient, other kernels).
+    # conv_lowering: "fold" (separable kernels as 2D convs and matmuls) or "xla3d" (3D convs).
     cfg.model = ml_collections.ConfigDict(
         dict(
             width_multiplier=1.0,
@@ -28,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
             dtype="float32",
             remat=False,
             pool_grad="autodiff",
+            conv_lowering="fold",
         )
     )
 

@@ -13,6 +13,7 @@ from cvtcl_jax import checkpoints
 from cvtcl_jax.data.augment import AugmentConfig, check_eval_crops
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import VIEWS, DatasetError, load_dataset_info
+from cvtcl_jax.models.conv import CONV_LOWERINGS
 from cvtcl_jax.models.pooling import POOL_GRADS
 from cvtcl_jax.models.s3d import feature_map_size
 from cvtcl_jax.queue import check_queue_size
@@ -68,6 +69,10 @@ def check_model_and_data_shapes(config) -> None:
     _wrap(check_eval_crops, d.eval_crops, d.ten_crop_scale, prefix="data: ")
     if config.model.get("pool_grad", "autodiff") not in POOL_GRADS:
         raise ConfigError(f"model.pool_grad={config.model.pool_grad!r} must be one of {sorted(POOL_GRADS)}")
+    if config.model.get("conv_lowering", "fold") not in CONV_LOWERINGS:
+        raise ConfigError(
+            f"model.conv_lowering={config.model.conv_lowering!r} must be one of {CONV_LOWERINGS}"
+        )
     if d.eval_stride < 1:
         raise ConfigError(f"data.eval_stride={d.eval_stride} must be >= 1")
 

@@ -31,6 +31,7 @@ def backbone_from_config(model_cfg: Mapping) -> S3D:
         # Only matter where the backbone is trained (finetuning).
         remat=model_cfg.get("remat", False),
         pool_grad=model_cfg.get("pool_grad", "autodiff"),
+        conv_lowering=model_cfg.get("conv_lowering", "fold"),
     )
 
 

@@ -339,11 +339,11 @@ def speed_data(tmp_path_factory):
 
 
 def test_learned_flow_features_beat_random_init_on_motion_classes(speed_data, tmp_path):
-    # The demo's recipe for the flow view: 20 epochs of initialization (InfoNCE + LTCL).
+    # The demo's recipe for the flow view: 50 epochs of initialization (InfoNCE + LTCL).
     cfg = tiny_config.run_config(speed_data, "pretrain", view="flow", retrieval_every_epochs=0)
     cfg.update(global_batch=16, queue_size=48)
-    cfg.train.update(checkpoint_every_steps=60, log_every_steps=20)
-    cfg.schedule.init_epochs = 20
+    cfg.train.update(checkpoint_every_steps=150, log_every_steps=50)
+    cfg.schedule.init_epochs = 50
     modes.run(cfg, tmp_path / "init_flow")
     scores = {}
     for name, source in (("random", "random"), ("learned", tmp_path / "init_flow")):

@@ -266,6 +266,7 @@ def _bad(data, tmp_path, change):
         (lambda c, t: c.data.update(num_frames=4), "too small for S3D"),
         (lambda c, t: c.data.aug.update(flip_prob=2.0), "flip_prob=2.0 is not in"),
         (lambda c, t: c.model.update(pool_grad="scatter"), "model.pool_grad='scatter' must be one of"),
+        (lambda c, t: c.model.update(conv_lowering="2d"), "model.conv_lowering='2d' must be one of"),
     ],
     ids=[
         "mode",
@@ -279,6 +280,7 @@ def _bad(data, tmp_path, change):
         "clip",
         "aug",
         "pool-grad",
+        "conv-lowering",
     ],
 )
 def test_bad_config_fails_before_any_work(data, tmp_path, change, message):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cvtcl_jax.models import S3D, ContrastiveEncoder, load_torchvision_s3d, pooling, to_torchvision_s3d
+from cvtcl_jax.models import S3D, ContrastiveEncoder, conv, load_torchvision_s3d, pooling, to_torchvision_s3d
 from cvtcl_jax.models.s3d import feature_map_size
 from tests.s3d_reference import CASES, random_torchvision_state, reference_input
 
@@ -115,10 +115,68 @@ def test_remat_keeps_variables_outputs_and_gradients():
                 y, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
                 return jnp.sum(y)
 
-            return str(jax.make_jaxpr(jax.grad(feature_sum))(variables["params"])).count("conv_general")
+            jaxpr = str(jax.make_jaxpr(jax.grad(feature_sum))(variables["params"]))
+            return jaxpr.count("conv_general") + jaxpr.count("dot_general")  # 1x1x1 convs are matmuls
 
         # The 45 convolutions of the forward pass run again in the backward pass.
         assert grad_convolutions(remat) == grad_convolutions(plain) + 45
+
+
+@pytest.mark.parametrize(
+    "kernel, strides",
+    [((1, 7, 7), (1, 2, 2)), ((7, 1, 1), (2, 1, 1)), ((1, 3, 3), (1, 1, 1)), ((3, 1, 1), (1, 1, 1)),
+     ((1, 1, 1), (1, 1, 1)), ((3, 3, 3), (1, 2, 2))],
+    ids=["stem-spatial", "stem-temporal", "spatial", "temporal", "pointwise", "full-3d"],
+)
+def test_folded_conv_is_the_3d_conv(kernel, strides):
+    """Each kernel S3D uses (and a full 3D one, which falls back to a 3D conv), on odd sizes:
+    the folded lowering equals XLA's 3D convolution with PyTorch's padding, values and gradients."""
+    rng = np.random.default_rng(5)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.standard_normal((2, 7, 9, 11, 3)), jnp.float64)
+        k = jnp.asarray(rng.standard_normal((*kernel, 3, 4)), jnp.float64)
+        pad = [(n // 2, n // 2) for n in kernel]
+        dims = ("NDHWC", "DHWIO", "NDHWC")
+
+        def ref(x, k):
+            return jax.lax.conv_general_dilated(x, k, strides, pad, dimension_numbers=dims)
+
+        y, vjp = jax.vjp(ref, x, k)
+        y2, vjp2 = jax.vjp(lambda x, k: conv.conv3d_folded(x, k, strides), x, k)
+        np.testing.assert_allclose(y2, y, rtol=1e-12, atol=1e-12)
+        g = jnp.asarray(rng.standard_normal(y.shape), jnp.float64)
+        for got, want in zip(vjp2(g), vjp(g), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_lowerings_give_the_same_network():
+    """S3D with conv_lowering 'fold' and 'xla3d': same variables, features, BN updates and
+    gradients (float64, training-mode BN); 'fold' has no 3D convolution left, 'xla3d' only those."""
+    with jax.enable_x64(True):
+        # One BN group of 4 clips: groups of 2 leave so few values per channel in the last layers
+        # that BN's division amplifies summation-order differences to 1e-7.
+        kw = dict(width_multiplier=0.125, num_mixed_4=1, dtype=jnp.float64, param_dtype=jnp.float64)
+        fold, xla3d = S3D(**kw, conv_lowering="fold"), S3D(**kw, conv_lowering="xla3d")
+        x = jnp.asarray(np.random.default_rng(6).standard_normal((4, 8, 64, 64, 3)), jnp.float64)
+        variables = jax.jit(fold.init)(jax.random.key(0), x)
+        shapes = jax.eval_shape(xla3d.init, jax.random.key(0), x)
+        assert jax.tree.map(lambda v: v.shape, shapes) == jax.tree.map(lambda v: v.shape, variables)
+
+        def run(model):
+            def loss(params):
+                y, upd = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+                return jnp.sum(jnp.sin(y)), upd
+
+            jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+            ranks = [e.invars[0].aval.ndim for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
+            return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"]), ranks
+
+        ((l0, upd0), g0), ranks0 = run(xla3d)
+        ((l1, upd1), g1), ranks1 = run(fold)
+        np.testing.assert_allclose(l1, l0, rtol=1e-12)
+        for a, b in ((g0, g1), (upd0, upd1)):
+            jax.tree.map(lambda u, v: np.testing.assert_allclose(v, u, rtol=1e-9, atol=1e-12), a, b)
+        assert set(ranks0) == {5} and ranks1 and set(ranks1) == {4}
 
 
 @pytest.mark.parametrize(

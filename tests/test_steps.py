@@ -148,7 +148,10 @@ def test_instance_discrimination_is_learned(videos, mesh8, init_step8):
     first, last = np.mean(top1[:12]), np.mean(top1[-12:])
     assert last > 0.25 > 15 * chance, (first, last)
     assert last > first + 0.15, (first, last)
-    assert np.mean(loss[-12:]) < np.mean(loss[:12]) - 0.25, loss
+    # Loss against its value once the queue is full: it fills during the first QUEUE / BATCH steps,
+    # whose fewer negatives give lower losses.
+    full = tiny.QUEUE // tiny.BATCH
+    assert np.mean(loss[-12:]) < np.mean(loss[full : full + 12]) - 0.25, loss
 
 
 def test_bfloat16_training_tracks_float32(videos, mesh8, init_step8):

@@ -55,6 +55,7 @@ class ContrastiveEncoder(nn.Module):
     param_dtype: Any = jnp.float32
     remat: bool = False  # S3D.remat: recompute activations in the backward pass to save memory
     pool_grad: str = "autodiff"  # S3D.pool_grad: how max pooling is differentiated
+    conv_lowering: str = "fold"  # S3D.conv_lowering: 2D convs and matmuls, or 3D convs
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> ContrastiveEncoder:
@@ -77,6 +78,7 @@ class ContrastiveEncoder(nn.Module):
             param_dtype=self.param_dtype,
             remat=self.remat,
             pool_grad=self.pool_grad,
+            conv_lowering=self.conv_lowering,
         )
         self.head = ProjectionHead(self.head_hidden_dim, self.embed_dim, self.param_dtype)
 

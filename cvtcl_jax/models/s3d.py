@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cvtcl_jax.models.batchnorm import GroupedBatchNorm
+from cvtcl_jax.models.conv import CONV_LOWERINGS, Conv3d
 from cvtcl_jax.models.pooling import POOL_GRADS
 
 # Inception block widths: (branch0, branch1 reduce, branch1 out, branch2 reduce, branch2 out,
@@ -35,6 +36,16 @@ MIXED_4 = ("mixed_4b", "mixed_4c", "mixed_4d", "mixed_4e", "mixed_4f")
 _KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 
 
+def _unit_kwargs(module) -> dict:
+    """The settings every conv unit takes from the module that holds it."""
+    return dict(
+        bn_group_size=module.bn_group_size,
+        dtype=module.dtype,
+        param_dtype=module.param_dtype,
+        conv_lowering=module.conv_lowering,
+    )
+
+
 class ConvBN(nn.Module):
     """Conv3d (no bias) + BatchNorm + ReLU with explicit symmetric padding. (B,T,H,W,C)->(B,T',H',W',F)."""
 
@@ -44,15 +55,15 @@ class ConvBN(nn.Module):
     bn_group_size: int | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    conv_lowering: str = "fold"
 
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.Conv(
+        x = Conv3d(
             self.features,
             self.kernel,
             self.strides,
-            padding=[(k // 2, k // 2) for k in self.kernel],
-            use_bias=False,
+            lowering=self.conv_lowering,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             kernel_init=_KERNEL_INIT,
@@ -73,11 +84,12 @@ class SepConv(nn.Module):
     bn_group_size: int | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    conv_lowering: str = "fold"
 
     @nn.compact
     def __call__(self, x, train: bool):
         k, s = self.kernel, self.stride
-        kw = dict(bn_group_size=self.bn_group_size, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = _unit_kwargs(self)
         x = ConvBN(self.features, (1, k, k), (1, s, s), name="spatial", **kw)(x, train)
         return ConvBN(self.features, (k, 1, 1), (s, 1, 1), name="temporal", **kw)(x, train)
 
@@ -90,11 +102,12 @@ class Mixed(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     pool_grad: str = "autodiff"
+    conv_lowering: str = "fold"
 
     @nn.compact
     def __call__(self, x, train: bool):
         b0, b1r, b1, b2r, b2, b3 = self.widths
-        kw = dict(bn_group_size=self.bn_group_size, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = _unit_kwargs(self)
         y0 = ConvBN(b0, name="branch0", **kw)(x, train)
         y1 = ConvBN(b1r, name="branch1_reduce", **kw)(x, train)
         y1 = SepConv(b1, 3, name="branch1_sep", **kw)(y1, train)
@@ -152,6 +165,8 @@ class S3D(nn.Module):
         same variables.
       pool_grad: how max pooling is differentiated: 'autodiff' (XLA's SelectAndScatter) or
         'slices' (compare-and-pad; same gradient, see `pooling.py`).
+      conv_lowering: 'fold' (the separable kernels as 2D convs and matmuls) or 'xla3d' (3D
+        convs); same function and variables, see `conv.py`.
     """
 
     width_multiplier: float = 1.0
@@ -161,6 +176,7 @@ class S3D(nn.Module):
     param_dtype: Any = jnp.float32
     remat: bool = False
     pool_grad: str = "autodiff"
+    conv_lowering: str = "fold"
 
     @property
     def out_features(self) -> int:
@@ -177,9 +193,11 @@ class S3D(nn.Module):
             raise ValueError(f"num_mixed_4 must be in 1..5, got {self.num_mixed_4}")
         if self.pool_grad not in POOL_GRADS:
             raise ValueError(f"pool_grad must be one of {sorted(POOL_GRADS)}, got {self.pool_grad!r}")
+        if self.conv_lowering not in CONV_LOWERINGS:
+            raise ValueError(f"conv_lowering must be one of {CONV_LOWERINGS}, got {self.conv_lowering!r}")
         max_pool3d = POOL_GRADS[self.pool_grad]
         m = self.width_multiplier
-        kw = dict(bn_group_size=self.bn_group_size, dtype=self.dtype, param_dtype=self.param_dtype)
+        kw = _unit_kwargs(self)
         # `train` (argument 2, counting self) selects BN's mode: static, so remat can branch on it.
         unit = (lambda cls: nn.remat(cls, static_argnums=(2,))) if self.remat else (lambda cls: cls)
         sep_conv, conv_bn, mixed = unit(SepConv), unit(ConvBN), unit(Mixed)
