@@ -125,8 +125,10 @@ def test_remat_keeps_variables_outputs_and_gradients():
 @pytest.mark.parametrize(
     "kernel, strides",
     [((1, 7, 7), (1, 2, 2)), ((7, 1, 1), (2, 1, 1)), ((1, 3, 3), (1, 1, 1)), ((3, 1, 1), (1, 1, 1)),
-     ((1, 1, 1), (1, 1, 1)), ((3, 3, 3), (1, 2, 2))],
-    ids=["stem-spatial", "stem-temporal", "spatial", "temporal", "pointwise", "full-3d"],
+     ((1, 1, 1), (1, 1, 1)), ((3, 3, 3), (1, 2, 2)), ((1, 3, 3), (2, 2, 1)), ((3, 1, 1), (1, 2, 3)),
+     ((1, 1, 1), (2, 2, 3))],
+    ids=["stem-spatial", "stem-temporal", "spatial", "temporal", "pointwise", "full-3d",
+         "spatial-strided-time", "temporal-strided-space", "pointwise-strided"],
 )
 def test_folded_conv_is_the_3d_conv(kernel, strides):
     """Each kernel S3D uses (and a full 3D one, which falls back to a 3D conv), on odd sizes:
