@@ -29,6 +29,11 @@ def _conv(x, kernel, strides, padding):
     return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=dims)
 
 
+def _symmetric_padding(window):
+    """PyTorch's padding for odd kernels: k // 2 on both sides of each axis."""
+    return [(k // 2, k // 2) for k in window]
+
+
 def conv3d_folded(x, kernel, strides):
     """(B, T, H, W, C) x (kt, kh, kw, C, F) -> (B, T', H', W', F), PyTorch's symmetric k // 2 padding.
 
@@ -43,14 +48,14 @@ def conv3d_folded(x, kernel, strides):
         return jnp.einsum("bthwc,cf->bthwf", x, kernel[0, 0, 0])
     if kt == 1:
         x = x[:, ::st].reshape((-1, h, w, c))
-        y = _conv(x, kernel[0], (sh, sw), [(kh // 2, kh // 2), (kw // 2, kw // 2)])
+        y = _conv(x, kernel[0], (sh, sw), _symmetric_padding((kh, kw)))
         return y.reshape((b, -1, *y.shape[1:]))
     if (kh, kw) == (1, 1):
         x = x[:, :, ::sh, ::sw]
         hw = x.shape[2:4]
-        y = _conv(x.reshape((b, t, -1, c)), kernel[:, 0], (st, 1), [(kt // 2, kt // 2), (0, 0)])
+        y = _conv(x.reshape((b, t, -1, c)), kernel[:, 0], (st, 1), _symmetric_padding((kt, 1)))
         return y.reshape((b, y.shape[1], *hw, y.shape[-1]))
-    return _conv(x, kernel, strides, [(k // 2, k // 2) for k in (kt, kh, kw)])
+    return _conv(x, kernel, strides, _symmetric_padding((kt, kh, kw)))
 
 
 class Conv3d(nn.Module):
@@ -76,5 +81,5 @@ class Conv3d(nn.Module):
         if self.lowering == "fold":
             return conv3d_folded(x, kernel, self.strides)
         if self.lowering == "xla3d":
-            return _conv(x, kernel, self.strides, [(k // 2, k // 2) for k in self.kernel_size])
+            return _conv(x, kernel, self.strides, _symmetric_padding(self.kernel_size))
         raise ValueError(f"conv lowering must be one of {CONV_LOWERINGS}, got {self.lowering!r}")
