@@ -13,9 +13,9 @@
 # BENCH_ARGS is appended to every bench/train_step.py command (a dry run on a CPU, say:
 # BENCH_ARGS="--frames 8 --size 32 --width 0.125 --num_mixed_4 1 --queue 256 --bn_group 8").
 # PHASES runs some of the groups, in the order given: headline (the reference and our three
-# steps at batch 128, bf16, each traced), variants (the init step with the other conv lowering and
-# pooling gradient), f32, sweep (batches 32 and 256), fit (the largest batch for 80 GB),
-# fit_remat.
+# steps at batch 128, bf16, each traced), colour (the init step after the on-device colour
+# augmentation), variants (the init step with the other conv lowering and pooling gradient), f32,
+# sweep (batches 32 and 256), fit (the largest batch for 80 GB), fit_remat.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REF=${1:-}
@@ -63,7 +63,7 @@ python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.
 # program takes about 2 minutes to compile on an H200 (115-120 s, presumably mostly XLA's
 # autotuning of the convolutions; measured 2026-11-27), so a run's limit is about 150 s per
 # program it compiles, and a 15-minute device session affords the headline and one variant.
-for phase in ${PHASES:-headline variants f32 sweep fit fit_remat}; do
+for phase in ${PHASES:-headline colour variants f32 sweep fit fit_remat}; do
     case $phase in
     headline)  # The paper's configuration (32x128x128, S = 4 x 8, queue 2048) at batch 128, bf16,
         # all three steps, with the PyTorch reference's MoCo step in the same call; each step is
@@ -75,6 +75,9 @@ for phase in ${PHASES:-headline variants f32 sweep fit fit_remat}; do
         for d in "$OUT"/prof/*/; do
             [ -f "$d/top_ops.txt" ] && cp "$d/top_ops.txt" "$OUT/top_ops_$(basename "$d").txt"
         done ;;
+    colour)  # The init step as training runs it (data.aug.on_device): each batch colour-augmented
+        # on the GPU first. The step program is the headline's (a cache load after it).
+        run 200 init_colour $STEP --dtype bfloat16 --batch 128 --stage init --device_colour ;;
     variants)  # The init step with the other lowering of the convolutions and pooling gradient.
         run 200 init_xla3d $STEP --dtype bfloat16 --batch 128 --stage init --conv_lowering xla3d
         run 200 init_slices $STEP --dtype bfloat16 --batch 128 --stage init --pool_grad slices ;;

@@ -1,18 +1,22 @@
 """Pretraining input pipeline throughput per CPU core, at the paper's sample size.
 
-    python bench/input_pipeline.py [--threads 1 2] [--batches 12] [--data_dir DIR]
+    python bench/input_pipeline.py [--threads 1 2] [--batches 12] [--colour cpu device] [--data_dir DIR]
 
 Without --data_dir it writes a stand-in dataset first: 24 videos of 150 frames at 171x128 (UCF101's
 320x240 with the short side at 128), textured moving objects as RGB JPEGs and smooth flow fields
 as flow JPEGs, in data_prep's record format. Each sample is what the init / co-training step
 eats: query and key clips of 32 frames, the anchor and 4 segments of 8 frames, all 128x128 with
 the full augmentation (co-training adds the flow key clip). Prints one JSON line per (mode,
-threads): samples/s and samples/s per thread; the tf.data pool is capped at `threads`.
+colour, threads): samples/s and samples/s per thread; the tf.data pool is capped at `threads`.
+`--colour device` is `data.aug.on_device`: tf.data leaves colour jitter, grayscale and blur to the
+accelerator; its line also gives the time the jitted colour operations take per sample on JAX's
+default device (`device_ms_per_sample`).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import itertools
 import json
 import os
@@ -25,10 +29,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cvtcl_jax.data import pipeline  # noqa: E402
+import jax  # noqa: E402
+
+from cvtcl_jax.data import device_augment, pipeline  # noqa: E402
 from cvtcl_jax.data.augment import AugmentConfig  # noqa: E402
 from cvtcl_jax.data.clip_spec import ClipSpec  # noqa: E402
 from cvtcl_jax.data.dataset_info import load_dataset_info  # noqa: E402
+from cvtcl_jax.sharding import make_mesh, shard_batch  # noqa: E402
 from data_prep import synthetic, video  # noqa: E402
 from data_prep.build import _write_tfrecord  # noqa: E402
 from data_prep.records import VideoRecord  # noqa: E402
@@ -64,7 +71,8 @@ def write_standin(root: Path, num_videos: int, num_frames: int) -> None:
     (root / "metadata.json").write_text(json.dumps(meta))
 
 
-def measure(info, views, threads: int, batches: int, batch: int) -> float:
+def measure(info, views, aug: AugmentConfig, threads: int, batches: int, batch: int) -> tuple[float, dict]:
+    """(samples/s, the last batch)."""
     ds = pipeline.pretrain_dataset(
         info,
         split=1,
@@ -72,7 +80,7 @@ def measure(info, views, threads: int, batches: int, batch: int) -> float:
         views=views,
         local_batch=batch,
         spec=ClipSpec(),
-        aug=AugmentConfig(),
+        aug=aug,
         seed=0,
         threads=threads,
     )
@@ -80,9 +88,20 @@ def measure(info, views, threads: int, batches: int, batch: int) -> float:
     for _ in itertools.islice(it, 3):  # tracing, first file reads, autotuning
         pass
     start = time.perf_counter()
-    for _ in itertools.islice(it, batches):
-        pass
-    return batches * batch / (time.perf_counter() - start)
+    (last,) = collections.deque(itertools.islice(it, batches), maxlen=1)
+    return batches * batch / (time.perf_counter() - start), last
+
+
+def device_ms_per_sample(batch: dict, aug: AugmentConfig, repeats: int = 3) -> float:
+    """Milliseconds per sample of the jitted colour operations on one device (compile excluded)."""
+    mesh = make_mesh(jax.devices()[:1])
+    augment = device_augment.make_batch_augmenter(mesh, aug.blur_kernel_size)
+    arrays = shard_batch(mesh, {k: v for k, v in batch.items() if k != "padded"})
+    jax.block_until_ready(augment(arrays))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        jax.block_until_ready(augment(arrays))
+    return (time.perf_counter() - start) / repeats / len(batch["ids"]) * 1e3
 
 
 def main():
@@ -91,17 +110,23 @@ def main():
     p.add_argument("--batches", type=int, default=12)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--data_dir", default=None)
+    p.add_argument("--colour", nargs="+", choices=("cpu", "device"), default=["cpu", "device"])
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.data_dir) if args.data_dir else Path(tmp)
         if not args.data_dir:
             write_standin(root, 24, 150)
         info = load_dataset_info(root)
-        for mode, views in (("init (rgb)", ("rgb",)), ("cotrain (rgb + flow)", ("rgb", "flow"))):
+        modes = (("init (rgb)", ("rgb",)), ("cotrain (rgb + flow)", ("rgb", "flow")))
+        for (mode, views), colour in itertools.product(modes, args.colour):
+            aug = AugmentConfig(on_device=colour == "device")
             for threads in sorted(set(args.threads)):
-                rate = measure(info, views, threads, args.batches, args.batch)
-                row = {"mode": mode, "threads": threads, "samples_per_s": round(rate, 1)}
+                rate, last = measure(info, views, aug, threads, args.batches, args.batch)
+                row = {"mode": mode, "colour": colour, "threads": threads, "samples_per_s": round(rate, 1)}
                 row["samples_per_s_per_thread"] = round(rate / threads, 1)
+                if colour == "device":
+                    row["device_ms_per_sample"] = round(device_ms_per_sample(last, aug), 1)
+                    row["device"] = jax.devices()[0].device_kind
                 print(json.dumps(row), flush=True)
 
 

@@ -16,7 +16,8 @@ is given).
 tab or Perfetto), saves the step's optimised HLO and prints the top ops and the time per kind of
 op (bench/profile_ops.py). --fit_gib G finds the largest batch (a multiple of the BN group) whose
 compiled step needs at most G GiB per device: extrapolated from the last two batches measured,
-then checked by compiling it (not running it).
+then checked by compiling it (not running it). --device_colour adds the colour augmentations of
+`data.aug.on_device` (a small program run on each batch before the step) to every timed step.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import profile_ops  # noqa: E402
 from cvtcl_jax import optim  # noqa: E402
+from cvtcl_jax.data import device_augment  # noqa: E402
 from cvtcl_jax.data.clip_spec import ClipSpec  # noqa: E402
 from cvtcl_jax.data.random_batches import random_pretrain_batch  # noqa: E402
 from cvtcl_jax.models import ContrastiveEncoder  # noqa: E402
@@ -44,11 +46,15 @@ from cvtcl_jax.sharding import check_global_batch, make_mesh, shard_batch, state
 from cvtcl_jax.state import FrozenEncoder, create_train_state  # noqa: E402
 from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step  # noqa: E402
 
+# SPEC 5's blur taps (AugmentConfig's default; augment.py needs TensorFlow, which GPU hosts may lack).
+BLUR_KERNEL_SIZE = 13
+
 
 def synthetic_batch(rng, args, batch, cotrain):
-    """Random uint8 clips with the input pipeline's shapes (normalised on the device, as in training)."""
+    """Random uint8 clips with the input pipeline's shapes (normalised on the device, as in training);
+    with --device_colour also their colour parameters (data.aug.on_device)."""
     spec = ClipSpec(args.frames, args.size, args.segments, args.seg_len)
-    out = random_pretrain_batch(rng, batch, spec, cotrain)
+    out = random_pretrain_batch(rng, batch, spec, cotrain, colour=args.device_colour)
     out.pop("padded")  # a host-side statistic, never sent to the step
     return out
 
@@ -111,11 +117,15 @@ def compile_step(args, stage: str, batch: int, queue: int | None = None):
     )
     extra = (jax.tree.map(jnp.copy, FrozenEncoder.from_state(state)),) if cotrain else ()
     data = shard_batch(mesh, synthetic_batch(np.random.default_rng(0), args, batch, cotrain))
+    # --device_colour: every timed step first colours its batch on the device, as training does
+    # with data.aug.on_device (a separate small program; identity for batches without parameters).
+    feed = device_augment.make_batch_augmenter(mesh, BLUR_KERNEL_SIZE)
 
     t0 = time.perf_counter()
-    lowered = step.lower(state, data, *extra)
+    lowered = step.lower(state, jax.eval_shape(feed, data), *extra)
     compiled = lowered.compile()
-    return compiled, time.perf_counter() - t0, state, data, extra, lowered
+    jax.block_until_ready(feed(data))  # its compile, not counted in compile_s
+    return compiled, time.perf_counter() - t0, state, data, extra, lowered, feed
 
 
 def step_flops(lowered) -> float:
@@ -131,15 +141,15 @@ def step_flops(lowered) -> float:
 
 def bench(args, stage: str, batch: int) -> dict:
     """Compiles, times and prints (one JSON line) one (step, batch); then traces it with --profile."""
-    compiled, compile_s, state, data, extra, lowered = compile_step(args, stage, batch)
+    compiled, compile_s, state, data, extra, lowered, feed = compile_step(args, stage, batch)
     flops = step_flops(lowered)
 
     for _ in range(args.warmup):
-        state, metrics = compiled(state, data, *extra)
+        state, metrics = compiled(state, feed(data), *extra)
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        state, metrics = compiled(state, data, *extra)
+        state, metrics = compiled(state, feed(data), *extra)
     jax.block_until_ready(metrics)
     step_s = (time.perf_counter() - t0) / args.steps
     xla_mem = xla_memory_gib(compiled)
@@ -155,6 +165,7 @@ def bench(args, stage: str, batch: int) -> dict:
         "remat": args.remat,
         "pool_grad": args.pool_grad,
         "conv_lowering": args.conv_lowering,
+        "device_colour": args.device_colour,
         "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
         "step_s": round(step_s, 4),
         "clips_per_s": round(batch / step_s, 2),
@@ -170,11 +181,11 @@ def bench(args, stage: str, batch: int) -> dict:
     # Printed before the profile, so a run stopped while tracing still reports its timing.
     print(json.dumps(result), flush=True)
     if args.profile:
-        profile(args, f"{stage}_b{batch}_{args.dtype}", compiled, state, data, extra)
+        profile(args, f"{stage}_b{batch}_{args.dtype}", compiled, state, feed, data, extra)
     return result
 
 
-def profile(args, name: str, compiled, state, data, extra) -> None:
+def profile(args, name: str, compiled, state, feed, data, extra) -> None:
     """Traces args.profile_steps steps into args.profile/name and prints the top ops (stderr)."""
     out = Path(args.profile) / name
     out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +194,7 @@ def profile(args, name: str, compiled, state, data, extra) -> None:
     with jax.profiler.trace(str(out)):
         t0 = time.perf_counter()
         for _ in range(args.profile_steps):
-            state, metrics = compiled(state, data, *extra)
+            state, metrics = compiled(state, feed(data), *extra)
         jax.block_until_ready(metrics)
         wall_s = time.perf_counter() - t0
     summary = profile_ops.summarize(out, hlo, top=args.profile_top, wall_s=wall_s)
@@ -257,6 +268,11 @@ def main():
     p.add_argument("--remat", action="store_true", help="recompute activations in the backward pass")
     p.add_argument("--pool_grad", default="autodiff", choices=["autodiff", "slices"], help="S3D.pool_grad")
     p.add_argument("--conv_lowering", default="fold", choices=list(CONV_LOWERINGS), help="S3D.conv_lowering")
+    p.add_argument(
+        "--device_colour",
+        action="store_true",
+        help="colour-augment each batch on the device first (data.aug.on_device)",
+    )
     p.add_argument("--profile", help="trace steps into this directory and print the top ops")
     p.add_argument("--profile_steps", type=int, default=3)
     p.add_argument("--profile_top", type=int, default=15)

@@ -83,6 +83,10 @@ def get_config() -> ml_collections.ConfigDict:
             blur_kernel_size=13,
             flip_prob=0.5,
             flow_color=False,  # flow gets crop and flip only
+            # Colour jitter, grayscale and blur on the accelerators (cvtcl_jax/data/device_augment.py):
+            # the CPUs only decode, crop, resize and flip, 3x the samples per core. Off for CPU-only
+            # machines (the demo), where XLA's colour code is slower than tf.data's.
+            on_device=True,
         )
     )
 

@@ -46,6 +46,9 @@ def get_config():
     # A softer objective for 48 videos (as the tiny learning test): tau 0.2, momentum 0.9, K = 3.
     cfg.contrast.update(tau=0.2, momentum=0.9, top_k=3)
     cfg.optim.lr = 3e-3
+    # Colour augmentation in tf.data: on a CPU-only machine the devices are the same cores, and
+    # tf.data overlaps it with the step (data.aug.on_device is for accelerators).
+    cfg.data.aug.on_device = False
     # 150 initialization and 60 co-training steps per view (the step takes about 0.3 s here).
     cfg.schedule.update(init_epochs=50, cotrain_cycles=2, cotrain_epochs=20, cotrain_decay_epochs=(15,))
     # The result table: random init vs after initialization vs after co-training; the linear

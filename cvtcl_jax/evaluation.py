@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 
 from cvtcl_jax import checkpoints, classifier, encoders, features, optim, retrieval
 from cvtcl_jax.classifier import FinetuneModel, LinearHead
-from cvtcl_jax.data import pipeline
+from cvtcl_jax.data import device_augment, pipeline
 from cvtcl_jax.data.augment import AugmentConfig
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import DatasetInfo, load_dataset_info
@@ -411,7 +411,13 @@ def _train_on_clips(
         shuffle_buffer=config.data.shuffle_buffer,
         threads=config.data.threads or None,
     )
-    batches = prefetch_to_mesh(ds.as_numpy_iterator(), ctx.mesh, config.data.prefetch, host_keys=("padded",))
+    batches = prefetch_to_mesh(
+        ds.as_numpy_iterator(),
+        ctx.mesh,
+        config.data.prefetch,
+        host_keys=("padded",),
+        transform=device_augment.make_batch_augmenter(ctx.mesh, config.data.aug.blur_kernel_size),
+    )
     if frozen_variables is not None:
         frozen_variables = jax.device_put(frozen_variables, rep)
     window = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -63,17 +63,25 @@ def shard_batch(mesh: Mesh, local_batch: Mapping[str, np.ndarray]) -> dict[str, 
 
 
 def prefetch_to_mesh(
-    batches: Iterator[Mapping[str, np.ndarray]], mesh: Mesh, size: int = 2, host_keys: tuple[str, ...] = ()
+    batches: Iterator[Mapping[str, np.ndarray]],
+    mesh: Mesh,
+    size: int = 2,
+    host_keys: tuple[str, ...] = (),
+    transform: Callable[[dict], dict] | None = None,
 ) -> Iterator[dict]:
     """Host batches -> global arrays, `size` batches ahead, so transfers overlap the step.
 
     Keys in `host_keys` (per-sample statistics such as `padded`) stay NumPy and are not sent.
+    transform: applied to the global arrays as they are sent (the on-device colour augmentation),
+    so its work is queued ahead of the steps that consume them.
     """
     batches = iter(batches)
     queue: collections.deque = collections.deque()
 
     def put(batch):
         on_device = shard_batch(mesh, {k: v for k, v in batch.items() if k not in host_keys})
+        if transform is not None:
+            on_device = transform(on_device)
         on_device.update({k: np.asarray(batch[k]) for k in host_keys if k in batch})
         queue.append(on_device)
 

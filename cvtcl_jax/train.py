@@ -19,7 +19,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from cvtcl_jax import checkpoints, features, optim, retrieval
-from cvtcl_jax.data import pipeline
+from cvtcl_jax.data import device_augment, pipeline
 from cvtcl_jax.data.augment import AugmentConfig
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import load_dataset_info
@@ -236,7 +236,11 @@ def train_stage(config, workdir: str | Path, stage: Stage) -> dict:
         threads=config.data.threads or None,
     )
     batches = prefetch_to_mesh(
-        train_ds.as_numpy_iterator(), mesh, config.data.prefetch, host_keys=("padded",)
+        train_ds.as_numpy_iterator(),
+        mesh,
+        config.data.prefetch,
+        host_keys=("padded",),
+        transform=device_augment.make_batch_augmenter(mesh, config.data.aug.blur_kernel_size),
     )
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

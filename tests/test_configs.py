@@ -1,5 +1,7 @@
 """The default config carries every number of SPEC section 2 and builds the core objects."""
 
+import dataclasses
+
 import pytest
 
 from configs.default import get_config
@@ -42,4 +44,7 @@ def test_augmentation_defaults_are_spec_5():
     assert (aug.color_jitter_prob, aug.grayscale_prob, aug.blur_prob, aug.flip_prob) == (0.8, 0.2, 0.5, 0.5)
     assert (aug.brightness, aug.contrast, aug.saturation, aug.hue) == (0.4, 0.4, 0.4, 0.1)
     assert aug.blur_sigma == (0.1, 2.0) and not aug.flow_color
-    assert aug == AugmentConfig()  # the dataclass defaults and the config agree
+    # The dataclass defaults and the config agree, except where colour runs: the trainer's default
+    # is the accelerators, the pipeline's on its own is tf.data (finished clips).
+    assert aug.on_device and not AugmentConfig().on_device
+    assert aug == dataclasses.replace(AugmentConfig(), on_device=True)

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvtcl_jax.data import augment, pipeline, sampling
+from cvtcl_jax.data import augment, device_augment, pipeline, sampling
 from cvtcl_jax.data.augment import AugmentConfig
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import DatasetError, host_shards, load_dataset_info
 from cvtcl_jax.data.random_batches import random_pretrain_batch
 from cvtcl_jax.models import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
-from cvtcl_jax.sharding import batch_sharding, make_mesh, prefetch_to_mesh
+from cvtcl_jax.sharding import batch_sharding, make_mesh, prefetch_to_mesh, shard_batch
 from tests.pattern_records import frame_number, write_pattern_dataset
 
 # Video lengths (frames). Flow has n - 1 frames, so with flow videos 1 and 5 (10, 14 frames) are
@@ -118,6 +120,8 @@ def test_augment_config_rejects_bad_values():
         AugmentConfig(blur_kernel_size=12)
     with pytest.raises(ValueError, match="area_range"):
         AugmentConfig(area_range=(0.5, 0.2))
+    with pytest.raises(ValueError, match="on_device='yes' must be True or False"):
+        AugmentConfig(on_device="yes")
 
 
 def test_crop_parameters_follow_the_configured_ranges():
@@ -144,6 +148,83 @@ def test_colour_jitter_changes_rgb_but_flow_keeps_its_values():
     flow = augment.augment_clip(jpegs, params, cfg, 16, is_flow=True).numpy()
     np.testing.assert_allclose(flow[:, ..., 0].mean(axis=(1, 2)), [60, 120, 180], atol=2)
     assert np.abs(rgb.astype(int) - flow.astype(int)).max() > 5
+
+
+def _cpu_and_device_colours(clips, cfg, seeds):
+    """Each uint8 clip coloured with the draw of its seed by the tf.data path (augment.color_augment)
+    and by the device path (device_augment.color_augment): two (N, T, H, W, 3) uint8 arrays."""
+    h, w = clips.shape[2:4]
+    params = [augment.draw_params(tf.constant([s, 7], tf.int64), h, w, cfg) for s in seeds]
+    cpu = np.stack(
+        [
+            tf.image.convert_image_dtype(
+                augment.color_augment(tf.constant(c, tf.float32) / 255.0, p, cfg), tf.uint8, saturate=True
+            ).numpy()
+            for c, p in zip(clips, params, strict=True)
+        ]
+    )
+    vectors = np.stack([augment.color_vector(p).numpy() for p in params])
+    device = np.asarray(
+        device_augment.color_augment(jnp.asarray(clips), jnp.asarray(vectors), cfg.blur_kernel_size)
+    )
+    return cpu, device, vectors
+
+
+def test_device_colour_augmentation_is_the_tf_data_one():
+    """Same draws, same uint8 clip in: the devices' jitter (every op order), grayscale and blur give
+    the tf.data path's uint8 clip, to one level (float rounding at the final truncation)."""
+    cfg = AugmentConfig(color_jitter_prob=0.8, grayscale_prob=0.3, blur_prob=0.5, blur_kernel_size=7, hue=0.3)
+    rng = np.random.default_rng(0)
+    # Non-square frames, so the blur's two axes cannot be swapped unnoticed; smooth + sharp content;
+    # frames of one clip at different brightness, so contrast must be about each frame's means.
+    base = rng.integers(0, 256, (32, 1, 6, 7, 3)).repeat(3, axis=2).repeat(3, axis=3)
+    frame_shift = np.array([-40, 0, 40])[None, :, None, None, None]
+    clips = base + frame_shift + rng.integers(-20, 21, (32, 3, 18, 21, 3))
+    clips = np.clip(clips, 0, 255).astype(np.uint8)
+    cpu, device, vectors = _cpu_and_device_colours(clips, cfg, range(32))
+    flags = vectors[:, [device_augment.JITTER, device_augment.GRAY, device_augment.BLUR]]
+    assert flags.min(axis=0).tolist() == [0, 0, 0] and flags.max(axis=0).tolist() == [1, 1, 1]
+    assert len({tuple(o) for o in vectors[:, device_augment.ORDER][flags[:, 0] > 0]}) >= 8
+    diff = np.abs(cpu.astype(int) - device.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.001, (diff.max(), diff.mean())
+    assert np.abs(device.astype(int) - clips.astype(int)).mean() > 10  # the operations did act
+
+
+def test_on_device_batches_carry_colour_parameters_and_colour_like_the_pipeline(info):
+    """With on_device the pipeline ships crop/flip-only clips and a colour vector per clip (none for
+    flow); the augmenter turns the batch into the pipeline's own coloured batch, to a few levels
+    (the clip is rounded to uint8 once more, before the colour operations)."""
+    full = AugmentConfig(blur_kernel_size=7)
+    on_device = dataclasses.replace(full, on_device=True)
+    (cpu,) = _batches(_pretrain(info, views=("rgb", "flow"), aug=full, local_batch=8), 1)
+    (raw,) = _batches(_pretrain(info, views=("rgb", "flow"), aug=on_device, local_batch=8), 1)
+    colour_keys = {k for k in raw if k.endswith("_color")}
+    assert colour_keys == {"query_color", "key_color", "anchor_color", "segments_color"}
+    assert raw["query_color"].shape == (8, device_augment.COLOR_PARAMS)
+    assert raw["segments_color"].shape == (8, SPEC.num_segments, device_augment.COLOR_PARAMS)
+    np.testing.assert_array_equal(raw["other_key"], cpu["other_key"])  # flow: never coloured
+    # The benchmarks' TF-free batches (bench/train_step.py --device_colour) have the same entries.
+    fake = random_pretrain_batch(np.random.default_rng(0), 8, SPEC, cotrain=True, colour=True)
+    assert {k: (v.shape, v.dtype) for k, v in fake.items()} == {k: (v.shape, v.dtype) for k, v in raw.items()}
+    mesh = make_mesh()
+    out = device_augment.make_batch_augmenter(mesh, full.blur_kernel_size)(
+        shard_batch(mesh, {k: v for k, v in raw.items() if k != "padded"})
+    )
+    assert set(out) == set(cpu) - {"padded"}
+    for key in ("query", "key", "anchor", "segments"):
+        assert out[key].dtype == jnp.uint8 and out[key].sharding == batch_sharding(mesh)
+        diff = np.abs(np.asarray(out[key]).astype(int) - cpu[key].astype(int))
+        assert diff.max() <= 4 and diff.mean() < 0.5, (key, diff.max(), diff.mean())
+        assert np.abs(raw[key].astype(int) - cpu[key].astype(int)).mean() > 3  # colour was left out
+    (clip_batch,) = _batches(
+        pipeline.labelled_clip_dataset(
+            info, split=1, subset="train", view="rgb", local_batch=4, spec=SPEC, aug=on_device, seed=0
+        ),
+        1,
+    )
+    assert clip_batch["rgb_color"].shape == (4, device_augment.COLOR_PARAMS)
+    no_colour = dataclasses.replace(NO_COLOR, on_device=True)
+    assert not any(k.endswith("_color") for k in _batches(_pretrain(info, aug=no_colour), 1)[0])
 
 
 # ---------------------------------------------------------------- pretraining samples

@@ -153,13 +153,17 @@ def test_export_gives_the_models_features_and_torchvision_weights(schedule_run):
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, variables)
 
 
-def test_cotrain_and_export_modes_take_stage_workdirs(schedule_run, data, tmp_path):
+def test_cotrain_and_export_modes_take_stage_workdirs(schedule_run, data, tmp_path, caplog):
     wd, _ = schedule_run
     cfg = _config(
         data, "cotrain", view="rgb", init_from=str(wd / "init_rgb"), other_from=str(wd / "init_flow")
     )
+    # The training default (the tiny config inherits the demo's CPU setting): RGB clips coloured
+    # on the devices, the flow clip not at all; the warning says the device path ran, on CPUs.
+    cfg.data.aug.on_device = True
     result = modes.run(cfg, tmp_path / "cotrain")
     assert result["other_view"] == "flow" and "loss_rf" in result["final"]
+    assert "data.aug.on_device colour-augments on CPU devices" in caplog.text
     export = _config(data, "export")
     export.export.update(source=str(tmp_path / "cotrain"), encoder="ema_encoder")
     manifest = modes.run(export, tmp_path / "exported")

@@ -97,9 +97,7 @@ def test_remat_keeps_variables_outputs_and_gradients():
 
         def loss_and_grad(model):
             def loss(params):
-                y, upd = model.apply(
-                    {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
-                )
+                y, upd = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
                 return jnp.sum(jnp.sin(y)), upd
 
             return jax.jit(jax.value_and_grad(loss, has_aux=True))
@@ -124,11 +122,28 @@ def test_remat_keeps_variables_outputs_and_gradients():
 
 @pytest.mark.parametrize(
     "kernel, strides",
-    [((1, 7, 7), (1, 2, 2)), ((7, 1, 1), (2, 1, 1)), ((1, 3, 3), (1, 1, 1)), ((3, 1, 1), (1, 1, 1)),
-     ((1, 1, 1), (1, 1, 1)), ((3, 3, 3), (1, 2, 2)), ((1, 3, 3), (2, 2, 1)), ((3, 1, 1), (1, 2, 3)),
-     ((1, 1, 1), (2, 2, 3))],
-    ids=["stem-spatial", "stem-temporal", "spatial", "temporal", "pointwise", "full-3d",
-         "spatial-strided-time", "temporal-strided-space", "pointwise-strided"],
+    [
+        ((1, 7, 7), (1, 2, 2)),
+        ((7, 1, 1), (2, 1, 1)),
+        ((1, 3, 3), (1, 1, 1)),
+        ((3, 1, 1), (1, 1, 1)),
+        ((1, 1, 1), (1, 1, 1)),
+        ((3, 3, 3), (1, 2, 2)),
+        ((1, 3, 3), (2, 2, 1)),
+        ((3, 1, 1), (1, 2, 3)),
+        ((1, 1, 1), (2, 2, 3)),
+    ],
+    ids=[
+        "stem-spatial",
+        "stem-temporal",
+        "spatial",
+        "temporal",
+        "pointwise",
+        "full-3d",
+        "spatial-strided-time",
+        "temporal-strided-space",
+        "pointwise-strided",
+    ],
 )
 def test_folded_conv_is_the_3d_conv(kernel, strides):
     """Each kernel S3D uses (and a full 3D one, which falls back to a 3D conv), on odd sizes:
@@ -183,8 +198,12 @@ def test_conv_lowerings_give_the_same_network():
 
 @pytest.mark.parametrize(
     "window, strides, pad",
-    [((3, 3, 3), (1, 1, 1), (1, 1, 1)), ((1, 3, 3), (1, 2, 2), (0, 1, 1)), ((3, 3, 3), (2, 2, 2), (1, 1, 1)),
-     ((2, 2, 2), (2, 2, 2), (0, 0, 0))],
+    [
+        ((3, 3, 3), (1, 1, 1), (1, 1, 1)),
+        ((1, 3, 3), (1, 2, 2), (0, 1, 1)),
+        ((3, 3, 3), (2, 2, 2), (1, 1, 1)),
+        ((2, 2, 2), (2, 2, 2), (0, 0, 0)),
+    ],
     ids=["mixed-branch3", "stem", "pool-4", "pool-5"],
 )
 def test_slices_pool_gradient_is_the_automatic_one(window, strides, pad):

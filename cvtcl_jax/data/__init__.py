@@ -5,6 +5,7 @@
   random_batches random uint8 batches of the pipeline's shapes, for benchmarks    (no TensorFlow)
   sampling       frame indices (clips, segments, dense evaluation clips)
   augment        per-clip augmentations, flow-aware flips
+  device_augment the colour augmentations in JAX, on the accelerators (data.aug.on_device) (no TensorFlow)
   pipeline       pretrain_dataset / eval_dataset
 
 Nothing is imported here, so the TF-free modules stay importable on hosts without TensorFlow.

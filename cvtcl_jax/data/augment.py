@@ -3,8 +3,8 @@
 `draw_params` is a pure function of a stateless seed, so one draw can be shared by the RGB and
 the flow clip of a co-training sample (same crop, same flip). Frames are decoded only inside the
 crop window (`tf.io.decode_and_crop_jpeg`), resized, flipped (a flow flip also negates dx), then
-colour-augmented (RGB; flow only when `flow_color` is set) and returned as uint8; the model
-normalises on the device.
+colour-augmented (RGB; flow only when `flow_color` is set; with `on_device` the accelerators do
+this part, see device_augment.py) and returned as uint8; the model normalises on the device.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ class AugmentConfig:
 
     blur_kernel_size: taps of the Gaussian (odd); 13 covers +-3 sigma of the largest sigma 2.0 and
     is about 10% of a 128 crop, as in SimCLR/CoCLR.
+    on_device: leave colour jitter, grayscale and blur to the accelerators (device_augment): the
+    clips leave the pipeline cropped, resized and flipped, with their colour parameters.
     """
 
     area_range: tuple[float, float] = (0.2, 1.0)
@@ -36,6 +38,13 @@ class AugmentConfig:
     blur_kernel_size: int = 13
     flip_prob: float = 0.5
     flow_color: bool = False
+    on_device: bool = False
+
+    @property
+    def has_color_ops(self) -> bool:
+        """Whether colour operations are ever drawn (with all probabilities 0 no clip needs them)."""
+        blur = self.blur_prob > 0 and self.blur_kernel_size > 1
+        return self.color_jitter_prob > 0 or self.grayscale_prob > 0 or blur
 
     def __post_init__(self):
         probs = ("color_jitter_prob", "grayscale_prob", "blur_prob", "flip_prob")
@@ -55,6 +64,8 @@ class AugmentConfig:
             problems.append(f"hue={self.hue} must be in [0, 0.5]")
         if min(self.brightness, self.contrast, self.saturation) < 0:
             problems.append("brightness, contrast and saturation must be >= 0")
+        if not isinstance(self.on_device, bool):
+            problems.append(f"on_device={self.on_device!r} must be True or False")
         if problems:
             raise ValueError("bad augmentation config: " + "; ".join(problems))
 
@@ -176,11 +187,27 @@ def color_augment(x, params: dict, cfg: AugmentConfig):
     return tf.clip_by_value(x, 0.0, 1.0)
 
 
+def colored_on_device(cfg: AugmentConfig, is_flow: bool) -> bool:
+    """Whether a clip of this view leaves the pipeline without its colour operations, which the
+    devices apply from its `color_vector` (cvtcl_jax/data/device_augment.py)."""
+    return cfg.on_device and cfg.has_color_ops and (not is_flow or cfg.flow_color)
+
+
+def color_vector(params: dict):
+    """A clip's colour parameters packed for the devices: (12,) float32, device_augment's layout
+    [jitter, gray, blur, sigma, brightness, contrast, saturation, hue, order 0-3]."""
+    flags = tf.cast(tf.stack([params["jitter"], params["gray"], params["blur"]]), tf.float32)
+    return tf.concat(
+        [flags, [params["sigma"]], params["factors"], tf.cast(params["order"], tf.float32)], axis=0
+    )
+
+
 def augment_clip(jpegs, params: dict, cfg: AugmentConfig, size: int, is_flow: bool):
-    """(T,) JPEG strings -> (T, size, size, 3) uint8 augmented with the drawn `params`."""
+    """(T,) JPEG strings -> (T, size, size, 3) uint8 augmented with the drawn `params` (without
+    the colour operations where `colored_on_device`)."""
     x = resize(decode_window(jpegs, params["crop"]), size)
     x = tf.cond(params["flip"], lambda: flip(x, is_flow), lambda: x)
-    if not is_flow or cfg.flow_color:
+    if (not is_flow or cfg.flow_color) and not colored_on_device(cfg, is_flow):
         x = color_augment(x, params, cfg)
     return to_uint8(x, size)
 

@@ -8,10 +8,15 @@ Pretraining (`pretrain_dataset`): an endless, shuffled stream of samples, each w
   other_key    (T, S, S, 3) uint8   the key clip in the other view: same frames, crop and flip [co-training]
   ids          ()  int32            source id (queue entries of the same source are positives)
   padded       ()  bool             the video was shorter than a clip and was looped
+  <clip>_color (12,) float32        with `aug.on_device`: the colour parameters of each clip that
+                                    gets colour operations, which device_augment applies ((S_n, 12)
+                                    for segments); the clip itself is then cropped, resized and
+                                    flipped only
 
 batched to the host's share of the global batch. Classifier training (`labelled_clip_dataset`):
-one augmented clip per video per epoch with its label. Evaluation (`eval_dataset`): every clip of
-every video at a fixed stride, centre or ten crops, in file order, one row per (clip, crop):
+one augmented clip per video per epoch with its label (and `<view>_color` with `aug.on_device`).
+Evaluation (`eval_dataset`): every clip of every video at a fixed stride, centre or ten crops, in
+file order, one row per (clip, crop):
 
   <view>       (T, S, S, 3) uint8   for each requested view ('rgb', 'flow')
   video_index, label, clip_start, crop  () int32
@@ -30,6 +35,7 @@ from cvtcl_jax.data import augment, sampling
 from cvtcl_jax.data.augment import AugmentConfig
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import DatasetError, DatasetInfo, host_shards
+from cvtcl_jax.data.device_augment import SUFFIX as COLOR_SUFFIX
 from data_prep.records import FLOW_KEY, RGB_KEY
 
 _FEATURE_KEY = {"rgb": RGB_KEY, "flow": FLOW_KEY}
@@ -100,26 +106,35 @@ def pretrain_sample(raw, sample_seed, views, spec: ClipSpec, aug: AugmentConfig)
         jpegs = tf.gather(frames[view], indices)
         return augment.augment_clip(jpegs, params, aug, size, is_flow=view == "flow")
 
-    q_params = augment.draw_params(s[0], h, w, aug)
+    out = {"ids": context["source_id"], "padded": n < spec.frames_needed}
+
+    def add(name, view, indices, params):
+        """out[name]: the clip of `view` at `indices` (T,) with `params`, or for (S, L) indices
+        and a list of S params the stack of S clips; out[name + '_color']: their colour parameters."""
+        if isinstance(params, list):
+            out[name] = tf.stack([clip(view, indices[i], p) for i, p in enumerate(params)])
+            vector = tf.stack([augment.color_vector(p) for p in params])
+        else:
+            out[name] = clip(view, indices, params)
+            vector = augment.color_vector(params)
+        if augment.colored_on_device(aug, is_flow=view == "flow"):
+            out[name + COLOR_SUFFIX] = vector
+
     k_params = augment.draw_params(s[1], h, w, aug)
     k_idx = sampling.clip_indices(n, t, s[3])
-    out = {
-        "query": clip(train, sampling.clip_indices(n, t, s[2]), q_params),
-        "key": clip(train, k_idx, k_params),
-        "ids": context["source_id"],
-        "padded": n < spec.frames_needed,
-    }
+    add("query", train, sampling.clip_indices(n, t, s[2]), augment.draw_params(s[0], h, w, aug))
+    add("key", train, k_idx, k_params)
     if other is not None:
-        out["other_key"] = clip(other, k_idx, k_params)
+        add("other_key", other, k_idx, k_params)
     if spec.num_segments:
         seg = sampling.segment_indices(n, spec.num_segments, spec.segment_len, s[4])
-        out["anchor"] = clip(train, seg[0], augment.draw_params(s[5], h, w, aug))
+        add("anchor", train, seg[0], augment.draw_params(s[5], h, w, aug))
         seg_seeds = tf.random.experimental.stateless_split(s[6], num=spec.num_segments)
-        out["segments"] = tf.stack(
-            [
-                clip(train, seg[i], augment.draw_params(seg_seeds[i], h, w, aug))
-                for i in range(spec.num_segments)
-            ]
+        add(
+            "segments",
+            train,
+            seg,
+            [augment.draw_params(seg_seeds[i], h, w, aug) for i in range(spec.num_segments)],
         )
     return out
 
@@ -131,11 +146,14 @@ def labelled_clip_sample(raw, sample_seed, view: str, spec: ClipSpec, aug: Augme
     tf.debugging.assert_positive(n, message="a video without frames (or without flow) reached the pipeline")
     params = augment.draw_params(s[0], context["height"], context["width"], aug)
     jpegs = tf.gather(frames[view], sampling.clip_indices(n, spec.num_frames, s[1]))
-    return {
+    out = {
         view: augment.augment_clip(jpegs, params, aug, spec.crop_size, is_flow=view == "flow"),
         "label": context["label"],
         "padded": n < spec.num_frames,
     }
+    if augment.colored_on_device(aug, is_flow=view == "flow"):
+        out[view + COLOR_SUFFIX] = augment.color_vector(params)
+    return out
 
 
 def _sample_stream(

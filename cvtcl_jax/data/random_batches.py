@@ -7,8 +7,23 @@ import numpy as np
 from cvtcl_jax.data.clip_spec import ClipSpec
 
 
-def random_pretrain_batch(rng: np.random.Generator, batch: int, spec: ClipSpec, cotrain: bool) -> dict:
-    """A pretraining batch like `pipeline.pretrain_dataset` yields: uint8 clips, int32 ids."""
+def random_color_params(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    """(*shape, 12) float32 colour parameters in device_augment's layout: random flags, sigma in
+    [0.1, 2], factors in SPEC 5's ranges, a random order of the four jitter operations."""
+    flags = rng.integers(0, 2, (*shape, 3))
+    sigma = rng.uniform(0.1, 2.0, (*shape, 1))
+    factors = rng.uniform([0.6, 0.6, 0.6, -0.1], [1.4, 1.4, 1.4, 0.1], (*shape, 4))
+    order = np.argsort(rng.random((*shape, 4)), axis=-1)
+    return np.concatenate([flags, sigma, factors, order], axis=-1).astype(np.float32)
+
+
+def random_pretrain_batch(
+    rng: np.random.Generator, batch: int, spec: ClipSpec, cotrain: bool, colour: bool = False
+) -> dict:
+    """A pretraining batch like `pipeline.pretrain_dataset` yields: uint8 clips, int32 ids.
+
+    colour: also the `<clip>_color` parameters of the trained view's clips, as with
+    `data.aug.on_device` (the other view is flow, which gets none)."""
     t, s = spec.num_frames, spec.crop_size
 
     def clips(*shape):
@@ -23,6 +38,10 @@ def random_pretrain_batch(rng: np.random.Generator, batch: int, spec: ClipSpec, 
     if spec.num_segments:
         out["anchor"] = clips(batch, spec.segment_len)
         out["segments"] = clips(batch, spec.num_segments, spec.segment_len)
+    if colour:
+        for key in ("query", "key", "anchor", "segments"):
+            if key in out:
+                out[key + "_color"] = random_color_params(rng, *out[key].shape[:-4])
     if cotrain:
         out["other_key"] = clips(batch, t)
     return out
