@@ -92,13 +92,20 @@ def blur_matrix(n: int, sigma, kernel_size: int):
     k = k / jnp.sum(k)
     src = jnp.abs(jnp.arange(n)[:, None] + taps[None, :])  # reflect at 0 ...
     src = jnp.where(src > n - 1, 2 * (n - 1) - src, src)  # ... and at n - 1
-    return jnp.einsum("ik,ikj->ij", jnp.broadcast_to(k, src.shape), jax.nn.one_hot(src, n))
+    return jnp.einsum(
+        "ik,ikj->ij",
+        jnp.broadcast_to(k, src.shape),
+        jax.nn.one_hot(src, n),
+        precision=jax.lax.Precision.HIGHEST,
+    )
 
 
 def _gaussian_blur(x, sigma, kernel_size: int):
-    """(T, H, W, 3) blurred separably, as augment.gaussian_blur."""
-    x = jnp.einsum("thwc,vw->thvc", x, blur_matrix(x.shape[2], sigma, kernel_size))
-    return jnp.einsum("thwc,vh->tvwc", x, blur_matrix(x.shape[1], sigma, kernel_size))
+    """(T, H, W, 3) blurred separably, as augment.gaussian_blur. Full float32 products: GPUs would
+    otherwise use TF32 for them, a few tenths of a level away from tf.data's blur."""
+    hi = jax.lax.Precision.HIGHEST
+    x = jnp.einsum("thwc,vw->thvc", x, blur_matrix(x.shape[2], sigma, kernel_size), precision=hi)
+    return jnp.einsum("thwc,vh->tvwc", x, blur_matrix(x.shape[1], sigma, kernel_size), precision=hi)
 
 
 def _to_uint8(x):
