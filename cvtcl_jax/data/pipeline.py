@@ -111,14 +111,14 @@ def pretrain_sample(raw, sample_seed, views, spec: ClipSpec, aug: AugmentConfig)
     def add(name, view, indices, params):
         """out[name]: the clip of `view` at `indices` (T,) with `params`, or for (S, L) indices
         and a list of S params the stack of S clips; out[name + '_color']: their colour parameters."""
-        if isinstance(params, list):
+        stacked = isinstance(params, list)
+        if stacked:
             out[name] = tf.stack([clip(view, indices[i], p) for i, p in enumerate(params)])
-            vector = tf.stack([augment.color_vector(p) for p in params])
         else:
             out[name] = clip(view, indices, params)
-            vector = augment.color_vector(params)
         if augment.colored_on_device(aug, is_flow=view == "flow"):
-            out[name + COLOR_SUFFIX] = vector
+            vectors = [augment.color_vector(p) for p in (params if stacked else [params])]
+            out[name + COLOR_SUFFIX] = tf.stack(vectors) if stacked else vectors[0]
 
     k_params = augment.draw_params(s[1], h, w, aug)
     k_idx = sampling.clip_indices(n, t, s[3])
