@@ -14,8 +14,8 @@
 # BENCH_ARGS="--frames 8 --size 32 --width 0.125 --num_mixed_4 1 --queue 256 --bn_group 8").
 # PHASES runs some of the groups, in the order given: headline (the reference and our three
 # steps at batch 128, bf16, each traced), colour (the init step after the on-device colour
-# augmentation), variants (the init step with the other conv lowering and pooling gradient), f32,
-# sweep (batches 32 and 256), fit (the largest batch for 80 GB), fit_remat.
+# augmentation), fit (the largest batch for 80 GB), variants (the init step with the other conv
+# lowering and pooling gradient), f32, sweep (batches 32 and 256), fit_remat.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REF=${1:-}
@@ -26,9 +26,8 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 STEP="python3 bench/train_step.py --peak_tflops $PEAK"
 # One persistent compilation cache for the session: a program compiled by an earlier run (the
-# fit's measured batches) is loaded, not compiled again (JAX also keeps XLA's autotuning results
-# there). A run's compile_s
-# is therefore a cache load where an earlier run compiled the same program.
+# headline's init step for the colour phase) is loaded, not compiled again. A run's compile_s is
+# therefore a cache load where an earlier run compiled the same program.
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/cvtcl_jax_cache}
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 # Batch 256 of the init step needs more than JAX's default 75% of an 80 GB card.
@@ -63,7 +62,7 @@ python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.
 # program takes about 2 minutes to compile on an H200 (115-120 s, presumably mostly XLA's
 # autotuning of the convolutions; measured 2026-11-27), so a run's limit is about 150 s per
 # program it compiles, and a 15-minute device session affords the headline and one variant.
-for phase in ${PHASES:-headline colour variants f32 sweep fit fit_remat}; do
+for phase in ${PHASES:-headline colour fit variants f32 sweep fit_remat}; do
     case $phase in
     headline)  # The paper's configuration (32x128x128, S = 4 x 8, queue 2048) at batch 128, bf16,
         # all three steps, with the PyTorch reference's MoCo step in the same call; each step is
@@ -83,13 +82,14 @@ for phase in ${PHASES:-headline colour variants f32 sweep fit fit_remat}; do
         run 200 init_slices $STEP --dtype bfloat16 --batch 128 --stage init --pool_grad slices ;;
     f32)  # float32 beside bf16.
         run 320 f32_b128 $STEP --dtype float32 --batch 128 --stage init moco ;;
-    sweep)  # The rest of the batch sweep (batch 256 also serves the fit below from the cache).
+    sweep)  # The rest of the batch sweep.
         run 620 bf16_sweep $STEP --dtype bfloat16 --batch 32 256 --stage init cotrain ;;
     fit)  # The largest init-step batch that fits an 80 GB card (78 GiB usable): a line through
-        # batches 128 and 256, each guess compiled (not run) until bracketed.
-        run 480 fit_80g $STEP --dtype bfloat16 --batch 128 256 --stage init --steps 1 --warmup 1 --fit_gib 78 ;;
+        # batches 128 and 256, each guess compiled from shapes without autotuning (not run) until
+        # bracketed, then the answer compiled with autotuning (one full ~2-minute compile).
+        run 330 fit_80g $STEP --dtype bfloat16 --batch 128 256 --stage init --fit_gib 78 --fit_only ;;
     fit_remat)  # The same with remat.
-        run 760 fit_80g_remat $STEP --dtype bfloat16 --batch 128 256 --stage init --steps 1 --warmup 1 --fit_gib 78 --remat ;;
+        run 330 fit_80g_remat $STEP --dtype bfloat16 --batch 128 256 --stage init --fit_gib 78 --fit_only --remat ;;
     *) log "unknown phase $phase" ;;
     esac
 done

@@ -3,7 +3,7 @@
     python bench/train_step.py --batch 64                      # paper size, all three steps
     python bench/train_step.py --batch 8 --frames 16 --size 64 --width 0.25 --queue 64   # CPU
     python bench/train_step.py --stage init --batch 128 --profile /tmp/prof   # + top ops
-    python bench/train_step.py --stage init --batch 64 128 --fit_gib 80       # largest batch
+    python bench/train_step.py --stage init --batch 128 256 --fit_gib 78 --fit_only   # largest batch
 
 Steps: `init` (InfoNCE + LTCL, S segments), `cotrain` (L_RF + LTCL with the frozen other view,
 queue already full so every step updates) and `moco` (InfoNCE alone: the plain MoCo step that the
@@ -15,8 +15,9 @@ is given).
 --profile DIR traces a few more steps with `jax.profiler` (viewable in TensorBoard's profile
 tab or Perfetto), saves the step's optimised HLO and prints the top ops and the time per kind of
 op (bench/profile_ops.py). --fit_gib G finds the largest batch (a multiple of the BN group) whose
-compiled step needs at most G GiB per device: extrapolated from the last two batches measured,
-then checked by compiling it (not running it). --device_colour adds the colour augmentations of
+compiled step needs at most G GiB per device, by compiling (not running) the step from shapes:
+guesses on a line through the two largest --batch values without XLA's GPU autotuning, the answer
+with it (fit_batch); --fit_only skips the timing. --device_colour adds the colour augmentations of
 `data.aug.on_device` (a small program run on each batch before the step) to every timed step.
 """
 
@@ -79,11 +80,8 @@ def xla_memory_gib(compiled) -> float | None:
     return total / 2**30
 
 
-def compile_step(args, stage: str, batch: int, queue: int | None = None):
-    """(compiled step, compile seconds, state, batch data, extra args) for one step kind and batch.
-
-    queue: queue length (default args.queue; it must be a multiple of the batch)."""
-    queue = queue or args.queue
+def _setup(args, stage: str, batch: int, queue: int):
+    """(mesh, jitted step, state init function, state shapes) for one step kind and batch."""
     mesh = make_mesh()
     check_global_batch(batch, mesh)
     model = ContrastiveEncoder(
@@ -108,15 +106,29 @@ def compile_step(args, stage: str, batch: int, queue: int | None = None):
         return state
 
     shapes = jax.eval_shape(init, jax.random.key(0))
-    state = jax.jit(init, out_shardings=state_sharding(mesh, shapes))(jax.random.key(0))
     step = jit_train_step(
         make_train_step(model, cfg, optimizer, schedule, other_model=model if cotrain else None),
         mesh,
         shapes,
         cotrain=cotrain,
     )
-    extra = (jax.tree.map(jnp.copy, FrozenEncoder.from_state(state)),) if cotrain else ()
-    data = shard_batch(mesh, synthetic_batch(np.random.default_rng(0), args, batch, cotrain))
+    return mesh, step, init, shapes
+
+
+def _frozen(state):
+    """The co-training step's extra argument: the other view's frozen encoder."""
+    return (jax.tree.map(jnp.copy, FrozenEncoder.from_state(state)),)
+
+
+def compile_step(args, stage: str, batch: int, queue: int | None = None):
+    """(compiled step, compile seconds, state, batch data, extra args, lowered step, feed) for one
+    step kind and batch, with its state and batch on the devices.
+
+    queue: queue length (default args.queue; it must be a multiple of the batch)."""
+    mesh, step, init, shapes = _setup(args, stage, batch, queue or args.queue)
+    state = jax.jit(init, out_shardings=state_sharding(mesh, shapes))(jax.random.key(0))
+    extra = _frozen(state) if stage == "cotrain" else ()
+    data = shard_batch(mesh, synthetic_batch(np.random.default_rng(0), args, batch, stage == "cotrain"))
     # --device_colour: every timed step first colours its batch on the device, as training does
     # with data.aug.on_device (a separate small program; identity for batches without parameters).
     feed = device_augment.make_batch_augmenter(mesh, BLUR_KERNEL_SIZE)
@@ -126,6 +138,23 @@ def compile_step(args, stage: str, batch: int, queue: int | None = None):
     compiled = lowered.compile()
     jax.block_until_ready(feed(data))  # its compile, not counted in compile_s
     return compiled, time.perf_counter() - t0, state, data, extra, lowered, feed
+
+
+def step_memory_gib(args, stage: str, batch: int, queue: int, autotune: bool = True) -> float | None:
+    """XLA's device memory for the step at `batch` (xla_memory_gib), compiled from shapes alone:
+    nothing is put on the devices, so batches far beyond the memory can be tried.
+
+    autotune=False compiles without XLA's GPU autotuning of the convolutions (most of the ~2
+    minutes a step takes to compile on an H200): the buffers are the same, only the convolutions'
+    scratch space can differ with the algorithms autotuning would pick."""
+    mesh, step, _, shapes = _setup(args, stage, batch, queue)
+    one = synthetic_batch(np.random.default_rng(0), args, 1, stage == "cotrain")
+    data = {k: jax.ShapeDtypeStruct((batch, *v.shape[1:]), v.dtype) for k, v in one.items()}
+    feed = device_augment.make_batch_augmenter(mesh, BLUR_KERNEL_SIZE)
+    extra = jax.eval_shape(_frozen, shapes) if stage == "cotrain" else ()
+    lowered = step.lower(shapes, jax.eval_shape(feed, data), *extra)
+    options = None if autotune or mesh.devices.flat[0].platform != "gpu" else {"xla_gpu_autotune_level": 0}
+    return xla_memory_gib(lowered.compile(compiler_options=options))
 
 
 def step_flops(lowered) -> float:
@@ -202,48 +231,67 @@ def profile(args, name: str, compiled, state, feed, data, extra) -> None:
     print(f"== {name}: top ops of {args.profile_steps} traced steps ({out})\n{summary}", file=sys.stderr)
 
 
-def fit_batch(args, stage: str, measured: list[dict]) -> dict:
-    """The largest batch (multiple of the BN group) whose compiled step needs <= args.fit_gib GiB
-    per device. Memory is close to linear in the batch: a line through the two largest measured
-    batches gives a guess, each guess is compiled (not run) and the line redrawn through the last
-    two points, until a guess repeats; then the next batch up is compiled to confirm it does not
-    fit. The queue is rounded up to a multiple of each batch tried (its memory is negligible)."""
-    points = {r["batch"]: r["xla_mem_gib"] for r in measured if r["xla_mem_gib"] is not None}
-    if len(points) < 2:
-        raise SystemExit("--fit_gib needs two batches measured (--batch A B) and XLA's memory_analysis")
-    group = max(args.bn_group, jax.device_count())
+def fit_batch(args, stage: str) -> dict:
+    """The largest batch (multiple of the BN group) whose step needs <= args.fit_gib GiB per device.
 
-    def compiled_memory(batch):
-        points[batch] = xla_memory_gib(compile_step(args, stage, batch, -(-args.queue // batch) * batch)[0])
+    Memory is close to linear in the batch: a line through the two largest --batch values gives a
+    guess, each guess is compiled (from shapes, without autotuning: seconds instead of minutes)
+    and the line redrawn through the last two points until a guess repeats; the next batch up is
+    compiled to bracket the answer. The answer is then compiled once more with autotuning, the
+    program training would run, and stepped down if that one does not fit. The queue is rounded up
+    to a multiple of each batch tried (its memory is negligible)."""
+    group = max(args.bn_group, jax.device_count())
+    points = {}  # batch -> GiB without autotuning
+
+    def memory(batch, autotune=False):
+        gib = step_memory_gib(args, stage, batch, -(-args.queue // batch) * batch, autotune)
+        if gib is None:
+            raise SystemExit("--fit_gib needs XLA's memory_analysis, which this backend lacks")
+        return gib
 
     def largest_fit():
         return max((b for b, m in points.items() if m <= args.fit_gib), default=None)
 
-    last = sorted(points)[-2:]
+    last = sorted(set(args.batch))[-2:]
+    if len(last) < 2:
+        raise SystemExit("--fit_gib needs two different batches to draw its line (--batch A B)")
+    for b in last:
+        points[b] = memory(b)
     for _ in range(5):
         (b0, m0), (b1, m1) = sorted((b, points[b]) for b in last)
         slope = max(m1 - m0, 1e-9) / (b1 - b0)
         guess = max(group, int((args.fit_gib - m1) / slope + b1) // group * group)
         if guess in points:
             break
-        compiled_memory(guess)
+        points[guess] = memory(guess)
         last = [last[-1], guess]
     for _ in range(3):  # bracket the answer: the next batch up must not fit
         largest = largest_fit()
         if largest is None or largest + group in points:
             break
-        compiled_memory(largest + group)
-    largest = largest_fit()
-    over = [b for b, m in points.items() if m > args.fit_gib and (largest is None or b > largest)]
+        points[largest + group] = memory(largest + group)
+    largest, autotuned = largest_fit(), {}
+    for _ in range(2):  # the answer with autotuning; a group down if its scratch space tips it over
+        if largest is None:
+            break
+        autotuned[largest] = memory(largest, autotune=True)
+        if autotuned[largest] <= args.fit_gib:
+            break
+        largest = largest - group if largest > group else None
+    if largest not in autotuned:  # none fitted, or the second step down is not checked
+        largest = None
+    tried = {**points, **autotuned}
+    over = [b for b, m in tried.items() if m > args.fit_gib and (largest is None or b > largest)]
     return {
         "step": stage,
         "dtype": args.dtype,
         "remat": args.remat,
         "fit_gib": args.fit_gib,
         "largest_batch": largest,
-        "xla_mem_gib": None if largest is None else round(points[largest], 2),
+        "xla_mem_gib": None if largest is None else round(autotuned[largest], 2),
         "smallest_batch_over": min(over) if over else None,
         "batches_compiled": {b: round(m, 3) for b, m in sorted(points.items())},
+        "autotuned_check": {b: round(m, 3) for b, m in autotuned.items()},
     }
 
 
@@ -277,13 +325,16 @@ def main():
     p.add_argument("--profile_steps", type=int, default=3)
     p.add_argument("--profile_top", type=int, default=15)
     p.add_argument("--fit_gib", type=float, help="also find the largest batch that fits this many GiB")
+    p.add_argument("--fit_only", action="store_true", help="with --fit_gib: no timing, only the fit")
     args = p.parse_args()
+    if args.fit_only and not args.fit_gib:
+        p.error("--fit_only needs --fit_gib")
     for stage in args.stage:
-        measured = []
-        for batch in args.batch:
-            measured.append(bench(args, stage, batch))
+        if not args.fit_only:
+            for batch in args.batch:
+                bench(args, stage, batch)
         if args.fit_gib:
-            print(json.dumps(fit_batch(args, stage, measured)), flush=True)
+            print(json.dumps(fit_batch(args, stage)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""The benchmark's largest-batch search (bench/train_step.py --fit_gib) on a known memory curve."""
+
+import argparse
+
+import pytest
+
+from bench import train_step
+
+
+def _args(**kw):
+    return argparse.Namespace(
+        **{
+            "batch": [128, 256],
+            "bn_group": 32,
+            "queue": 2048,
+            "fit_gib": 30.0,
+            "dtype": "bfloat16",
+            "remat": False,
+            **kw,
+        }
+    )
+
+
+@pytest.fixture
+def compiles(monkeypatch):
+    """Replaces the step's compile by 0.5 GiB + 0.1 GiB per clip (+ `extra` GiB with autotuning,
+    as other convolution algorithms' scratch space); records every (batch, autotune) compiled."""
+    calls, extra = [], {"gib": 0.0}
+
+    def memory(args, stage, batch, queue, autotune=True):
+        assert queue % batch == 0 and queue >= args.queue
+        calls.append((batch, autotune))
+        return 0.5 + 0.1 * batch + (extra["gib"] if autotune else 0.0)
+
+    monkeypatch.setattr(train_step, "step_memory_gib", memory)
+    return calls, extra
+
+
+def test_fit_finds_the_largest_group_multiple_and_checks_it_with_autotuning(compiles):
+    calls, extra = compiles
+    extra["gib"] = 0.25
+    out = train_step.fit_batch(_args(), "init")
+    # 0.5 + 0.1 b <= 30 -> b <= 295, in groups of 32: 288 (29.3 GiB, 29.55 with autotuning).
+    assert out["largest_batch"] == 288 and out["smallest_batch_over"] == 320
+    assert out["xla_mem_gib"] == pytest.approx(29.55, abs=0.01)
+    assert out["autotuned_check"] == {288: pytest.approx(29.55)}
+    assert [c for c in calls if c[1]] == [(288, True)]  # one full compile, of the answer
+    assert {b for b, _ in calls} == {128, 256, 288, 320}
+
+
+def test_fit_steps_down_when_autotuning_tips_the_answer_over(compiles):
+    calls, extra = compiles
+    extra["gib"] = 1.0  # 288 -> 30.3 GiB with autotuning: over
+    out = train_step.fit_batch(_args(), "init")
+    assert out["largest_batch"] == 256 and out["smallest_batch_over"] == 288
+    assert [c for c in calls if c[1]] == [(288, True), (256, True)]
+
+
+def test_fit_reports_none_when_even_one_group_is_too_big(compiles):
+    out = train_step.fit_batch(_args(fit_gib=2.0), "init")
+    assert out["largest_batch"] is None and out["smallest_batch_over"] == 32
+
+
+def test_fit_needs_two_batches(compiles):
+    with pytest.raises(SystemExit, match="two different batches"):
+        train_step.fit_batch(_args(batch=[128, 128]), "init")
