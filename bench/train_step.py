@@ -144,9 +144,10 @@ def step_memory_gib(args, stage: str, batch: int, queue: int, autotune: bool = T
     """XLA's device memory for the step at `batch` (xla_memory_gib), compiled from shapes alone:
     nothing is put on the devices, so batches far beyond the memory can be tried.
 
-    autotune=False compiles without XLA's GPU autotuning of the convolutions (most of the ~2
-    minutes a step takes to compile on an H200): the buffers are the same, only the convolutions'
-    scratch space can differ with the algorithms autotuning would pick."""
+    autotune=False compiles without XLA's GPU autotuning of the convolutions (presumably most of
+    the ~2 minutes a step takes to compile on an H200): that should change only the convolutions'
+    scratch space, with the algorithms autotuning would pick, so fit_batch checks its answer with
+    autotuning."""
     mesh, step, _, shapes = _setup(args, stage, batch, queue)
     one = synthetic_batch(np.random.default_rng(0), args, 1, stage == "cotrain")
     data = {k: jax.ShapeDtypeStruct((batch, *v.shape[1:]), v.dtype) for k, v in one.items()}
