@@ -80,8 +80,12 @@ def xla_memory_gib(compiled) -> float | None:
     return total / 2**30
 
 
-def _setup(args, stage: str, batch: int, queue: int):
-    """(mesh, jitted step, state init function, state shapes) for one step kind and batch."""
+def _lower(args, stage: str, batch: int, queue: int):
+    """(lowered step, mesh, state init function, state shapes, feed) for one step kind and batch,
+    lowered from shapes alone (nothing on the devices yet).
+
+    feed: the --device_colour program run on each batch before the step (identity for batches
+    without colour parameters), as training does with data.aug.on_device."""
     mesh = make_mesh()
     check_global_batch(batch, mesh)
     model = ContrastiveEncoder(
@@ -112,7 +116,11 @@ def _setup(args, stage: str, batch: int, queue: int):
         shapes,
         cotrain=cotrain,
     )
-    return mesh, step, init, shapes
+    one = synthetic_batch(np.random.default_rng(0), args, 1, cotrain)
+    data = {k: jax.ShapeDtypeStruct((batch, *v.shape[1:]), v.dtype) for k, v in one.items()}
+    feed = device_augment.make_batch_augmenter(mesh, BLUR_KERNEL_SIZE)
+    extra = jax.eval_shape(_frozen, shapes) if cotrain else ()
+    return step.lower(shapes, jax.eval_shape(feed, data), *extra), mesh, init, shapes, feed
 
 
 def _frozen(state):
@@ -125,19 +133,15 @@ def compile_step(args, stage: str, batch: int, queue: int | None = None):
     step kind and batch, with its state and batch on the devices.
 
     queue: queue length (default args.queue; it must be a multiple of the batch)."""
-    mesh, step, init, shapes = _setup(args, stage, batch, queue or args.queue)
+    t0 = time.perf_counter()
+    lowered, mesh, init, shapes, feed = _lower(args, stage, batch, queue or args.queue)
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
     state = jax.jit(init, out_shardings=state_sharding(mesh, shapes))(jax.random.key(0))
     extra = _frozen(state) if stage == "cotrain" else ()
     data = shard_batch(mesh, synthetic_batch(np.random.default_rng(0), args, batch, stage == "cotrain"))
-    # --device_colour: every timed step first colours its batch on the device, as training does
-    # with data.aug.on_device (a separate small program; identity for batches without parameters).
-    feed = device_augment.make_batch_augmenter(mesh, BLUR_KERNEL_SIZE)
-
-    t0 = time.perf_counter()
-    lowered = step.lower(state, jax.eval_shape(feed, data), *extra)
-    compiled = lowered.compile()
     jax.block_until_ready(feed(data))  # its compile, not counted in compile_s
-    return compiled, time.perf_counter() - t0, state, data, extra, lowered, feed
+    return compiled, compile_s, state, data, extra, lowered, feed
 
 
 def step_memory_gib(args, stage: str, batch: int, queue: int, autotune: bool = True) -> float | None:
@@ -148,12 +152,7 @@ def step_memory_gib(args, stage: str, batch: int, queue: int, autotune: bool = T
     the ~2 minutes a step takes to compile on an H200): that should change only the convolutions'
     scratch space, with the algorithms autotuning would pick, so fit_batch checks its answer with
     autotuning."""
-    mesh, step, _, shapes = _setup(args, stage, batch, queue)
-    one = synthetic_batch(np.random.default_rng(0), args, 1, stage == "cotrain")
-    data = {k: jax.ShapeDtypeStruct((batch, *v.shape[1:]), v.dtype) for k, v in one.items()}
-    feed = device_augment.make_batch_augmenter(mesh, BLUR_KERNEL_SIZE)
-    extra = jax.eval_shape(_frozen, shapes) if stage == "cotrain" else ()
-    lowered = step.lower(shapes, jax.eval_shape(feed, data), *extra)
+    lowered, mesh, *_ = _lower(args, stage, batch, queue)
     options = None if autotune or mesh.devices.flat[0].platform != "gpu" else {"xla_gpu_autotune_level": 0}
     return xla_memory_gib(lowered.compile(compiler_options=options))
 
@@ -169,7 +168,7 @@ def step_flops(lowered) -> float:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def bench(args, stage: str, batch: int) -> dict:
+def bench(args, stage: str, batch: int) -> None:
     """Compiles, times and prints (one JSON line) one (step, batch); then traces it with --profile."""
     compiled, compile_s, state, data, extra, lowered, feed = compile_step(args, stage, batch)
     flops = step_flops(lowered)
@@ -212,7 +211,6 @@ def bench(args, stage: str, batch: int) -> dict:
     print(json.dumps(result), flush=True)
     if args.profile:
         profile(args, f"{stage}_b{batch}_{args.dtype}", compiled, state, feed, data, extra)
-    return result
 
 
 def profile(args, name: str, compiled, state, feed, data, extra) -> None:
