@@ -15,7 +15,12 @@
 # PHASES runs some of the groups, in the order given: headline (the reference and our three
 # steps at batch 128, bf16, each traced), colour (the init step after the on-device colour
 # augmentation), fit (the largest batch for 80 GB), variants (the init step with the other conv
-# lowering and pooling gradient), f32, sweep (batches 32 and 256), fit_remat.
+# lowering and pooling gradient), f32, sweep (batches 32 and 256), fit_remat, fit_nocheck (fit
+# without compiling its answer with autotuning), noautotune (the
+# headline's steps compiled without XLA's autotuning: compile time and speed beside the
+# headline's). HEADLINE_STAGES (default "init moco cotrain") picks the headline's steps and
+# HEADLINE_POOL (default "autodiff") its S3D.pool_grad values, all in one process: a later step
+# program reuses the autotuning of the convolutions it shares with an earlier one.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REF=${1:-}
@@ -25,6 +30,8 @@ DEADLINE=$((SECONDS + ${BUDGET_S:-540}))
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 STEP="python3 bench/train_step.py --peak_tflops $PEAK"
+HEADLINE_STAGES=${HEADLINE_STAGES:-init moco cotrain}
+HEADLINE_POOL=${HEADLINE_POOL:-autodiff}
 # One persistent compilation cache for the session: a program compiled by an earlier run (the
 # headline's init step for the colour phase) is loaded, not compiled again. A run's compile_s is
 # therefore a cache load where an earlier run compiled the same program.
@@ -48,8 +55,11 @@ run() {  # run LIMIT_S NAME COMMAND...
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
     grep '^{' "$OUT/$name.log" | tee -a "$OUT/results.jsonl"
-    if [ "$rc" -ne 0 ]; then
-        log "$name: exit $rc (124: stopped at ${limit}s)"
+    if [ "$rc" -eq 124 ]; then
+        log "$name: stopped at its ${limit}s limit"
+        tail -5 "$OUT/$name.log"
+    elif [ "$rc" -ne 0 ]; then
+        log "$name: exit $rc"
         tail -5 "$OUT/$name.log"
     fi
 }
@@ -58,10 +68,12 @@ log "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,nohe
 python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" 2>&1 |
     tee -a "$OUT/session.log"
 
-# PHASES picks and orders the groups below (default: all, most important first). Each step
-# program takes about 2 minutes to compile on an H200 (115-120 s, presumably mostly XLA's
-# autotuning of the convolutions; measured 2026-11-27), so a run's limit is about 150 s per
-# program it compiles, and a 15-minute device session affords the headline and one variant.
+# PHASES picks and orders the groups below (default: all, most important first). A step program
+# took 115-120 s to compile on an H200 in one call and 217 s (the init step, first in its process)
+# in another, the co-training step after it in the same process 68 s (2026-11-27): presumably
+# mostly XLA's autotuning of the convolutions, whose results a process keeps. So a run's limit is
+# about 150-220 s for its first program and 90 s for each later one, and a 15-minute device
+# session affords the reference and about four programs in one process.
 for phase in ${PHASES:-headline colour fit variants f32 sweep fit_remat}; do
     case $phase in
     headline)  # The paper's configuration (32x128x128, S = 4 x 8, queue 2048) at batch 128, bf16,
@@ -70,7 +82,7 @@ for phase in ${PHASES:-headline colour fit variants f32 sweep fit_remat}; do
         if [ -n "$REF" ] && [ -f "$REF/torch_one.py" ]; then
             run 120 torch_b128 python3 "$REF/torch_one.py" 128
         fi
-        run 540 bf16_b128 $STEP --dtype bfloat16 --batch 128 --stage init moco cotrain --profile "$OUT/prof"
+        run 540 bf16_b128 $STEP --dtype bfloat16 --batch 128 --stage $HEADLINE_STAGES --pool_grad $HEADLINE_POOL --profile "$OUT/prof"
         for d in "$OUT"/prof/*/; do
             [ -f "$d/top_ops.txt" ] && cp "$d/top_ops.txt" "$OUT/top_ops_$(basename "$d").txt"
         done ;;
@@ -88,6 +100,13 @@ for phase in ${PHASES:-headline colour fit variants f32 sweep fit_remat}; do
         # batches 128 and 256, each guess compiled from shapes without autotuning (not run) until
         # bracketed, then the answer compiled with autotuning (one full ~2-minute compile).
         run 330 fit_80g $STEP --dtype bfloat16 --batch 128 256 --stage init --fit_gib 78 --fit_only ;;
+    noautotune)  # Autotuning is presumed to be most of the compile: if the library's heuristic
+        # algorithms run about as fast, a session can afford many more programs.
+        run 240 noautotune_b128 $STEP --dtype bfloat16 --batch 128 --stage $HEADLINE_STAGES --autotune_level 0 ;;
+    fit_nocheck)  # The same without the autotuned compile of the answer (minutes cheaper): its
+        # memory is the heuristic algorithms'; the noautotune phase's xla_mem_gib beside the
+        # headline's shows how far autotuning moves it at batch 128.
+        run 240 fit_80g_nocheck $STEP --dtype bfloat16 --batch 128 256 --stage init --fit_gib 78 --fit_only --fit_no_check ;;
     fit_remat)  # The same with remat.
         run 330 fit_80g_remat $STEP --dtype bfloat16 --batch 128 256 --stage init --fit_gib 78 --fit_only --remat ;;
     *) log "unknown phase $phase" ;;

@@ -17,13 +17,17 @@ tab or Perfetto), saves the step's optimised HLO and prints the top ops and the 
 op (bench/profile_ops.py). --fit_gib G finds the largest batch (a multiple of the BN group) whose
 compiled step needs at most G GiB per device, by compiling (not running) the step from shapes:
 guesses on a line through the two largest --batch values without XLA's GPU autotuning, the answer
-with it (fit_batch); --fit_only skips the timing. --device_colour adds the colour augmentations of
-`data.aug.on_device` (a small program run on each batch before the step) to every timed step.
+with it unless --fit_no_check (fit_batch); --fit_only skips the timing. Several --pool_grad
+values run in one process (later compiles reuse the GPU autotuning of shared convolutions);
+--autotune_level 0 compiles the timed steps without autotuning. --device_colour adds the colour
+augmentations of `data.aug.on_device` (a small program run on each batch before the step) to every
+timed step.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import sys
@@ -81,8 +85,8 @@ def xla_memory_gib(compiled) -> float | None:
 
 
 def _lower(args, stage: str, batch: int, queue: int):
-    """(lowered step, mesh, state init function, state shapes, feed) for one step kind and batch,
-    lowered from shapes alone (nothing on the devices yet).
+    """(lowered step, mesh, state init function, state shapes, feed, FLOP counter) for one step
+    kind and batch, lowered from shapes alone (nothing on the devices yet).
 
     feed: the --device_colour program run on each batch before the step (identity for batches
     without colour parameters), as training does with data.aug.on_device."""
@@ -110,17 +114,15 @@ def _lower(args, stage: str, batch: int, queue: int):
         return state
 
     shapes = jax.eval_shape(init, jax.random.key(0))
-    step = jit_train_step(
-        make_train_step(model, cfg, optimizer, schedule, other_model=model if cotrain else None),
-        mesh,
-        shapes,
-        cotrain=cotrain,
-    )
+    raw_step = make_train_step(model, cfg, optimizer, schedule, other_model=model if cotrain else None)
+    step = jit_train_step(raw_step, mesh, shapes, cotrain=cotrain)
     one = synthetic_batch(np.random.default_rng(0), args, 1, cotrain)
     data = {k: jax.ShapeDtypeStruct((batch, *v.shape[1:]), v.dtype) for k, v in one.items()}
     feed = device_augment.make_batch_augmenter(mesh, BLUR_KERNEL_SIZE)
     extra = jax.eval_shape(_frozen, shapes) if cotrain else ()
-    return step.lower(shapes, jax.eval_shape(feed, data), *extra), mesh, init, shapes, feed
+    fed = jax.eval_shape(feed, data)
+    count = functools.partial(step_flops, raw_step, shapes, fed, *extra)
+    return step.lower(shapes, fed, *extra), mesh, init, shapes, feed, count
 
 
 def _frozen(state):
@@ -129,49 +131,60 @@ def _frozen(state):
 
 
 def compile_step(args, stage: str, batch: int, queue: int | None = None):
-    """(compiled step, compile seconds, state, batch data, extra args, lowered step, feed) for one
+    """(compiled step, compile seconds, state, batch data, extra args, FLOP counter, feed) for one
     step kind and batch, with its state and batch on the devices.
 
     queue: queue length (default args.queue; it must be a multiple of the batch)."""
     t0 = time.perf_counter()
-    lowered, mesh, init, shapes, feed = _lower(args, stage, batch, queue or args.queue)
-    compiled = lowered.compile()
+    lowered, mesh, init, shapes, feed, count = _lower(args, stage, batch, queue or args.queue)
+    compiled = lowered.compile(compiler_options=_gpu_options(mesh, args.autotune_level))
     compile_s = time.perf_counter() - t0
     state = jax.jit(init, out_shardings=state_sharding(mesh, shapes))(jax.random.key(0))
     extra = _frozen(state) if stage == "cotrain" else ()
     data = shard_batch(mesh, synthetic_batch(np.random.default_rng(0), args, batch, stage == "cotrain"))
     jax.block_until_ready(feed(data))  # its compile, not counted in compile_s
-    return compiled, compile_s, state, data, extra, lowered, feed
+    return compiled, compile_s, state, data, extra, count, feed
 
 
 def step_memory_gib(args, stage: str, batch: int, queue: int, autotune: bool = True) -> float | None:
     """XLA's device memory for the step at `batch` (xla_memory_gib), compiled from shapes alone:
     nothing is put on the devices, so batches far beyond the memory can be tried.
 
-    autotune=False compiles without XLA's GPU autotuning of the convolutions (presumably most of
-    the ~2 minutes a step takes to compile on an H200): that should change only the convolutions'
-    scratch space, with the algorithms autotuning would pick, so fit_batch checks its answer with
-    autotuning."""
+    autotune=False compiles without XLA's GPU autotuning of the convolutions, presumed to be most
+    of the 2-4 minutes a step takes to compile on an H200 (not borne out so far: a fit compiled
+    this way did not finish within 240 s there). It should change only the convolutions' scratch
+    space, with the algorithms autotuning would pick, so fit_batch checks its answer with
+    autotuning unless --fit_no_check."""
     lowered, mesh, *_ = _lower(args, stage, batch, queue)
-    options = None if autotune or mesh.devices.flat[0].platform != "gpu" else {"xla_gpu_autotune_level": 0}
-    return xla_memory_gib(lowered.compile(compiler_options=options))
+    return xla_memory_gib(lowered.compile(compiler_options=_gpu_options(mesh, None if autotune else 0)))
 
 
-def step_flops(lowered) -> float:
-    """FLOPs of one step from XLA's cost analysis of the HLO before optimisation.
+def _gpu_options(mesh, autotune_level: int | None) -> dict | None:
+    """Compiler options setting XLA's GPU autotuning level (0: none, the library's heuristics pick
+    each convolution's algorithm; XLA's default is 4); None (XLA's default) elsewhere."""
+    if autotune_level is None or mesh.devices.flat[0].platform != "gpu":
+        return None
+    return {"xla_gpu_autotune_level": autotune_level}
 
-    The compiled program's own analysis misses work handed to libraries: on a GPU the cuDNN
-    convolutions are custom calls it does not count (it gave 5.7 GFLOP per clip for the MoCo step,
-    about a fifteenth of the real cost)."""
-    cost = lowered.cost_analysis()
+
+def step_flops(step, *shapes) -> float:
+    """FLOPs of one step from XLA's cost analysis of its HLO before optimisation, lowered for the
+    CPU: the count depends on the HLO alone, and the compiled program's own analysis misses work
+    handed to libraries (on a GPU the cuDNN convolutions are custom calls it does not count: it gave
+    5.7 GFLOP per clip for the MoCo step, about a fifteenth of the real cost), while lowering for a
+    GPU gave no count at all with jax 0.11's CUDA plugin (0.0 in the H200 run of 2026-11-27).
+
+    step: the step function before jit; shapes: its arguments' shapes (ShapeDtypeStructs)."""
+    with jax.default_device(jax.devices("cpu")[0]):
+        cost = jax.jit(step).lower(*shapes).cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
 def bench(args, stage: str, batch: int) -> None:
     """Compiles, times and prints (one JSON line) one (step, batch); then traces it with --profile."""
-    compiled, compile_s, state, data, extra, lowered, feed = compile_step(args, stage, batch)
-    flops = step_flops(lowered)
+    compiled, compile_s, state, data, extra, count, feed = compile_step(args, stage, batch)
+    flops = count()
 
     for _ in range(args.warmup):
         state, metrics = compiled(state, feed(data), *extra)
@@ -195,6 +208,7 @@ def bench(args, stage: str, batch: int) -> None:
         "pool_grad": args.pool_grad,
         "conv_lowering": args.conv_lowering,
         "device_colour": args.device_colour,
+        "autotune_level": args.autotune_level,
         "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
         "step_s": round(step_s, 4),
         "clips_per_s": round(batch / step_s, 2),
@@ -210,7 +224,8 @@ def bench(args, stage: str, batch: int) -> None:
     # Printed before the profile, so a run stopped while tracing still reports its timing.
     print(json.dumps(result), flush=True)
     if args.profile:
-        profile(args, f"{stage}_b{batch}_{args.dtype}", compiled, state, feed, data, extra)
+        variant = "" if args.pool_grad == "autodiff" else f"_{args.pool_grad}"
+        profile(args, f"{stage}_b{batch}_{args.dtype}{variant}", compiled, state, feed, data, extra)
 
 
 def profile(args, name: str, compiled, state, feed, data, extra) -> None:
@@ -241,9 +256,17 @@ def fit_batch(args, stage: str) -> dict:
     to a multiple of each batch tried (its memory is negligible)."""
     group = max(args.bn_group, jax.device_count())
     points = {}  # batch -> GiB without autotuning
+    seconds = {}  # "batch" or "batch autotuned" -> seconds to lower and compile
 
     def memory(batch, autotune=False):
+        t0 = time.perf_counter()
         gib = step_memory_gib(args, stage, batch, -(-args.queue // batch) * batch, autotune)
+        key = f"{batch}{' autotuned' if autotune else ''}"
+        seconds[key] = round(time.perf_counter() - t0, 1)
+        # On stderr as it goes: a run stopped at its time limit still shows what it compiled.
+        print(
+            f"fit {stage}: batch {key}: {gib} GiB, compiled in {seconds[key]} s", file=sys.stderr, flush=True
+        )
         if gib is None:
             raise SystemExit("--fit_gib needs XLA's memory_analysis, which this backend lacks")
         return gib
@@ -270,16 +293,20 @@ def fit_batch(args, stage: str) -> dict:
             break
         points[largest + group] = memory(largest + group)
     largest, autotuned = largest_fit(), {}
-    for _ in range(2):  # the answer with autotuning; a group down if its scratch space tips it over
+    for _ in range(0 if args.fit_no_check else 2):
+        # The answer with autotuning; a group down if its scratch space tips it over.
         if largest is None:
             break
         autotuned[largest] = memory(largest, autotune=True)
         if autotuned[largest] <= args.fit_gib:
             break
         largest = largest - group if largest > group else None
-    if largest not in autotuned:  # none fitted, or the second step down is not checked
+    if args.fit_no_check:
+        autotuned = None
+    elif largest not in autotuned:  # none fitted, or the second step down is not checked
         largest = None
-    tried = {**points, **autotuned}
+    mem = points if autotuned is None else autotuned
+    tried = {**points, **(autotuned or {})}
     over = [b for b, m in tried.items() if m > args.fit_gib and (largest is None or b > largest)]
     return {
         "step": stage,
@@ -287,10 +314,11 @@ def fit_batch(args, stage: str) -> dict:
         "remat": args.remat,
         "fit_gib": args.fit_gib,
         "largest_batch": largest,
-        "xla_mem_gib": None if largest is None else round(autotuned[largest], 2),
+        "xla_mem_gib": None if largest is None else round(mem[largest], 2),
         "smallest_batch_over": min(over) if over else None,
         "batches_compiled": {b: round(m, 3) for b, m in sorted(points.items())},
-        "autotuned_check": {b: round(m, 3) for b, m in autotuned.items()},
+        "autotuned_check": None if autotuned is None else {b: round(m, 3) for b, m in autotuned.items()},
+        "compile_s": seconds,
     }
 
 
@@ -313,27 +341,50 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--peak_tflops", type=float, default=None, help="device peak, for the fraction")
     p.add_argument("--remat", action="store_true", help="recompute activations in the backward pass")
-    p.add_argument("--pool_grad", default="autodiff", choices=["autodiff", "slices"], help="S3D.pool_grad")
+    p.add_argument(
+        "--pool_grad",
+        nargs="+",
+        default=["autodiff"],
+        choices=["autodiff", "slices"],
+        help="S3D.pool_grad; several run in one process, where later compiles reuse XLA's autotuning "
+        "of the convolutions they share (on an H200 the co-training step compiled in 68 s after the "
+        "init step, against 217 s for the init step first)",
+    )
     p.add_argument("--conv_lowering", default="fold", choices=list(CONV_LOWERINGS), help="S3D.conv_lowering")
     p.add_argument(
         "--device_colour",
         action="store_true",
         help="colour-augment each batch on the device first (data.aug.on_device)",
     )
+    p.add_argument(
+        "--autotune_level",
+        type=int,
+        help="XLA's GPU autotuning level for the timed steps (0: none; default: XLA's own, 4)",
+    )
     p.add_argument("--profile", help="trace steps into this directory and print the top ops")
     p.add_argument("--profile_steps", type=int, default=3)
     p.add_argument("--profile_top", type=int, default=15)
     p.add_argument("--fit_gib", type=float, help="also find the largest batch that fits this many GiB")
     p.add_argument("--fit_only", action="store_true", help="with --fit_gib: no timing, only the fit")
+    p.add_argument(
+        "--fit_no_check",
+        action="store_true",
+        help="with --fit_gib: skip the autotuned compile of the answer (a full compile); its memory is "
+        "then the heuristic algorithms' (an --autotune_level 0 run beside a default one at one batch "
+        "shows how far apart the two are)",
+    )
     args = p.parse_args()
     if args.fit_only and not args.fit_gib:
         p.error("--fit_only needs --fit_gib")
-    for stage in args.stage:
-        if not args.fit_only:
-            for batch in args.batch:
-                bench(args, stage, batch)
-        if args.fit_gib:
-            print(json.dumps(fit_batch(args, stage)), flush=True)
+    pool_grads = args.pool_grad
+    for pool_grad in pool_grads:
+        args.pool_grad = pool_grad  # what _lower and the result line read
+        for stage in args.stage:
+            if not args.fit_only:
+                for batch in args.batch:
+                    bench(args, stage, batch)
+            if args.fit_gib:
+                print(json.dumps(fit_batch(args, stage)), flush=True)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ def _args(**kw):
             "fit_gib": 30.0,
             "dtype": "bfloat16",
             "remat": False,
+            "fit_no_check": False,
             **kw,
         }
     )
@@ -54,6 +55,14 @@ def test_fit_steps_down_when_autotuning_tips_the_answer_over(compiles):
     out = train_step.fit_batch(_args(), "init")
     assert out["largest_batch"] == 256 and out["smallest_batch_over"] == 288
     assert [c for c in calls if c[1]] == [(288, True), (256, True)]
+
+
+def test_fit_without_the_check_compiles_nothing_with_autotuning(compiles):
+    calls, extra = compiles
+    extra["gib"] = 1.0  # would tip 288 over, but is never compiled
+    out = train_step.fit_batch(_args(fit_no_check=True), "init")
+    assert out["largest_batch"] == 288 and out["xla_mem_gib"] == pytest.approx(29.3, abs=0.01)
+    assert out["autotuned_check"] is None and not [c for c in calls if c[1]]
 
 
 def test_fit_reports_none_when_even_one_group_is_too_big(compiles):
