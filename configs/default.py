@@ -17,7 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
     # S3D + projection head g (SPEC 2, 4). bn_group_size: clips per BN statistics group.
     # dtype "bfloat16": bf16 convolutions, float32 parameters, BN statistics, head and losses.
     # remat: recompute activations in the backward pass (less memory, about 1/3 more compute).
-    # pool_grad: "autodiff" (XLA's SelectAndScatter) or "slices" (same gradient, other kernels).
+    # pool_grad: "autodiff" (XLA's reduce-window and SelectAndScatter) or "slices" (elementwise
+    # maximum of views and compare-and-pad gradient: same values and gradient, other kernels).
     # conv_lowering: "fold" (separable kernels as 2D convs and matmuls) or "xla3d" (3D convs).
     cfg.model = ml_collections.ConfigDict(
         dict(

@@ -225,6 +225,10 @@ def test_slices_pool_gradient_is_the_automatic_one(window, strides, pad):
             g = jnp.asarray(rng.standard_normal(y.shape), jnp.float64)
             np.testing.assert_allclose(vjp2(g)[0], vjp(g)[0], rtol=1e-12, atol=1e-12)
         assert int(jnp.sum(tied == 0)) > 0 and int(jnp.sum(tied == 0.5)) > 1
+    low = jnp.asarray(rng.standard_normal((2, 5, 9, 8, 3)), jnp.bfloat16)  # a maximum is exact
+    np.testing.assert_array_equal(
+        pooling.max_pool3d_slices(low, window, strides, pad), pooling.max_pool3d(low, window, strides, pad)
+    )
 
 
 def test_bn_groups_normalise_each_group_alone():

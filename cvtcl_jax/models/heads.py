@@ -54,7 +54,7 @@ class ContrastiveEncoder(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat: bool = False  # S3D.remat: recompute activations in the backward pass to save memory
-    pool_grad: str = "autodiff"  # S3D.pool_grad: how max pooling is differentiated
+    pool_grad: str = "autodiff"  # S3D.pool_grad: how max pooling is computed and differentiated
     conv_lowering: str = "fold"  # S3D.conv_lowering: 2D convs and matmuls, or 3D convs
 
     @classmethod

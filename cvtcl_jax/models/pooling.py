@@ -1,17 +1,20 @@
 """3D max pooling, with a choice of gradient: XLA's SelectAndScatter or slices and pads.
 
-The automatic gradient of `lax.reduce_window(max)` is a SelectAndScatter. XLA's CPU backend
-expands it into a variadic reduce-window that carries an s32 index array per dimension (built
-from iotas) plus a scatter; GPU kernels for it scatter with atomics. `max_pool3d_slices` has the
-same values and the same gradient (checked in tests/test_models.py) computed another way: it compares
-the K = prod(window) strided views of the padded input with the pooled output, keeps for each
-output the first window position holding the maximum (window order, like SelectAndScatter with
-`>=`, PyTorch's MaxPool3d and the automatic gradient) and sends the output gradient back through
-the transpose of each strided view, which is a pad: only elementwise ops, slices and pads, which
-XLA fuses into a few loops on every backend. On the 2-core CPU it is no faster (the tiny test
-model's init step 0.78-0.85 vs 0.80 s; the README's bench step 2.65 vs 2.50 s, 6% slower); which
-wins on a GPU is for the GPU benchmark to say (`bench/train_step.py --pool_grad slices`), hence
-the choice (`S3D.pool_grad`, default 'autodiff').
+The automatic gradient of `lax.reduce_window(max)` is a SelectAndScatter. XLA expands it into a
+variadic reduce-window that carries an s32 index array per dimension (built from iotas) plus a
+scatter; on the GPU the scatter runs with atomics, and on an H200 (2026-11-27, the init step at the
+paper's size, bf16) the pools took about 39% of the step's kernel time: 22% in the scatters, 12% in
+the forward reduce-windows (computed in float32 there, with a conversion each way) and 5% in the
+pads of their gradient. `max_pool3d_slices` has the same values and the same gradient (checked in
+tests/test_models.py) computed with elementwise ops, slices and pads alone, which XLA fuses into a
+few loops on every backend: the output is the maximum of the K = prod(window) strided views of the
+padded input; the gradient compares those views with the output, keeps for each output the first
+window position holding the maximum (window order, like SelectAndScatter with `>=`, PyTorch's
+MaxPool3d and the automatic gradient) and sends the output gradient back through the transpose of
+each strided view, which is a pad. On the 2-core CPU it is no faster (the README's bench step
+2.65 vs 2.50 s with a reduce-window forward); on the GPU it is not measured yet
+(`bench/train_step.py --pool_grad slices`, `bench/gpu_session.sh`'s `variants` phase), hence the
+choice (`S3D.pool_grad`, default 'autodiff').
 """
 
 from __future__ import annotations
@@ -46,24 +49,38 @@ def _views(xp, out_shape, window, strides):
     return views
 
 
+def _padded_views(x, window, strides, pad):
+    """(padded input, output shape, _views): x padded with -inf as PyTorch's MaxPool3d pads."""
+    padding = [(0, 0, 0)] + [(p, p, 0) for p in pad] + [(0, 0, 0)]
+    xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), padding)
+    out = [(n - k) // s + 1 for n, k, s in zip(xp.shape[1:4], window, strides, strict=True)]
+    out_shape = (x.shape[0], *out, x.shape[4])
+    return xp, out_shape, _views(xp, out_shape, window, strides)
+
+
+def _max_of_views(x, window, strides, pad):
+    """max_pool3d's values (a maximum is exact in any dtype) as an elementwise maximum of views."""
+    _, _, views = _padded_views(x, window, strides, pad)
+    return functools.reduce(jnp.maximum, (view for _, view in views))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool3d_slices(x, window, strides, pad):
-    """`max_pool3d` with the gradient of the module docstring (reverse mode only)."""
-    return max_pool3d(x, window, strides, pad)
+    """`max_pool3d` as the maximum of strided views, with the gradient of the module docstring
+    (reverse mode only)."""
+    return _max_of_views(x, window, strides, pad)
 
 
 def _slices_fwd(x, window, strides, pad):
-    y = max_pool3d(x, window, strides, pad)
+    y = _max_of_views(x, window, strides, pad)
     return y, (x, y)
 
 
 def _slices_bwd(window, strides, pad, residuals, g):
     x, y = residuals
-    padding = [(0, 0, 0)] + [(p, p, 0) for p in pad] + [(0, 0, 0)]
-    xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), padding)
+    xp, _, views = _padded_views(x, window, strides, pad)
     # first[q] = index of the first window offset whose input equals the maximum y[q].
     first = jnp.full(y.shape, -1, jnp.int8 if math.prod(window) < 128 else jnp.int32)
-    views = _views(xp, y.shape, window, strides)
     for k, (_, view) in reversed(list(enumerate(views))):
         first = jnp.where(view == y, jnp.asarray(k, first.dtype), first)
     grad = jnp.zeros(xp.shape, g.dtype)

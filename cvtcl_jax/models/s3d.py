@@ -163,8 +163,9 @@ class S3D(nn.Module):
         (`nn.remat` around the stem, conv_2b/2c and every Mixed block): only unit outputs stay
         in memory, for a larger batch at the cost of about one more forward pass. Same values,
         same variables.
-      pool_grad: how max pooling is differentiated: 'autodiff' (XLA's SelectAndScatter) or
-        'slices' (compare-and-pad; same gradient, see `pooling.py`).
+      pool_grad: how max pooling is computed and differentiated: 'autodiff' (XLA's reduce-window
+        and SelectAndScatter) or 'slices' (the maximum of strided views, compare-and-pad gradient;
+        same values and gradient, see `pooling.py`).
       conv_lowering: 'fold' (the separable kernels as 2D convs and matmuls) or 'xla3d' (3D
         convs); same function and variables, see `conv.py`.
     """
