@@ -16,11 +16,11 @@
 # steps at batch 128, bf16, each traced), colour (the init step after the on-device colour
 # augmentation), fit (the largest batch for 80 GB), variants (the init step with the other conv
 # lowering and pooling gradient), f32, sweep (batches 32 and 256), fit_remat, fit_nocheck (fit
-# without compiling its answer with autotuning), noautotune (the
-# headline's steps compiled without XLA's autotuning: compile time and speed beside the
-# headline's). HEADLINE_STAGES (default "init moco cotrain") picks the headline's steps and
-# HEADLINE_POOL (default "autodiff") its S3D.pool_grad values, all in one process: a later step
-# program reuses the autotuning of the convolutions it shares with an earlier one.
+# without compiling its answer with autotuning), noautotune (the headline's steps compiled
+# without XLA's autotuning: compile time and speed beside the headline's). HEADLINE_STAGES
+# (default "init moco cotrain") picks the headline's steps and HEADLINE_POOL (default "autodiff")
+# its S3D.pool_grad values, all in one process: a later step program reuses the autotuning of the
+# convolutions it shares with an earlier one. PACK=1 packs $OUT into two archives at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REF=${1:-}
@@ -113,3 +113,16 @@ for phase in ${PHASES:-headline colour fit variants f32 sweep fit_remat}; do
     esac
 done
 log "done, $((DEADLINE - SECONDS))s of the budget left"
+# PACK=1: leave $OUT as results.jsonl, session.log and two archives (a GPU call brings back at
+# most 8 files, 16 MB each): bundle.tgz (logs, top-ops tables, the steps' HLO) and traces.tgz.
+if [ -n "${PACK:-}" ]; then
+    (
+        cd "$OUT" || exit
+        find . -name '*.xplane.pb' | tar czf traces.tgz -T -
+        tar czf bundle.tgz --exclude='*.xplane.pb' --exclude='*.trace.json.gz' --exclude=traces.tgz \
+            --exclude=bundle.tgz --exclude=results.jsonl --exclude=session.log .
+        find . -mindepth 1 -maxdepth 1 ! -name results.jsonl ! -name session.log ! -name '*.tgz' \
+            -exec rm -rf {} +
+        ls -l
+    )
+fi
