@@ -231,6 +231,34 @@ def test_slices_pool_gradient_is_the_automatic_one(window, strides, pad):
     )
 
 
+def test_pool_grads_give_the_same_network():
+    """S3D with pool_grad 'autodiff' and 'slices': same loss, gradients and BN updates (float64,
+    training-mode BN, ReLU zeros as ties); 'slices' leaves no reduce-window in the program."""
+    with jax.enable_x64(True):
+        kw = dict(width_multiplier=0.125, num_mixed_4=1, dtype=jnp.float64, param_dtype=jnp.float64)
+        x = jnp.asarray(np.random.default_rng(7).standard_normal((4, 8, 32, 32, 3)), jnp.float64)
+        variables = jax.jit(S3D(**kw).init)(jax.random.key(0), x)
+
+        def run(pool_grad):
+            model = S3D(**kw, pool_grad=pool_grad)
+
+            def loss(params):
+                y, upd = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+                return jnp.sum(jnp.sin(y)), upd
+
+            grad_fn = jax.value_and_grad(loss, has_aux=True)
+            names = {e.primitive.name for e in jax.make_jaxpr(grad_fn)(variables["params"]).eqns}
+            return jax.jit(grad_fn)(variables["params"]), names
+
+        ((l0, upd0), g0), names0 = run("autodiff")
+        ((l1, upd1), g1), names1 = run("slices")
+        np.testing.assert_allclose(l1, l0, rtol=1e-12)
+        for a, b in ((g0, g1), (upd0, upd1)):
+            jax.tree.map(lambda u, v: np.testing.assert_allclose(v, u, rtol=1e-9, atol=1e-12), a, b)
+        assert "reduce_window_max" in names0
+        assert not any(n.startswith(("reduce_window", "select_and_scatter")) for n in names1)
+
+
 def test_bn_groups_normalise_each_group_alone():
     """With bn_group_size=2, a clip's output depends only on its own group of clips (float64)."""
     with jax.enable_x64(True):

@@ -1,4 +1,4 @@
-"""3D max pooling, with a choice of gradient: XLA's SelectAndScatter or slices and pads.
+"""3D max pooling, two ways: XLA's reduce-window and SelectAndScatter, or slices and pads.
 
 The automatic gradient of `lax.reduce_window(max)` is a SelectAndScatter. XLA expands it into a
 variadic reduce-window that carries an s32 index array per dimension (built from iotas) plus a
@@ -11,8 +11,8 @@ few loops on every backend: the output is the maximum of the K = prod(window) st
 padded input; the gradient compares those views with the output, keeps for each output the first
 window position holding the maximum (window order, like SelectAndScatter with `>=`, PyTorch's
 MaxPool3d and the automatic gradient) and sends the output gradient back through the transpose of
-each strided view, which is a pad. On the 2-core CPU it is no faster (the README's bench step
-2.65 vs 2.50 s with a reduce-window forward); on the GPU it is not measured yet
+each strided view, which is a pad. On the 2-core CPU it is 9% slower (the README's bench init
+step, 0.6533 vs 0.6014 s, 2026-11-27); on the GPU it is not measured yet
 (`bench/train_step.py --pool_grad slices`, `bench/gpu_session.sh`'s `variants` phase), hence the
 choice (`S3D.pool_grad`, default 'autodiff').
 """
@@ -50,17 +50,16 @@ def _views(xp, out_shape, window, strides):
 
 
 def _padded_views(x, window, strides, pad):
-    """(padded input, output shape, _views): x padded with -inf as PyTorch's MaxPool3d pads."""
+    """(padded input, _views of it): x padded with -inf as PyTorch's MaxPool3d pads (no ceil mode)."""
     padding = [(0, 0, 0)] + [(p, p, 0) for p in pad] + [(0, 0, 0)]
     xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), padding)
     out = [(n - k) // s + 1 for n, k, s in zip(xp.shape[1:4], window, strides, strict=True)]
-    out_shape = (x.shape[0], *out, x.shape[4])
-    return xp, out_shape, _views(xp, out_shape, window, strides)
+    return xp, _views(xp, (x.shape[0], *out, x.shape[4]), window, strides)
 
 
 def _max_of_views(x, window, strides, pad):
     """max_pool3d's values (a maximum is exact in any dtype) as an elementwise maximum of views."""
-    _, _, views = _padded_views(x, window, strides, pad)
+    _, views = _padded_views(x, window, strides, pad)
     return functools.reduce(jnp.maximum, (view for _, view in views))
 
 
@@ -78,7 +77,7 @@ def _slices_fwd(x, window, strides, pad):
 
 def _slices_bwd(window, strides, pad, residuals, g):
     x, y = residuals
-    xp, _, views = _padded_views(x, window, strides, pad)
+    xp, views = _padded_views(x, window, strides, pad)
     # first[q] = index of the first window offset whose input equals the maximum y[q].
     first = jnp.full(y.shape, -1, jnp.int8 if math.prod(window) < 128 else jnp.int32)
     for k, (_, view) in reversed(list(enumerate(views))):
