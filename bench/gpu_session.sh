@@ -103,7 +103,7 @@ for phase in ${PHASES:-headline colour fit variants f32 sweep fit_remat}; do
     noautotune)  # Autotuning is presumed to be most of the compile: if the library's heuristic
         # algorithms run about as fast, a session can afford many more programs.
         run 240 noautotune_b128 $STEP --dtype bfloat16 --batch 128 --stage $HEADLINE_STAGES --autotune_level 0 ;;
-    fit_nocheck)  # The same without the autotuned compile of the answer (minutes cheaper): its
+    fit_nocheck)  # The fit without the autotuned compile of the answer (one full compile less): its
         # memory is the heuristic algorithms'; the noautotune phase's xla_mem_gib beside the
         # headline's shows how far autotuning moves it at batch 128.
         run 240 fit_80g_nocheck $STEP --dtype bfloat16 --batch 128 256 --stage init --fit_gib 78 --fit_only --fit_no_check ;;

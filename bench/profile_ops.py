@@ -25,7 +25,7 @@ import argparse
 import collections
 import dataclasses
 import re
-from collections.abc import Iterable
+from collections.abc import Container
 from pathlib import Path
 
 # `  %name = shape opcode(operands), attributes` (the % is optional in newer HLO text).
@@ -81,7 +81,7 @@ def hlo_ops(hlo_text: str) -> dict[str, HloOp]:
     return ops
 
 
-def kernel_op(kernel: str, hlo_op: str | None, known: Iterable[str] | dict) -> str:
+def kernel_op(kernel: str, hlo_op: str | None, known: Container[str]) -> str:
     """The HLO op a device kernel event belongs to (see the module docstring).
 
     kernel: the event's name; hlo_op: its `hlo_op` stat; known: the module's instruction names.
@@ -109,7 +109,7 @@ def latest_xplane(trace_dir: str | Path) -> Path:
     return files[-1]
 
 
-def op_times(xplane: str | Path, known: Iterable[str] | dict = ()) -> tuple[dict[str, float], str]:
+def op_times(xplane: str | Path, known: Container[str] = ()) -> tuple[dict[str, float], str]:
     """({HLO op: total seconds over the trace}, where the times come from).
 
     known: the step's instruction names (hlo_ops' keys), to attribute kernels of command buffers.
