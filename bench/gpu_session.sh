@@ -102,7 +102,7 @@ for phase in ${PHASES:-headline colour fit variants f32 sweep fit_remat}; do
         run 330 fit_80g $STEP --dtype bfloat16 --batch 128 256 --stage init --fit_gib 78 --fit_only ;;
     noautotune)  # Autotuning is presumed to be most of the compile: if the library's heuristic
         # algorithms run about as fast, a session can afford many more programs.
-        run 240 noautotune_b128 $STEP --dtype bfloat16 --batch 128 --stage $HEADLINE_STAGES --autotune_level 0 ;;
+        run 240 noautotune_b128 $STEP --dtype bfloat16 --batch 128 --stage $HEADLINE_STAGES --pool_grad $HEADLINE_POOL --autotune_level 0 ;;
     fit_nocheck)  # The fit without the autotuned compile of the answer (one full compile less): its
         # memory is the heuristic algorithms'; the noautotune phase's xla_mem_gib beside the
         # headline's shows how far autotuning moves it at batch 128.

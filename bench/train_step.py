@@ -254,11 +254,11 @@ def fit_batch(args, stage: str) -> dict:
     """The largest batch (multiple of the BN group) whose step needs <= args.fit_gib GiB per device.
 
     Memory is close to linear in the batch: a line through the two largest --batch values gives a
-    guess, each guess is compiled (from shapes, without autotuning: seconds instead of minutes)
-    and the line redrawn through the last two points until a guess repeats; the next batch up is
-    compiled to bracket the answer. The answer is then compiled once more with autotuning, the
-    program training would run, and stepped down if that one does not fit. The queue is rounded up
-    to a multiple of each batch tried (its memory is negligible)."""
+    guess, each guess is compiled (from shapes, without autotuning, presumed much cheaper; see
+    step_memory_gib) and the line redrawn through the last two points until a guess repeats; the
+    next batch up is compiled to bracket the answer. The answer is then compiled once more with
+    autotuning, the program training would run, and stepped down if that one does not fit. The queue
+    is rounded up to a multiple of each batch tried (its memory is negligible)."""
     group = max(args.bn_group, jax.device_count())
     points = {}  # batch -> GiB without autotuning
     seconds = {}  # "batch" or "batch autotuned" -> seconds to lower and compile
