@@ -45,6 +45,17 @@ def instance_top1(logits):
     return logits[:, 0] >= jnp.max(logits[:, 1:], axis=-1)
 
 
+def embedding_spread(z):
+    """How spread unit vectors z (B, D) are: sqrt(D) x the mean over dimensions of their standard
+    deviation over the rows. -> ().
+
+    About 1 for vectors spread evenly over the sphere, 0 when every row is the same vector. A
+    contrastive run whose embeddings collapse onto one direction (the loss stuck near
+    log(1 + queue size), the gradient norm fading) shows it here first.
+    """
+    return jnp.sqrt(z.shape[-1]) * jnp.mean(jnp.std(z, axis=0))
+
+
 def mined_positive_mask(other_anchor, queue_other, queue_ids, ids, valid, top_k):
     """Eqs. (3)/(5): which queue entries are positives for each anchor. -> (B, N) bool.
 

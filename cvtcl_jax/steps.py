@@ -152,6 +152,7 @@ def make_train_step(
                 glob = jnp.mean(losses.first_column_nce(logits))
                 terms = {"loss_infonce": glob}
             terms["inst_top1"] = jnp.mean(losses.instance_top1(logits))
+            terms["embed_spread"] = losses.embedding_spread(q)
             loss = cfg.alpha * glob
             if cfg.use_ltcl:
                 variables = {"params": params, "batch_stats": stats}

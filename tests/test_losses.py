@@ -131,6 +131,18 @@ def test_losses_are_finite_for_identical_vectors():
     assert np.all(np.isfinite(losses.info_nce(z, z, jnp.tile(z[:1], (50, 1)), 0.01)))
 
 
+def test_embedding_spread():
+    same = jnp.tile(jnp.array([[0.6, 0.8, 0.0]]), (5, 1))
+    np.testing.assert_allclose(float(losses.embedding_spread(same)), 0.0, atol=1e-7)
+    # Two opposite vectors: std 1 along the first axis, 0 along the second -> sqrt(2) * 0.5.
+    opposite = jnp.array([[1.0, 0.0], [-1.0, 0.0]])
+    np.testing.assert_allclose(float(losses.embedding_spread(opposite)), np.sqrt(2) / 2, rtol=1e-6)
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4096, 64))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    np.testing.assert_allclose(float(losses.embedding_spread(jnp.asarray(z))), 1.0, atol=0.02)
+
+
 def test_instance_top1():
     logits = jnp.array([[3.0, 1.0, 2.0], [1.0, 2.0, 0.0]])
     np.testing.assert_array_equal(losses.instance_top1(logits), [True, False])

@@ -90,6 +90,7 @@ def test_tensorboard_has_every_term(schedule_run):
         "train/loss_ltcl",
         "train/lr",
         "train/inst_top1",
+        "train/embed_spread",
         "train/queue_fill",
         "train/grad_norm",
         "train/clips_per_sec",
