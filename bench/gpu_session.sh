@@ -18,9 +18,10 @@
 # lowering and pooling gradient), f32, sweep (batches 32 and 256), fit_remat, fit_nocheck (fit
 # without compiling its answer with autotuning), noautotune (the headline's steps compiled
 # without XLA's autotuning: compile time and speed beside the headline's). HEADLINE_STAGES
-# (default "init moco cotrain") picks the headline's steps and HEADLINE_POOL (default "autodiff")
-# its S3D.pool_grad values, all in one process: a later step program reuses the autotuning of the
-# convolutions it shares with an earlier one. PACK=1 packs $OUT into two archives at the end.
+# (default "init moco cotrain") picks the headline's steps, HEADLINE_POOL (default "autodiff") its
+# S3D.pool_grad values and HEADLINE_LOWERING (default "fold") its S3D.conv_lowering values (e.g.
+# "fold fold_s2d"), every combination in one process: a later step program reuses the autotuning
+# of the convolutions it shares with an earlier one. PACK=1 packs $OUT into two archives at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REF=${1:-}
@@ -32,6 +33,7 @@ export PYTHONUNBUFFERED=1
 STEP="python3 bench/train_step.py --peak_tflops $PEAK"
 HEADLINE_STAGES=${HEADLINE_STAGES:-init moco cotrain}
 HEADLINE_POOL=${HEADLINE_POOL:-autodiff}
+HEADLINE_LOWERING=${HEADLINE_LOWERING:-fold}
 # One persistent compilation cache for the session: a program compiled by an earlier run (the
 # headline's init step for the colour phase) is loaded, not compiled again. A run's compile_s is
 # therefore a cache load where an earlier run compiled the same program.
@@ -82,7 +84,7 @@ for phase in ${PHASES:-headline colour fit variants f32 sweep fit_remat}; do
         if [ -n "$REF" ] && [ -f "$REF/torch_one.py" ]; then
             run 120 torch_b128 python3 "$REF/torch_one.py" 128
         fi
-        run 540 bf16_b128 $STEP --dtype bfloat16 --batch 128 --stage $HEADLINE_STAGES --pool_grad $HEADLINE_POOL --profile "$OUT/prof"
+        run 540 bf16_b128 $STEP --dtype bfloat16 --batch 128 --stage $HEADLINE_STAGES --pool_grad $HEADLINE_POOL --conv_lowering $HEADLINE_LOWERING --profile "$OUT/prof"
         for d in "$OUT"/prof/*/; do
             [ -f "$d/top_ops.txt" ] && cp "$d/top_ops.txt" "$OUT/top_ops_$(basename "$d").txt"
         done ;;
@@ -102,7 +104,7 @@ for phase in ${PHASES:-headline colour fit variants f32 sweep fit_remat}; do
         run 330 fit_80g $STEP --dtype bfloat16 --batch 128 256 --stage init --fit_gib 78 --fit_only ;;
     noautotune)  # Autotuning is presumed to be most of the compile: if the library's heuristic
         # algorithms run about as fast, a session can afford many more programs.
-        run 240 noautotune_b128 $STEP --dtype bfloat16 --batch 128 --stage $HEADLINE_STAGES --pool_grad $HEADLINE_POOL --autotune_level 0 ;;
+        run 240 noautotune_b128 $STEP --dtype bfloat16 --batch 128 --stage $HEADLINE_STAGES --pool_grad $HEADLINE_POOL --conv_lowering $HEADLINE_LOWERING --autotune_level 0 ;;
     fit_nocheck)  # The fit without the autotuned compile of the answer (one full compile less): its
         # memory is the heuristic algorithms'; the noautotune phase's xla_mem_gib beside the
         # headline's shows how far autotuning moves it at batch 128.

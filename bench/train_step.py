@@ -17,8 +17,9 @@ tab or Perfetto), saves the step's optimised HLO and prints the top ops and the 
 op (bench/profile_ops.py). --fit_gib G finds the largest batch (a multiple of the BN group) whose
 compiled step needs at most G GiB per device, by compiling (not running) the step from shapes:
 guesses on a line through the two largest --batch values without XLA's GPU autotuning, the answer
-with it unless --fit_no_check (fit_batch); --fit_only skips the timing. Several --pool_grad
-values run in one process (later compiles reuse the GPU autotuning of shared convolutions);
+with it unless --fit_no_check (fit_batch); --fit_only skips the timing. Several --pool_grad and
+--conv_lowering values run in one process, every pair (later compiles reuse the GPU autotuning of
+shared convolutions);
 --autotune_level 0 compiles the timed steps without autotuning. --device_colour adds the colour
 augmentations of `data.aug.on_device` (a small program run on each batch before the step) to every
 timed step.
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import resource
 import sys
@@ -229,7 +231,8 @@ def bench(args, stage: str, batch: int) -> None:
     # Printed before the profile, so a run stopped while tracing still reports its timing.
     print(json.dumps(result), flush=True)
     if args.profile:
-        variant = "" if args.pool_grad == "autodiff" else f"_{args.pool_grad}"
+        defaults = (args.conv_lowering, "fold"), (args.pool_grad, "autodiff")
+        variant = "".join(f"_{v}" for v, default in defaults if v != default)
         profile(args, f"{stage}_b{batch}_{args.dtype}{variant}", compiled, state, feed, data, extra)
 
 
@@ -355,7 +358,13 @@ def main():
         "of the convolutions they share (on an H200 the co-training step compiled in 68 s after the "
         "init step, against 217 s for the init step first)",
     )
-    p.add_argument("--conv_lowering", default="fold", choices=list(CONV_LOWERINGS), help="S3D.conv_lowering")
+    p.add_argument(
+        "--conv_lowering",
+        nargs="+",
+        default=["fold"],
+        choices=list(CONV_LOWERINGS),
+        help="S3D.conv_lowering; several run in one process, like --pool_grad (every pair of the two)",
+    )
     p.add_argument(
         "--device_colour",
         action="store_true",
@@ -381,9 +390,8 @@ def main():
     args = p.parse_args()
     if args.fit_only and not args.fit_gib:
         p.error("--fit_only needs --fit_gib")
-    pool_grads = args.pool_grad
-    for pool_grad in pool_grads:
-        args.pool_grad = pool_grad  # what _lower and the result line read
+    for lowering, pool_grad in itertools.product(args.conv_lowering, args.pool_grad):
+        args.conv_lowering, args.pool_grad = lowering, pool_grad  # what _lower and the result line read
         for stage in args.stage:
             if not args.fit_only:
                 for batch in args.batch:

@@ -19,7 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
     # remat: recompute activations in the backward pass (less memory, about 1/3 more compute).
     # pool_grad: "autodiff" (XLA's reduce-window and SelectAndScatter) or "slices" (elementwise
     # maximum of views and compare-and-pad gradient: same values and gradient, other kernels).
-    # conv_lowering: "fold" (separable kernels as 2D convs and matmuls) or "xla3d" (3D convs).
+    # conv_lowering: "fold" (separable kernels as 2D convs and matmuls), "fold_s2d" (the same with
+    # the stem's strided conv by space-to-depth) or "xla3d" (3D convs).
     cfg.model = ml_collections.ConfigDict(
         dict(
             width_multiplier=1.0,

@@ -171,14 +171,38 @@ def test_folded_conv_is_the_3d_conv(kernel, strides):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("size", [(32, 32), (9, 11), (5, 6)], ids=["even", "odd", "mixed"])
+@pytest.mark.parametrize("window", [(7, 7), (3, 3), (7, 3)], ids=["7x7", "3x3", "7x3"])
+def test_space_to_depth_conv_is_the_strided_conv(size, window):
+    """conv2d_space_to_depth equals the stride-2 conv with PyTorch's padding, values and gradients."""
+    rng = np.random.default_rng(7)
+    with jax.enable_x64(True):
+        x = jnp.asarray(rng.standard_normal((2, *size, 3)), jnp.float64)
+        k = jnp.asarray(rng.standard_normal((*window, 3, 4)), jnp.float64)
+        pad = [(n // 2, n // 2) for n in window]
+
+        def ref(x, k):
+            return jax.lax.conv_general_dilated(x, k, (2, 2), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+        y, vjp = jax.vjp(ref, x, k)
+        y2, vjp2 = jax.vjp(conv.conv2d_space_to_depth, x, k)
+        np.testing.assert_allclose(y2, y, rtol=1e-12, atol=1e-12)
+        g = jnp.asarray(rng.standard_normal(y.shape), jnp.float64)
+        for got, want in zip(vjp2(g), vjp(g), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
 def test_conv_lowerings_give_the_same_network():
-    """S3D with conv_lowering 'fold' and 'xla3d': same variables, features, BN updates and
-    gradients (float64, training-mode BN); 'fold' has no 3D convolution left, 'xla3d' only those."""
+    """S3D with conv_lowering 'fold', 'fold_s2d' and 'xla3d': same variables, features, BN updates
+    and gradients (float64, training-mode BN); 'fold' has no 3D convolution left, 'xla3d' only
+    those, and 'fold_s2d' no strided one on the 3-channel input (its stem conv runs at stride 1
+    on 12 channels)."""
     with jax.enable_x64(True):
         # One BN group of 4 clips: groups of 2 leave so few values per channel in the last layers
         # that BN's division amplifies summation-order differences to 1e-7.
         kw = dict(width_multiplier=0.125, num_mixed_4=1, dtype=jnp.float64, param_dtype=jnp.float64)
         fold, xla3d = S3D(**kw, conv_lowering="fold"), S3D(**kw, conv_lowering="xla3d")
+        fold_s2d = S3D(**kw, conv_lowering="fold_s2d")
         x = jnp.asarray(np.random.default_rng(6).standard_normal((4, 8, 64, 64, 3)), jnp.float64)
         variables = jax.jit(fold.init)(jax.random.key(0), x)
         shapes = jax.eval_shape(xla3d.init, jax.random.key(0), x)
@@ -190,15 +214,25 @@ def test_conv_lowerings_give_the_same_network():
                 return jnp.sum(jnp.sin(y)), upd
 
             jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, has_aux=True))(variables["params"])
-            ranks = [e.invars[0].aval.ndim for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"]
-            return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"]), ranks
+            ranks = {e.invars[0].aval.ndim for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"}
+            # The stem's spatial conv: the only one with 3 input channels, stride 2 unless rewritten.
+            forward = jax.make_jaxpr(lambda p: loss(p)[0])(variables["params"])
+            stem_strided = any(
+                e.invars[0].aval.shape[-1] == 3 and max(e.params["window_strides"]) > 1
+                for e in forward.eqns
+                if e.primitive.name == "conv_general_dilated"
+            )
+            return jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"]), ranks, stem_strided
 
-        ((l0, upd0), g0), ranks0 = run(xla3d)
-        ((l1, upd1), g1), ranks1 = run(fold)
-        np.testing.assert_allclose(l1, l0, rtol=1e-12)
-        for a, b in ((g0, g1), (upd0, upd1)):
-            jax.tree.map(lambda u, v: np.testing.assert_allclose(v, u, rtol=1e-9, atol=1e-12), a, b)
-        assert set(ranks0) == {5} and ranks1 and set(ranks1) == {4}
+        ((l0, upd0), g0), ranks0, _ = run(xla3d)
+        assert ranks0 == {5}
+        for model in (fold, fold_s2d):
+            ((l1, upd1), g1), ranks1, strided = run(model)
+            np.testing.assert_allclose(l1, l0, rtol=1e-12)
+            for a, b in ((g0, g1), (upd0, upd1)):
+                jax.tree.map(lambda u, v: np.testing.assert_allclose(v, u, rtol=1e-9, atol=1e-12), a, b)
+            assert ranks1 == {4}
+            assert strided == (model.conv_lowering == "fold"), model.conv_lowering
 
 
 @pytest.mark.parametrize(

@@ -166,8 +166,9 @@ class S3D(nn.Module):
       pool_grad: how max pooling is computed and differentiated: 'autodiff' (XLA's reduce-window
         and SelectAndScatter) or 'slices' (the maximum of strided views, compare-and-pad gradient;
         same values and gradient, see `pooling.py`).
-      conv_lowering: 'fold' (the separable kernels as 2D convs and matmuls) or 'xla3d' (3D
-        convs); same function and variables, see `conv.py`.
+      conv_lowering: 'fold' (the separable kernels as 2D convs and matmuls), 'fold_s2d' (the
+        same with the stem's strided conv by space-to-depth) or 'xla3d' (3D convs); same function
+        and variables, see `conv.py`.
     """
 
     width_multiplier: float = 1.0
