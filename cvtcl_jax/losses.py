@@ -51,7 +51,7 @@ def embedding_spread(z):
 
     About 1 for vectors spread evenly over the sphere, 0 when every row is the same vector. A
     contrastive run whose embeddings collapse onto one direction (the loss stuck near
-    log(1 + queue size), the gradient norm fading) shows it here first.
+    log(1 + queue size), the gradient norm fading) shows it here as a fall toward 0.
     """
     return jnp.sqrt(z.shape[-1]) * jnp.mean(jnp.std(z, axis=0))
 
