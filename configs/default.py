@@ -103,6 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
             cotrain_cycles=2,
             cotrain_epochs=100,
             cotrain_decay_epochs=(80,),
+            cotrain_lr=0.0,  # the co-training runs' learning rate; 0 = optim.lr (the paper's)
             cotrain_flow_beta=0.0,  # SPEC 3: LTCL on the RGB co-training run only
             # Evaluation at the end: of which encoders (random_init, init, cotrain = the last
             # cycle) and with which protocols (retrieval, linear_probe, finetune), on data.dir.

@@ -108,6 +108,8 @@ def check_training(config) -> None:
             raise ConfigError(f"train.{key}={tc[key]} must be >= 1")
     if tc.retrieval_every_epochs < 0:
         raise ConfigError(f"train.retrieval_every_epochs={tc.retrieval_every_epochs} must be >= 0 (0 = off)")
+    _check_numbers("optim", config.optim, positive=("lr",), non_negative=("weight_decay",))
+    _check_numbers("schedule", config.schedule, non_negative=("cotrain_lr",))  # 0 = optim.lr
     check_batch(config)
     check_model_and_data_shapes(config)
 

@@ -90,6 +90,7 @@ def run_cotrain(config, workdir) -> dict:
         other_view=other_view(view),
         init_from=config.train.init_from,
         other_from=config.train.other_from,
+        lr=config.schedule.cotrain_lr or None,
     )
     return train_stage(config, workdir, stage)
 
@@ -252,6 +253,7 @@ def schedule_stages(config, workdir: str | Path) -> list[Stage]:
                     init_from=last[view],
                     other_from=last[other_view(view)],
                     beta=None if view == "rgb" else s.cotrain_flow_beta,
+                    lr=s.cotrain_lr or None,
                 )
             )
             last[view] = str(wd / name)
@@ -354,6 +356,8 @@ def run_demo(config, workdir) -> dict:
                 seed=config.seed,
                 kind=demo.kind,
                 shared_looks=demo.shared_looks,
+                patterns=demo.patterns,
+                square_size=demo.square_size,
             )
         argv = ["--dataset=ucf101", f"--raw_dir={raw}", f"--out_dir={prepared}", "--splits=1", "--quiet"]
         argv += [f"--short_side={demo.short_side}", f"--workers={demo.prep_workers}"]

@@ -41,6 +41,7 @@ class Stage:
     init_from: workdir of this view's previous stage, whose encoders it starts from (co-training).
     other_from: workdir of the other view's stage, whose key encoder ranks the queue (co-training).
     beta: overrides config.contrast.beta (the flow co-training run uses 0, SPEC 3).
+    lr: overrides config.optim.lr (schedule.cotrain_lr for the co-training runs).
     """
 
     name: str
@@ -51,6 +52,7 @@ class Stage:
     init_from: str | None = None
     other_from: str | None = None
     beta: float | None = None
+    lr: float | None = None
 
     @property
     def cotrain(self) -> bool:
@@ -152,9 +154,9 @@ def train_stage(config, workdir: str | Path, stage: Stage) -> dict:
     model = ContrastiveEncoder.from_config(config.model)
     ccfg = contrast_config(config, stage.beta)
     spec = clip_spec(config, ltcl=ccfg.use_ltcl)
-    schedule = optim.step_decay_schedule(
-        config.optim.lr, steps_per_epoch, stage.decay_epochs, config.optim.decay_factor
-    )
+    base_lr = stage.lr or config.optim.lr
+    decay = config.optim.decay_factor
+    schedule = optim.step_decay_schedule(base_lr, steps_per_epoch, stage.decay_epochs, decay)
     optimizer = optim.adam_l2(schedule, config.optim.weight_decay)
     clip_shape = (spec.num_frames, spec.crop_size, spec.crop_size, 3)
     seed = _stage_seed(config, stage)
@@ -262,8 +264,8 @@ def train_stage(config, workdir: str | Path, stage: Stage) -> dict:
                 f"(loss {host['loss']}, grad_norm {host.get('grad_norm')}). Training stopped; the last "
                 f"good checkpoint (batch {mngr.latest_step()}) is kept in "
                 f"{workdir / checkpoints.CHECKPOINT_DIR}. "
-                f"Lower optim.lr (now {config.optim.lr}) or raise contrast.tau, then run the same command "
-                "to resume from it"
+                f"Lower {'schedule.cotrain_lr' if stage.lr else 'optim.lr'} (now {base_lr}) or raise "
+                "contrast.tau, then run the same command to resume from it"
             )
         return host
 

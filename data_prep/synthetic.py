@@ -12,7 +12,11 @@ untrained features do poorly while features learned from temporal positives (cli
 at different times share the speed, not the heading) do well. `--shared_looks` draws each group's
 look once for every class (group g of each class is one setting, as KTH's actors perform every
 action; speed squares then also have one size), so a look tells videos apart but never their
-class. The demo uses both.
+class. `--patterns` (speed classes only) also marks each class's square with a surface pattern
+(plain, checker, dots, fine grain) over the look's texture, as actions come with their objects:
+the class then shows in appearance as well as in motion, but in a small part of the frame, so
+untrained RGB features, dominated by the look, miss it while learned ones find it. The demo uses
+all three.
 
 Written as MJPG AVIs under RAW/UCF-101/<Class>/v_<Class>_gXX_cYY.avi with RAW/ucfTrainTestlist/
 (classInd.txt and train/test lists of splits 1-3; split n tests on the n-th third of the
@@ -73,11 +77,35 @@ SPEEDS = {"Slow": 0.7, "Steady": 1.5, "Quick": 2.3, "Fast": 3.1}
 HEADING_SEGMENT = 8
 
 
-def render_speed_clip(rng, speed, appearance, num_frames, height, width, half_size=None):
+# Surface patterns of the speed classes (--patterns), in class order; amplitude in grey levels.
+PATTERNS = ("plain", "checker", "dots", "grain")
+PATTERN_AMPLITUDE = 60.0
+
+
+def surface_pattern(name: str, height: int, width: int, rng) -> np.ndarray:
+    """(H, W) float in [-1, 1]: a class's mark, added to its square's texture (and moving with it).
+    All but 'plain' vary in both directions, so TV-L1 sees their motion in every heading."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    if name == "plain":
+        return np.zeros((height, width))
+    if name == "checker":  # 4-pixel squares
+        return np.where((xx // 4 + yy // 4) % 2 == 0, 1.0, -1.0)
+    if name == "dots":  # 3-pixel dots every 8 pixels
+        return np.where((xx % 8 < 3) & (yy % 8 < 3), 1.0, -0.4)
+    if name == "grain":  # random 2-pixel blocks, drawn once for the whole set
+        blocks = np.sign(rng.uniform(-1, 1, (height // 2 + 1, width // 2 + 1)))
+        return np.repeat(np.repeat(blocks, 2, axis=0), 2, axis=1)[:height, :width]
+    raise ValueError(f"unknown pattern {name!r}; known: {PATTERNS}")
+
+
+def render_speed_clip(rng, speed, appearance, num_frames, height, width, half_size=None, pattern=None):
     """Frames (num_frames, H, W, 3) uint8 BGR: a textured square moving at `speed` in a heading
     drawn anew every HEADING_SEGMENT frames, bouncing off the frame's edges. half_size: the
-    square's half side as a fraction of the short side (None: drawn per clip in 0.18-0.25)."""
+    square's half side as a fraction of the short side (None: drawn per clip in 0.18-0.25).
+    pattern: (H, W) in [-1, 1] added to the square's texture (x PATTERN_AMPLITUDE), or None."""
     background, obj_tex = appearance
+    if pattern is not None:
+        obj_tex = np.clip(obj_tex + PATTERN_AMPLITUDE * pattern[..., None], 0, 255)
     half = (rng.uniform(0.18, 0.25) if half_size is None else half_size) * min(height, width)
     x, y = rng.uniform(half, width - half), rng.uniform(half, height - half)
     yy, xx = np.mgrid[0:height, 0:width]
@@ -125,6 +153,8 @@ def generate(
     seed: int = 0,
     kind: str = "direction",
     shared_looks: bool = False,
+    patterns: bool = False,
+    square_size: float = 0.22,
 ) -> Path:
     """Writes the set under out_dir and returns out_dir as a Path.
 
@@ -132,12 +162,18 @@ def generate(
     class, the heading changes every 8 frames, so the flow's direction says nothing of it).
     shared_looks: each group's look is drawn once and used by every class (and speed squares have
     one size), so appearance never tells the class; otherwise each (class, group) has its own.
+    patterns: (kind 'speed') each class's square also carries its surface pattern (PATTERNS).
+    square_size: with shared_looks, the square's half side as a fraction of the frame's short side.
     """
     table = {"direction": MOTIONS, "speed": SPEEDS}.get(kind)
     if table is None:
         raise ValueError(f"kind must be 'direction' or 'speed', got {kind!r}")
     if not 1 <= num_classes <= len(table):
         raise ValueError(f"num_classes must be in 1..{len(table)} for kind {kind!r}, got {num_classes}")
+    if patterns and kind != "speed":
+        raise ValueError(f"patterns mark the speed classes; use kind='speed' (got {kind!r})")
+    if not 0.05 <= square_size <= 0.45:
+        raise ValueError(f"square_size must be in [0.05, 0.45] of the short side, got {square_size}")
     if groups < 3:
         raise ValueError(f"groups must be at least 3 (one third is tested per split), got {groups}")
     root = Path(out_dir)
@@ -155,7 +191,11 @@ def generate(
     # apart but never the class; one square size, since a per-clip size would be a second cue
     # besides the speed that tells the clips of one look apart.
     shared = {g: look() for g in range(1, groups + 1)} if shared_looks else {}
-    half_size = 0.22 if shared_looks else None
+    half_size = square_size if shared_looks else None
+    # The marks draw from their own generator, so the clips' draws match a set without them.
+    mark_rng = np.random.default_rng(seed + 1)
+    marks = {c: surface_pattern(PATTERNS[i], height, width, mark_rng) for i, c in enumerate(classes)}
+    marks = marks if patterns else {}
     for cls in classes:
         for g in range(1, groups + 1):
             appearance = shared[g] if shared_looks else look()
@@ -166,7 +206,7 @@ def generate(
                     render_clip(rng, MOTIONS[cls], appearance, num_frames, height, width)
                     if kind == "direction"
                     else render_speed_clip(
-                        rng, SPEEDS[cls], appearance, num_frames, height, width, half_size
+                        rng, SPEEDS[cls], appearance, num_frames, height, width, half_size, marks.get(cls)
                     ),
                 )
                 names[cls].append((g, name))
@@ -194,6 +234,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kind", choices=("direction", "speed"), default="direction")
     p.add_argument("--shared_looks", action="store_true", help="one look per group for every class")
+    p.add_argument("--patterns", action="store_true", help="speed classes: a surface pattern per class")
+    p.add_argument("--square_size", type=float, default=0.22, help="shared looks: half side / short side")
     a = p.parse_args(argv)
     root = generate(
         a.out_dir,
@@ -206,6 +248,8 @@ def main(argv=None):
         a.seed,
         a.kind,
         a.shared_looks,
+        a.patterns,
+        a.square_size,
     )
     print(f"wrote {a.num_classes * a.groups * a.clips_per_group} videos under {root}")
 

@@ -48,3 +48,17 @@ def test_augmentation_defaults_are_spec_5():
     # is the accelerators, the pipeline's on its own is tf.data (finished clips).
     assert aug.on_device and not AugmentConfig().on_device
     assert aug == dataclasses.replace(AugmentConfig(), on_device=True)
+
+
+def test_cotrain_lr_sets_the_cotraining_runs_only(tmp_path):
+    from cvtcl_jax.modes import schedule_stages
+
+    cfg = get_config()
+    assert all(stage.lr is None for stage in schedule_stages(cfg, tmp_path))  # optim.lr throughout
+    cfg.schedule.cotrain_lr = 5e-4
+    lrs = {stage.name: stage.lr for stage in schedule_stages(cfg, tmp_path)}
+    assert lrs == {
+        "init_rgb": None,
+        "init_flow": None,
+        **{f"cotrain{c}_{v}": 5e-4 for c in (1, 2) for v in ("rgb", "flow")},
+    }

@@ -248,3 +248,26 @@ def test_speed_set_shares_each_look_across_classes(tmp_path):
         for cls in synthetic.SPEEDS
     ]
     assert motion == sorted(motion), motion
+
+
+def test_patterns_mark_each_class_square_and_change_nothing_else(tmp_path):
+    # The demo's set: with --patterns the plain class is the set without them, byte for byte (the
+    # marks draw from their own generator), and the other classes' squares carry their pattern.
+    args = dict(num_classes=4, groups=3, clips_per_group=1, num_frames=8, kind="speed", shared_looks=True)
+    plain = synthetic.generate(tmp_path / "plain", square_size=0.3, **args)
+    marked = synthetic.generate(tmp_path / "marked", square_size=0.3, patterns=True, **args)
+    for cls in synthetic.SPEEDS:
+        name = f"{cls}/v_{cls}_g01_c01.avi"
+        a, b = _read_avi(plain / "UCF-101" / name), _read_avi(marked / "UCF-101" / name)
+        changed = np.abs(a - b).max(axis=-1) > 20  # (T, H, W): where the pattern shows
+        if cls == "Slow":  # 'plain'
+            assert (plain / "UCF-101" / name).read_bytes() == (marked / "UCF-101" / name).read_bytes()
+        else:
+            # In every frame, within the square (side 2 x 0.3 x 64 = 38 pixels of the 64 x 80
+            # frame; JPEG's 8x8 blocks may spill a little) and over a good part of it.
+            for frame in changed:
+                rows, cols = np.nonzero(frame.any(axis=1))[0], np.nonzero(frame.any(axis=0))[0]
+                assert np.ptp(rows) < 38 + 8 and np.ptp(cols) < 38 + 8, (cls, rows, cols)
+                assert frame.mean() > 0.1, (cls, frame.mean())
+    with pytest.raises(ValueError, match="kind='speed'"):
+        synthetic.generate(tmp_path / "bad", num_classes=2, kind="direction", patterns=True)

@@ -162,8 +162,10 @@ def test_cotrain_and_export_modes_take_stage_workdirs(schedule_run, data, tmp_pa
     # The training default (the tiny config inherits the demo's CPU setting): RGB clips coloured
     # on the devices, the flow clip not at all; the warning says the device path ran, on CPUs.
     cfg.data.aug.on_device = True
+    cfg.schedule.update(cotrain_lr=5e-4, cotrain_decay_epochs=())  # instead of optim.lr (3e-3)
     result = modes.run(cfg, tmp_path / "cotrain")
     assert result["other_view"] == "flow" and "loss_rf" in result["final"]
+    assert result["final"]["lr"] == pytest.approx(5e-4)
     assert "data.aug.on_device colour-augments on CPU devices" in caplog.text
     export = _config(data, "export")
     export.export.update(source=str(tmp_path / "cotrain"), encoder="ema_encoder")
@@ -272,6 +274,8 @@ def _bad(data, tmp_path, change):
         (lambda c, t: c.data.aug.update(flip_prob=2.0), "flip_prob=2.0 is not in"),
         (lambda c, t: c.model.update(pool_grad="scatter"), "model.pool_grad='scatter' must be one of"),
         (lambda c, t: c.model.update(conv_lowering="2d"), "model.conv_lowering='2d' must be one of"),
+        (lambda c, t: c.optim.update(lr=0.0), "optim.lr=0.0 must be > 0"),
+        (lambda c, t: c.schedule.update(cotrain_lr=-1e-3), "schedule.cotrain_lr=-0.001 must be >= 0"),
     ],
     ids=[
         "mode",
@@ -286,6 +290,8 @@ def _bad(data, tmp_path, change):
         "aug",
         "pool-grad",
         "conv-lowering",
+        "lr",
+        "cotrain-lr",
     ],
 )
 def test_bad_config_fails_before_any_work(data, tmp_path, change, message):

@@ -3,13 +3,18 @@
 python main.py --config=tests/tiny_config.py --workdir=DIR --config.data.dir=DATA
 """
 
-from configs import demo
+from configs import default, demo
 
 
 def get_config():
     cfg = demo.get_config()
     cfg.mode = "pretrain"
     del cfg["demo"]
+    # The paper's augmentations (the demo's are milder), colour in tf.data as in the demo, so the
+    # tests run every augmentation, blur and brightness/contrast jitter included.
+    cfg.data.aug = default.get_config().data.aug
+    cfg.data.aug.on_device = False
+    cfg.schedule.cotrain_lr = 0.0  # optim.lr throughout, as the paper (the demo lowers co-training's)
     cfg.global_batch = 8
     cfg.queue_size = 16
     cfg.data.update(shuffle_buffer=16, threads=2, prefetch=1)
