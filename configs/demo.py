@@ -59,9 +59,10 @@ def get_config():
     # tf.data overlaps it with the step (data.aug.on_device is for accelerators).
     cfg.data.aug.on_device = False
     # Milder augmentation than the paper's for 32x32 clips of 48 videos (README, the demo): with
-    # brightness and contrast jitter the RGB InfoNCE collapses here (loss at chance, embeddings on
-    # one direction), blur wipes out 4-pixel patterns at this size, and crops of 60-100% learn
-    # faster at first than 20-100%. Saturation and hue jitter, grayscale and flips stay.
+    # brightness and contrast jitter the RGB InfoNCE nearly collapses here (loss near chance,
+    # embeddings close to one direction), blur wipes out 4-pixel patterns at this size, and crops
+    # of 60-100% learn faster at first than 20-100%. Saturation and hue jitter, grayscale and
+    # flips stay.
     cfg.data.aug.update(area_range=(0.6, 1.0), brightness=0.0, contrast=0.0, blur_prob=0.0)
     # 450 initialization and 60 co-training steps per view (the step takes about 0.2 s here).
     cfg.schedule.update(init_epochs=150, cotrain_cycles=2, cotrain_epochs=20, cotrain_decay_epochs=(15,))
