@@ -18,7 +18,7 @@
 # lowering and pooling gradient), f32, sweep (batches 32 and 256), fit_remat, fit_nocheck (fit
 # without compiling its answer with autotuning), noautotune (the headline's steps compiled
 # without XLA's autotuning: compile time and speed beside the headline's). HEADLINE_STAGES
-# (default "init moco cotrain") picks the headline's steps, HEADLINE_POOL (default "autodiff") its
+# (default "init moco cotrain") picks the headline's steps, HEADLINE_POOL (default "separable_slices") its
 # S3D.pool_grad values and HEADLINE_LOWERING (default "fold") its S3D.conv_lowering values (e.g.
 # "fold fold_s2d"), every combination in one process: a later step program reuses the autotuning
 # of the convolutions it shares with an earlier one. PACK=1 packs $OUT into two archives at the end.
@@ -32,7 +32,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 STEP="python3 bench/train_step.py --peak_tflops $PEAK"
 HEADLINE_STAGES=${HEADLINE_STAGES:-init moco cotrain}
-HEADLINE_POOL=${HEADLINE_POOL:-autodiff}
+HEADLINE_POOL=${HEADLINE_POOL:-separable_slices}
 HEADLINE_LOWERING=${HEADLINE_LOWERING:-fold}
 # One persistent compilation cache for the session: a program compiled by an earlier run (the
 # headline's init step for the colour phase) is loaded, not compiled again. A run's compile_s is
@@ -91,9 +91,9 @@ for phase in ${PHASES:-headline colour fit variants f32 sweep fit_remat}; do
     colour)  # The init step as training runs it (data.aug.on_device): each batch colour-augmented
         # on the GPU first. The step program is the headline's (a cache load after it).
         run 200 init_colour $STEP --dtype bfloat16 --batch 128 --stage init --device_colour ;;
-    variants)  # The init step with the other lowering of the convolutions and pooling gradient.
+    variants)  # The init step with the 3D convolutions, and with XLA's own 3D pooling (the old default).
         run 200 init_xla3d $STEP --dtype bfloat16 --batch 128 --stage init --conv_lowering xla3d
-        run 200 init_slices $STEP --dtype bfloat16 --batch 128 --stage init --pool_grad slices ;;
+        run 200 init_autodiff $STEP --dtype bfloat16 --batch 128 --stage init --pool_grad autodiff ;;
     f32)  # float32 beside bf16.
         run 320 f32_b128 $STEP --dtype float32 --batch 128 --stage init moco ;;
     sweep)  # The rest of the batch sweep.

@@ -49,6 +49,7 @@ from cvtcl_jax.data.clip_spec import ClipSpec  # noqa: E402
 from cvtcl_jax.data.random_batches import random_pretrain_batch  # noqa: E402
 from cvtcl_jax.models import ContrastiveEncoder  # noqa: E402
 from cvtcl_jax.models.conv import CONV_LOWERINGS  # noqa: E402
+from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD, POOL_GRADS  # noqa: E402
 from cvtcl_jax.sharding import check_global_batch, make_mesh, shard_batch, state_sharding  # noqa: E402
 from cvtcl_jax.state import FrozenEncoder, create_train_state  # noqa: E402
 from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step  # noqa: E402
@@ -231,7 +232,7 @@ def bench(args, stage: str, batch: int) -> None:
     # Printed before the profile, so a run stopped while tracing still reports its timing.
     print(json.dumps(result), flush=True)
     if args.profile:
-        defaults = (args.conv_lowering, "fold"), (args.pool_grad, "autodiff")
+        defaults = (args.conv_lowering, "fold"), (args.pool_grad, DEFAULT_POOL_GRAD)
         variant = "".join(f"_{v}" for v, default in defaults if v != default)
         profile(args, f"{stage}_b{batch}_{args.dtype}{variant}", compiled, state, feed, data, extra)
 
@@ -352,8 +353,8 @@ def main():
     p.add_argument(
         "--pool_grad",
         nargs="+",
-        default=["autodiff"],
-        choices=["autodiff", "slices"],
+        default=[DEFAULT_POOL_GRAD],
+        choices=list(POOL_GRADS),
         help="S3D.pool_grad; several run in one process, where later compiles reuse XLA's autotuning "
         "of the convolutions they share (on an H200 the co-training step compiled in 68 s after the "
         "init step, against 217 s for the init step first)",

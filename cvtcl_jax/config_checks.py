@@ -14,7 +14,7 @@ from cvtcl_jax.data.augment import AugmentConfig, check_eval_crops
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import VIEWS, DatasetError, load_dataset_info
 from cvtcl_jax.models.conv import CONV_LOWERINGS
-from cvtcl_jax.models.pooling import POOL_GRADS
+from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD, POOL_GRADS
 from cvtcl_jax.models.s3d import feature_map_size
 from cvtcl_jax.queue import check_queue_size
 from cvtcl_jax.steps import ContrastConfig
@@ -67,7 +67,7 @@ def check_model_and_data_shapes(config) -> None:
     if contrast.use_ltcl:
         _wrap(feature_map_size, spec.segment_len, spec.crop_size, spec.crop_size, prefix="data.segment_len: ")
     _wrap(check_eval_crops, d.eval_crops, d.ten_crop_scale, prefix="data: ")
-    if config.model.get("pool_grad", "autodiff") not in POOL_GRADS:
+    if config.model.get("pool_grad", DEFAULT_POOL_GRAD) not in POOL_GRADS:
         raise ConfigError(f"model.pool_grad={config.model.pool_grad!r} must be one of {sorted(POOL_GRADS)}")
     if config.model.get("conv_lowering", "fold") not in CONV_LOWERINGS:
         raise ConfigError(

@@ -14,6 +14,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from cvtcl_jax.models import S3D, normalize_frames
+from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD
 from cvtcl_jax.sharding import batch_sharding, replicated, shard_batch
 
 META_KEYS = ("video_index", "label", "clip_start", "crop", "mask")
@@ -30,7 +31,7 @@ def backbone_from_config(model_cfg: Mapping) -> S3D:
         dtype=jax.numpy.dtype(dtype),
         # Only matter where the backbone is trained (finetuning).
         remat=model_cfg.get("remat", False),
-        pool_grad=model_cfg.get("pool_grad", "autodiff"),
+        pool_grad=model_cfg.get("pool_grad", DEFAULT_POOL_GRAD),
         conv_lowering=model_cfg.get("conv_lowering", "fold"),
     )
 

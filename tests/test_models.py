@@ -245,29 +245,50 @@ def test_conv_lowerings_give_the_same_network():
     ],
     ids=["mixed-branch3", "stem", "pool-4", "pool-5"],
 )
-def test_slices_pool_gradient_is_the_automatic_one(window, strides, pad):
-    """S3D's four max pools: same values, and the same gradient as SelectAndScatter's, also where
-    a window holds several maxima (ReLU zeros, repeated values): the first one gets it."""
+def test_pool_grads_give_the_automatic_gradient(window, strides, pad):
+    """S3D's four max pools, every pool_grad: same values, and the same gradient as
+    SelectAndScatter's, also where a window holds several maxima (ReLU zeros, repeated values):
+    the first one in window order gets it."""
     rng = np.random.default_rng(3)
+    others = {name: fn for name, fn in pooling.POOL_GRADS.items() if name != "autodiff"}
     with jax.enable_x64(True):
         x = jnp.asarray(rng.standard_normal((2, 5, 9, 8, 3)), jnp.float64)
         tied = jnp.round(jax.nn.relu(x) * 2) / 2
         for inputs in (x, tied):
             y, vjp = jax.vjp(lambda v: pooling.max_pool3d(v, window, strides, pad), inputs)
-            y2, vjp2 = jax.vjp(lambda v: pooling.max_pool3d_slices(v, window, strides, pad), inputs)
-            np.testing.assert_array_equal(y2, y)
             g = jnp.asarray(rng.standard_normal(y.shape), jnp.float64)
-            np.testing.assert_allclose(vjp2(g)[0], vjp(g)[0], rtol=1e-12, atol=1e-12)
+            for name, fn in others.items():
+                y2, vjp2 = jax.vjp(lambda v, fn=fn: fn(v, window, strides, pad), inputs)
+                np.testing.assert_array_equal(y2, y, err_msg=name)
+                np.testing.assert_allclose(vjp2(g)[0], vjp(g)[0], rtol=1e-12, atol=1e-12, err_msg=name)
         assert int(jnp.sum(tied == 0)) > 0 and int(jnp.sum(tied == 0.5)) > 1
     low = jnp.asarray(rng.standard_normal((2, 5, 9, 8, 3)), jnp.bfloat16)  # a maximum is exact
-    np.testing.assert_array_equal(
-        pooling.max_pool3d_slices(low, window, strides, pad), pooling.max_pool3d(low, window, strides, pad)
-    )
+    for name, fn in others.items():
+        np.testing.assert_array_equal(
+            fn(low, window, strides, pad), pooling.max_pool3d(low, window, strides, pad), err_msg=name
+        )
+
+
+def test_separable_pool_runs_one_axis_at_a_time():
+    """The separable pools' stages are 1D (one window of 3 per axis for 3x3x3), and the stem's
+    (1, 3, 3) pool has no stage along T."""
+    assert pooling.axis_stages((3, 3, 3), (2, 2, 2), (1, 1, 1)) == [
+        ((1, 1, 3), (1, 1, 2), (0, 0, 1)),
+        ((1, 3, 1), (1, 2, 1), (0, 1, 0)),
+        ((3, 1, 1), (2, 1, 1), (1, 0, 0)),
+    ]
+    assert [w for w, _, _ in pooling.axis_stages((1, 3, 3), (1, 2, 2), (0, 1, 1))] == [(1, 1, 3), (1, 3, 1)]
+    x = jnp.zeros((1, 4, 6, 6, 2))
+    jaxpr = jax.make_jaxpr(lambda v: pooling.max_pool3d_separable(v, (3, 3, 3), (1, 1, 1), (1, 1, 1)))(x)
+    text = str(jaxpr)
+    assert "window_dimensions=(1, 1, 1, 3, 1)" in text and "window_dimensions=(1, 3, 1, 1, 1)" in text
+    assert "window_dimensions=(1, 3, 3, 3, 1)" not in text
 
 
 def test_pool_grads_give_the_same_network():
-    """S3D with pool_grad 'autodiff' and 'slices': same loss, gradients and BN updates (float64,
-    training-mode BN, ReLU zeros as ties); 'slices' leaves no reduce-window in the program."""
+    """S3D with every pool_grad: same loss, gradients and BN updates as 'autodiff' (float64,
+    training-mode BN, ReLU zeros as ties); the slices variants leave no reduce-window in the
+    program."""
     with jax.enable_x64(True):
         kw = dict(width_multiplier=0.125, num_mixed_4=1, dtype=jnp.float64, param_dtype=jnp.float64)
         x = jnp.asarray(np.random.default_rng(7).standard_normal((4, 8, 32, 32, 3)), jnp.float64)
@@ -281,16 +302,28 @@ def test_pool_grads_give_the_same_network():
                 return jnp.sum(jnp.sin(y)), upd
 
             grad_fn = jax.value_and_grad(loss, has_aux=True)
-            names = {e.primitive.name for e in jax.make_jaxpr(grad_fn)(variables["params"]).eqns}
+            names = _primitive_names(jax.make_jaxpr(grad_fn)(variables["params"]).jaxpr)
             return jax.jit(grad_fn)(variables["params"]), names
 
         ((l0, upd0), g0), names0 = run("autodiff")
-        ((l1, upd1), g1), names1 = run("slices")
-        np.testing.assert_allclose(l1, l0, rtol=1e-12)
-        for a, b in ((g0, g1), (upd0, upd1)):
-            jax.tree.map(lambda u, v: np.testing.assert_allclose(v, u, rtol=1e-9, atol=1e-12), a, b)
         assert "reduce_window_max" in names0
-        assert not any(n.startswith(("reduce_window", "select_and_scatter")) for n in names1)
+        for pool_grad in sorted(set(pooling.POOL_GRADS) - {"autodiff"}):
+            ((l1, upd1), g1), names1 = run(pool_grad)
+            np.testing.assert_allclose(l1, l0, rtol=1e-12, err_msg=pool_grad)
+            for a, b in ((g0, g1), (upd0, upd1)):
+                jax.tree.map(lambda u, v: np.testing.assert_allclose(v, u, rtol=1e-9, atol=1e-12), a, b)
+            window_ops = any(n.startswith(("reduce_window", "select_and_scatter")) for n in names1)
+            assert window_ops == ("slices" not in pool_grad), pool_grad
+
+
+def _primitive_names(jaxpr) -> set[str]:
+    """Names of the primitives in a jaxpr and in the jaxprs nested in it (remat, custom_vjp)."""
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            names |= _primitive_names(sub)
+    return names
 
 
 def test_bn_groups_normalise_each_group_alone():

@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD
 from cvtcl_jax.models.preprocess import normalize_frames
 from cvtcl_jax.models.s3d import S3D
 
@@ -54,7 +55,7 @@ class ContrastiveEncoder(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat: bool = False  # S3D.remat: recompute activations in the backward pass to save memory
-    pool_grad: str = "autodiff"  # S3D.pool_grad: how max pooling is computed and differentiated
+    pool_grad: str = DEFAULT_POOL_GRAD  # S3D.pool_grad: how max pooling is computed and differentiated
     conv_lowering: str = "fold"  # S3D.conv_lowering: 2D convs and matmuls, or 3D convs
 
     @classmethod

@@ -1,4 +1,8 @@
-"""3D max pooling, two ways: XLA's reduce-window and SelectAndScatter, or slices and pads.
+"""3D max pooling, four ways with the same values and gradient (`POOL_GRADS`, `S3D.pool_grad`).
+
+'autodiff' is XLA's 3D reduce-window and its automatic gradient; 'slices' the same window as
+elementwise ops; 'separable' and 'separable_slices' (the default) pool along W, then H, then T
+with 1D windows, each computed the one or the other way.
 
 The automatic gradient of `lax.reduce_window(max)` is a SelectAndScatter. XLA expands it into a
 variadic reduce-window that carries an s32 index array per dimension (built from iotas) plus a
@@ -11,10 +15,12 @@ few loops on every backend: the output is the maximum of the K = prod(window) st
 padded input; the gradient compares those views with the output, keeps for each output the first
 window position holding the maximum (window order, like SelectAndScatter with `>=`, PyTorch's
 MaxPool3d and the automatic gradient) and sends the output gradient back through the transpose of
-each strided view, which is a pad. On the 2-core CPU it is 9% slower (the README's bench init
-step, 0.6533 vs 0.6014 s, 2026-11-27); on the GPU it is not measured yet
-(`bench/train_step.py --pool_grad slices`, `bench/gpu_session.sh`'s `variants` phase), hence the
-choice (`S3D.pool_grad`, default 'autodiff').
+each strided view, which is a pad. With the whole 3x3x3 window that is 27 views per output and
+on the 2-core CPU the bench's init step was 9% slower than 'autodiff' (0.6533 vs 0.6014 s,
+2026-11-27). One axis at a time (`max_pool3d_separable`) it is 3 views per axis: the same step
+takes 0.38-0.40 s against 0.55-0.62 s for 'autodiff' (co-training 0.40 vs 0.68 s), with half of
+XLA's memory (0.15 vs 0.30 GiB), hence the default; 'separable' with XLA's 1D reduce-windows
+takes 0.44 s and 0.37 GiB (README, 2026-11-28). Not yet measured on a GPU.
 """
 
 from __future__ import annotations
@@ -97,4 +103,45 @@ def _slices_bwd(window, strides, pad, residuals, g):
 
 max_pool3d_slices.defvjp(_slices_fwd, _slices_bwd)
 
-POOL_GRADS = {"autodiff": max_pool3d, "slices": max_pool3d_slices}
+
+def axis_stages(window, strides, pad):
+    """[(window, strides, pad)]: the 1D pools, W then H then T, whose composition is the 3D pool;
+    axes the pool leaves alone (window 1, stride 1, no padding) are skipped."""
+    stages = []
+    for axis in (2, 1, 0):
+        if (window[axis], strides[axis], pad[axis]) == (1, 1, 0):
+            continue
+        one = [[1, 1, 1], [1, 1, 1], [0, 0, 0]]
+        for spec, value in zip(one, (window, strides, pad), strict=True):
+            spec[axis] = value[axis]
+        stages.append(tuple(map(tuple, one)))
+    return stages
+
+
+def max_pool3d_separable(x, window, strides, pad, pool=max_pool3d):
+    """`max_pool3d` as 1D pools along W, then H, then T (`pool` computes each).
+
+    The maximum over a box is the maximum over each axis in turn, so the values are the same, and
+    so is the gradient: with each 1D pool sending it to the first maximum of its window, the chain
+    picks the first in (T, H, W) order, the window order of the 3D pool. A 3x3x3 window then costs
+    3 + 3 + 3 instead of 27 window reads per output. Only the input is kept for the backward pass
+    (`jax.checkpoint`: the two intermediates are recomputed there), as for the 3D pool.
+    """
+
+    def stages(v):
+        for stage in axis_stages(window, strides, pad):
+            v = pool(v, *stage)
+        return v
+
+    return jax.checkpoint(stages)(x)
+
+
+POOL_GRADS = {
+    "autodiff": max_pool3d,
+    "slices": max_pool3d_slices,
+    "separable": max_pool3d_separable,
+    "separable_slices": functools.partial(max_pool3d_separable, pool=max_pool3d_slices),
+}
+DEFAULT_POOL_GRAD = "separable_slices"
+"""The default (S3D, configs, bench): on the 2-core CPU the bench's init step takes 0.38-0.40 s with
+it against 0.55-0.62 s with 'autodiff', and half the memory (README, 2026-11-28)."""

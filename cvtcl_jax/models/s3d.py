@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from cvtcl_jax.models.batchnorm import GroupedBatchNorm
 from cvtcl_jax.models.conv import CONV_LOWERINGS, Conv3d
-from cvtcl_jax.models.pooling import POOL_GRADS
+from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD, POOL_GRADS
 
 # Inception block widths: (branch0, branch1 reduce, branch1 out, branch2 reduce, branch2 out,
 # branch3 pool projection). Output channels = branch0 + branch1 out + branch2 out + branch3.
@@ -101,7 +101,7 @@ class Mixed(nn.Module):
     bn_group_size: int | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    pool_grad: str = "autodiff"
+    pool_grad: str = DEFAULT_POOL_GRAD
     conv_lowering: str = "fold"
 
     @nn.compact
@@ -163,9 +163,11 @@ class S3D(nn.Module):
         (`nn.remat` around the stem, conv_2b/2c and every Mixed block): only unit outputs stay
         in memory, for a larger batch at the cost of about one more forward pass. Same values,
         same variables.
-      pool_grad: how max pooling is computed and differentiated: 'autodiff' (XLA's reduce-window
-        and SelectAndScatter) or 'slices' (the maximum of strided views, compare-and-pad gradient;
-        same values and gradient, see `pooling.py`).
+      pool_grad: how max pooling is computed and differentiated, all with the same values and
+        gradient (see `pooling.py`): 'separable_slices' (default: 1D pools along W, H, T, each the
+        maximum of strided views with a compare-and-pad gradient), 'separable' (1D reduce-windows,
+        automatic gradient), 'slices' (the 3D window's views) or 'autodiff' (XLA's 3D
+        reduce-window and SelectAndScatter).
       conv_lowering: 'fold' (the separable kernels as 2D convs and matmuls), 'fold_s2d' (the
         same with the stem's strided conv by space-to-depth) or 'xla3d' (3D convs); same function
         and variables, see `conv.py`.
@@ -177,7 +179,7 @@ class S3D(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat: bool = False
-    pool_grad: str = "autodiff"
+    pool_grad: str = DEFAULT_POOL_GRAD
     conv_lowering: str = "fold"
 
     @property
