@@ -121,7 +121,7 @@ if [ -n "${PACK:-}" ]; then
     (
         cd "$OUT" || exit
         find . -name '*.xplane.pb' | tar czf traces.tgz -T -
-        tar czf bundle.tgz --exclude='*.xplane.pb' --exclude='*.trace.json.gz' --exclude=traces.tgz \
+        tar czf bundle.tgz --warning=no-file-changed --exclude='*.xplane.pb' --exclude='*.trace.json.gz' --exclude=traces.tgz \
             --exclude=bundle.tgz --exclude=results.jsonl --exclude=session.log .
         find . -mindepth 1 -maxdepth 1 ! -name results.jsonl ! -name session.log ! -name '*.tgz' \
             -exec rm -rf {} +
