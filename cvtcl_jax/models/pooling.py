@@ -111,10 +111,9 @@ def axis_stages(window, strides, pad):
     for axis in (2, 1, 0):
         if (window[axis], strides[axis], pad[axis]) == (1, 1, 0):
             continue
-        one = [[1, 1, 1], [1, 1, 1], [0, 0, 0]]
-        for spec, value in zip(one, (window, strides, pad), strict=True):
-            spec[axis] = value[axis]
-        stages.append(tuple(map(tuple, one)))
+        w, s, p = [1, 1, 1], [1, 1, 1], [0, 0, 0]
+        w[axis], s[axis], p[axis] = window[axis], strides[axis], pad[axis]
+        stages.append((tuple(w), tuple(s), tuple(p)))
     return stages
 
 
