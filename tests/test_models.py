@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.core import jaxprs_in_params
 
 from cvtcl_jax.models import S3D, ContrastiveEncoder, conv, load_torchvision_s3d, pooling, to_torchvision_s3d
 from cvtcl_jax.models.s3d import feature_map_size
@@ -321,7 +322,7 @@ def _primitive_names(jaxpr) -> set[str]:
     names = set()
     for eqn in jaxpr.eqns:
         names.add(eqn.primitive.name)
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        for sub in jaxprs_in_params(eqn.params):
             names |= _primitive_names(sub)
     return names
 

@@ -141,6 +141,4 @@ POOL_GRADS = {
     "separable": max_pool3d_separable,
     "separable_slices": functools.partial(max_pool3d_separable, pool=max_pool3d_slices),
 }
-DEFAULT_POOL_GRAD = "separable_slices"
-"""The default (S3D, configs, bench): on the 2-core CPU the bench's init step takes 0.38-0.40 s with
-it against 0.55-0.62 s with 'autodiff', and half the memory (README, 2026-11-28)."""
+DEFAULT_POOL_GRAD = "separable_slices"  # S3D's, the configs' and the bench's; why: the docstring above
