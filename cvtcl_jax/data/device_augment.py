@@ -35,13 +35,23 @@ _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
 
 def rgb_to_hsv(x):
-    """(..., 3) RGB in [0, 1] -> (..., 3) HSV in [0, 1], as tf.image.rgb_to_hsv."""
+    """(..., 3) RGB in [0, 1] -> (..., 3) HSV in [0, 1], as tf.image.rgb_to_hsv.
+
+    The hue's sector is the first channel holding the maximum (r, then g, then b on ties, as
+    TensorFlow's `v == r`, `v == g` tests), taken by argmax rather than by comparing `v` with the
+    channels: XLA may compute x's elementwise producer separately for `max` and for the channels,
+    rounding each copy its own way, and then `v == r` fails on a red pixel (jax 0.12's CPU build
+    did so after a contrast adjustment, putting hues 99 levels off).
+    """
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     v = jnp.max(x, axis=-1)
     d = v - jnp.min(x, axis=-1)
     s = jnp.where(v > 0, d / jnp.where(v > 0, v, 1.0), 0.0)
     safe = jnp.where(d > 0, d, 1.0)
-    h = jnp.where(v == r, (g - b) / safe, jnp.where(v == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    sector = jnp.argmax(x, axis=-1)
+    h = jnp.where(
+        sector == 0, (g - b) / safe, jnp.where(sector == 1, (b - r) / safe + 2.0, (r - g) / safe + 4.0)
+    )
     h = jnp.where(d > 0, jnp.mod(h / 6.0, 1.0), 0.0)
     return jnp.stack([h, s, v], axis=-1)
 
