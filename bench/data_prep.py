@@ -42,7 +42,7 @@ def main():
         decoded, _ = video.read_frames(str(path))
         decode_s = time.perf_counter() - t
     t = time.perf_counter()
-    flows = video.tvl1_flows(decoded)
+    flows = video.tvl1_flows(video.grayscale(decoded))
     flow_s = time.perf_counter() - t
     size = video.short_side_size(240, 320, 128)
     t = time.perf_counter()

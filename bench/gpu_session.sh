@@ -17,7 +17,8 @@
 # augmentation), fit (the largest batch for 80 GB), variants (the init step with the other conv
 # lowering and pooling gradient), f32, sweep (batches 32 and 256), fit_remat, fit_nocheck (fit
 # without compiling its answer with autotuning), noautotune (the headline's steps compiled
-# without XLA's autotuning: compile time and speed beside the headline's). HEADLINE_STAGES
+# without XLA's autotuning: compile time and speed beside the headline's), tvl1 (our TV-L1's
+# pairs/s against OpenCV's rates measured where the pairs were prepared). HEADLINE_STAGES
 # (default "init moco cotrain") picks the headline's steps, HEADLINE_POOL (default "separable_slices") its
 # S3D.pool_grad values and HEADLINE_LOWERING (default "fold") its S3D.conv_lowering values (e.g.
 # "fold fold_s2d"), every combination in one process: a later step program reuses the autotuning
@@ -109,6 +110,14 @@ for phase in ${PHASES:-headline colour fit variants f32 sweep fit_remat}; do
         # memory is the heuristic algorithms'; the noautotune phase's xla_mem_gib beside the
         # headline's shows how far autotuning moves it at batch 128.
         run 240 fit_80g_nocheck $STEP --dtype bfloat16 --batch 128 256 --stage init --fit_gib 78 --fit_only --fit_no_check ;;
+    tvl1)  # Our JAX TV-L1 (data_prep's flow backend) on pairs prepared where OpenCV is
+        # (TVL1_PAIRS, default $REF/tvl1_pairs.npz: bench/tvl1.py --save_pairs), batch sweep.
+        pairs=${TVL1_PAIRS:-$REF/tvl1_pairs.npz}
+        if [ -f "$pairs" ]; then
+            run 300 tvl1 python3 bench/tvl1.py --load_pairs "$pairs" --batch ${TVL1_BATCH:-16 64 128}
+        else
+            log "tvl1: skipped, no $pairs"
+        fi ;;
     fit_remat)  # The same with remat.
         run 330 fit_80g_remat $STEP --dtype bfloat16 --batch 128 256 --stage init --fit_gib 78 --fit_only --remat ;;
     *) log "unknown phase $phase" ;;

@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from cvtcl_jax.flow.params import OPENCV_DEFAULTS
 from data_prep.records import FLOW_BOUND
 
 
@@ -58,13 +59,17 @@ def dequantize_flow(u8: np.ndarray) -> np.ndarray:
     return u8.astype(np.float32) * (2 * FLOW_BOUND / 255.0) - FLOW_BOUND
 
 
-def tvl1_flows(frames: list[np.ndarray]) -> list[np.ndarray]:
-    """Dual TV-L1 flow (OpenCV defaults) between consecutive grayscale frames, native size.
+def grayscale(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """BGR frames -> (H, W) uint8 grayscale, as TV-L1 sees them."""
+    return [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in frames]
 
-    Returns n - 1 quantised (H, W, 2) uint8 arrays (dx, dy).
+
+def tvl1_flows(gray: list[np.ndarray]) -> list[np.ndarray]:
+    """OpenCV's Dual TV-L1 flow (default parameters) between consecutive grayscale frames.
+
+    Returns n - 1 quantised (H, W, 2) uint8 arrays (dx, dy), at the frames' size.
     """
-    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
-    gray = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in frames]
+    tvl1 = cv2.optflow.DualTVL1OpticalFlow_create(*OPENCV_DEFAULTS.opencv_args())
     return [quantize_flow(tvl1.calc(a, b, None)) for a, b in zip(gray[:-1], gray[1:], strict=True)]
 
 
@@ -85,12 +90,24 @@ def encode_flow_jpeg(flow_u8: np.ndarray, quality: int) -> bytes:
     return encode_jpeg(bgr, quality)
 
 
-def process_video(path: str, short_side: int, jpeg_quality: int, with_flow: bool = True):
-    """Decode, resize and encode one video. -> (rgb JPEGs, flow JPEGs, fps, (height, width))."""
+def decode_video(path: str, short_side: int, jpeg_quality: int):
+    """Decode a video and encode its RGB frames. -> (rgb JPEGs, grayscale frames, fps, stored size).
+
+    The grayscale frames are at native size, for the flow.
+    """
     frames, fps = read_frames(path)
     size = short_side_size(*frames[0].shape[:2], short_side)
     rgb = [encode_jpeg(resize(f, size), jpeg_quality) for f in frames]
-    flows = []
-    if with_flow:
-        flows = [encode_flow_jpeg(resize(f, size), jpeg_quality) for f in tvl1_flows(frames)]
+    return rgb, grayscale(frames), fps, size
+
+
+def encode_flows(flows_u8: list[np.ndarray], size: tuple[int, int], jpeg_quality: int) -> list[bytes]:
+    """Quantised native-size flows -> JPEGs at the stored size."""
+    return [encode_flow_jpeg(resize(f, size), jpeg_quality) for f in flows_u8]
+
+
+def process_video(path: str, short_side: int, jpeg_quality: int, with_flow: bool = True):
+    """Decode, resize and encode one video, flow by OpenCV. -> (rgb JPEGs, flow JPEGs, fps, size)."""
+    rgb, gray, fps, size = decode_video(path, short_side, jpeg_quality)
+    flows = encode_flows(tvl1_flows(gray), size, jpeg_quality) if with_flow else []
     return rgb, flows, fps, size

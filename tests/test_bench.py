@@ -73,3 +73,24 @@ def test_fit_reports_none_when_even_one_group_is_too_big(compiles):
 def test_fit_needs_two_batches(compiles):
     with pytest.raises(SystemExit, match="two different batches"):
         train_step.fit_batch(_args(batch=[128, 128]), "init")
+
+
+def test_tvl1_bench_measures_both_and_carries_its_pairs_to_a_host_without_opencv(tmp_path):
+    """bench/tvl1.py on tiny frames: OpenCV's rate, ours and their agreement, also from a saved file."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    common = [sys.executable, "bench/tvl1.py", "--sizes", "40x32", "--pairs", "2", "--repeats", "1"]
+
+    def rows(*extra):
+        out = subprocess.run([*common, *extra], cwd=root, capture_output=True, text=True, check=True).stdout
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    rows("--cores", "1", "--save_pairs", str(tmp_path / "pairs.npz"))
+    opencv, ours = rows("--load_pairs", str(tmp_path / "pairs.npz"), "--batch", "2")
+    assert opencv["backend"] == "opencv" and opencv["pairs_per_s_one_core"] > 0
+    assert ours["backend"] == "jax" and ours["batch"] == 2 and ours["pairs_per_s"] > 0
+    assert ours["epe_vs_opencv_mean"] <= 0.1 and ours["epe_vs_opencv_p99"] <= 1.0

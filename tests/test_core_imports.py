@@ -6,6 +6,8 @@ import sys
 CORE = ["models", "losses", "queue", "state", "steps", "sharding", "optim"]
 # TF-free parts of the data package: benchmarks feed random batches of the pipeline's shapes.
 CORE += ["data.clip_spec", "data.random_batches", "data.dataset_info"]
+# The JAX TV-L1, for hosts that only want flow.
+CORE += ["flow.params", "flow.tvl1", "flow.batching"]
 
 
 def test_core_imports_without_tensorflow_clu_or_ml_collections():

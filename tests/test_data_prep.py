@@ -186,7 +186,40 @@ def test_layout_errors_stop_before_any_work(ucf_raw, tmp_path, breakage, message
     assert not (tmp_path / "out").exists()
 
 
-def test_interrupted_build_resumes_to_the_same_records(tmp_path):
+def test_jax_flow_backend_stores_what_the_opencv_backend_stores(ucf_raw, tmp_path):
+    """Same records but for the flow JPEGs, whose flows agree within the bounds of OpenCV's."""
+    import tensorflow as tf
+
+    build(ucf_raw, tmp_path / "cv", "--flow_backend=opencv")
+    # A budget below one video: no decode starts while a video waits for its flow; none waits forever.
+    build(ucf_raw, tmp_path / "jax", "--flow_backend=jax", "--flow_batch=4", "--flow_memory_gib=1e-6")
+    meta = {b: json.loads((tmp_path / b / "metadata.json").read_text()) for b in ("cv", "jax")}
+    assert meta["cv"]["parameters"]["flow"]["backend"] == "opencv"
+    assert meta["jax"]["parameters"]["flow"]["backend"] == "jax"
+    assert meta["cv"]["splits"] == meta["jax"]["splits"]
+    epe = []
+    for subset in ("train", "test"):
+        cv, jx = records_of(tmp_path / "cv", "split1", subset), records_of(tmp_path / "jax", "split1", subset)
+        for a, b in zip(cv, jx, strict=True):
+            assert {k: v for k, v in a.items() if k != "flows"} == {
+                k: v for k, v in b.items() if k != "flows"
+            }
+            assert len(a["flows"]) == len(b["flows"]) == a["num_frames"] - 1
+            for fa, fb in zip(a["flows"], b["flows"], strict=True):
+                fa, fb = (tf.io.decode_jpeg(f, dct_method="INTEGER_ACCURATE").numpy() for f in (fa, fb))
+                assert fa.shape == fb.shape == (32, 40, 3)
+                epe.append(
+                    np.linalg.norm(dequantize_flow(fa[..., :2]) - dequantize_flow(fb[..., :2]), axis=-1)
+                )
+    epe = np.concatenate([e.ravel() for e in epe])
+    assert epe.mean() <= 0.1 and np.percentile(epe, 99) <= 1.0, (epe.mean(), np.percentile(epe, 99))
+    # A work directory started with one backend is not finished with another.
+    proc = build(ucf_raw, tmp_path / "jax", "--flow_backend=opencv", check=False)
+    assert proc.returncode == 2 and "--flow_backend=jax" in proc.stderr
+
+
+@pytest.mark.parametrize("backend", ["opencv", "jax"])
+def test_interrupted_build_resumes_to_the_same_records(tmp_path, backend):
     raw = synthetic.generate(
         tmp_path / "raw", num_classes=2, groups=6, clips_per_group=1, num_frames=12, height=32, width=40
     )
@@ -197,8 +230,9 @@ def test_interrupted_build_resumes_to_the_same_records(tmp_path):
     look = tuple(synthetic.texture(rng, 128, 160, rng.uniform(40, 215, 3)) for _ in range(2))
     frames = synthetic.render_clip(rng, synthetic.MOTIONS["MoveLeft"], look, 48, 128, 160)
     synthetic.write_avi(Path(layouts.ucf101(str(raw), [1]).videos[2].path), frames)
-    build(raw, tmp_path / "whole")
-    cmd = [sys.executable, "-m", "data_prep.build", "--dataset=ucf101", f"--raw_dir={raw}"]
+    flags = [f"--flow_backend={backend}", "--flow_batch=4"]
+    build(raw, tmp_path / "whole", *flags)
+    cmd = [sys.executable, "-m", "data_prep.build", "--dataset=ucf101", f"--raw_dir={raw}", *flags]
     cmd += [f"--out_dir={tmp_path / 'resumed'}", "--workers=1", "--quiet", "--short_side=32"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = tmp_path / "resumed" / "work"
@@ -210,7 +244,7 @@ def test_interrupted_build_resumes_to_the_same_records(tmp_path):
     done = len(list(work.glob("*.tfrecord")))
     assert 2 <= done < 12, f"kill should land mid-run, {done} of 12 videos were done"
     assert not (tmp_path / "resumed" / "metadata.json").exists()
-    build(raw, tmp_path / "resumed")
+    build(raw, tmp_path / "resumed", *flags)
     for shard in sorted((tmp_path / "whole").glob("split1/*.tfrecord")):
         assert (
             shard.read_bytes() == (tmp_path / "resumed" / shard.relative_to(tmp_path / "whole")).read_bytes()
