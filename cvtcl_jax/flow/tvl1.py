@@ -34,8 +34,7 @@ _FLT_EPSILON = float(np.finfo(np.float32).eps)
 MIN_SIZE = 3  # OpenCV's stencils assume more than two rows and columns
 # Masked iterations between two tests of the loop condition (the result does not depend on it):
 # on a GPU each test is a round trip to the host; on the CPU more only lengthen the compile.
-STEPS_PER_CHECK = {"cpu": 1}
-DEFAULT_STEPS_PER_CHECK = 5
+ACCELERATOR_STEPS_PER_CHECK = 5  # a guess until a GPU run sweeps it; 1 on a CPU
 
 
 def pyramid_sizes(height: int, width: int, params: TVL1Params = OPENCV_DEFAULTS) -> list[tuple[int, int]]:
@@ -439,7 +438,7 @@ def tvl1_flow(
         )
     heights, widths, epsilons, levels, scale_up = _level_arrays(sizes, (h, w), params)
     if steps_per_check is None:
-        steps_per_check = STEPS_PER_CHECK.get(jax.default_backend(), DEFAULT_STEPS_PER_CHECK)
+        steps_per_check = 1 if jax.default_backend() == "cpu" else ACCELERATOR_STEPS_PER_CHECK
     return _tvl1_batch(
         frame0,
         frame1,
