@@ -1,16 +1,18 @@
 """Pretraining input pipeline throughput per CPU core, at the paper's sample size.
 
-    python bench/input_pipeline.py [--threads 1 2] [--batches 12] [--colour cpu device] [--data_dir DIR]
+    python bench/input_pipeline.py [--threads 1 2] [--batches 12] [--on_device none color resize]
+        [--data_dir DIR]
 
 Without --data_dir it writes a stand-in dataset first: 24 videos of 150 frames at 171x128 (UCF101's
 320x240 with the short side at 128), textured moving objects as RGB JPEGs and smooth flow fields
 as flow JPEGs, in data_prep's record format. Each sample is what the init / co-training step
 eats: query and key clips of 32 frames, the anchor and 4 segments of 8 frames, all 128x128 with
 the full augmentation (co-training adds the flow key clip). Prints one JSON line per (mode,
-colour, threads): samples/s and samples/s per thread; the tf.data pool is capped at `threads`.
-`--colour device` is `data.aug.on_device`: tf.data leaves colour jitter, grayscale and blur to the
-accelerator; its line also gives the time the jitted colour operations take per sample on JAX's
-default device (`device_ms_per_sample`).
+on_device, threads): samples/s and samples/s per thread (the tf.data pool is capped at
+`threads`), the bytes of one shipped host batch and, where the devices have work to do
+(`data.aug.on_device` 'color' or 'resize', see cvtcl_jax/data/device_augment.py), the time the
+jitted device part takes per sample on JAX's default device (`device_ms_per_sample`, compile
+excluded) and the device bytes of one batch in and out of it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 
 from cvtcl_jax.data import device_augment, pipeline  # noqa: E402
-from cvtcl_jax.data.augment import AugmentConfig  # noqa: E402
+from cvtcl_jax.data.augment import ON_DEVICE, AugmentConfig  # noqa: E402
 from cvtcl_jax.data.clip_spec import ClipSpec  # noqa: E402
 from cvtcl_jax.data.dataset_info import load_dataset_info  # noqa: E402
 from cvtcl_jax.sharding import make_mesh, shard_batch  # noqa: E402
@@ -63,11 +65,8 @@ def write_standin(root: Path, num_videos: int, num_frames: int) -> None:
         name = f"split1/train-{s:05d}-of-00004.tfrecord"
         _write_tfrecord(root / name, records[s::4])
         shards.append(name)
-    meta = {
-        "classes": ["c"],
-        "views": ["rgb", "flow"],
-        "splits": {"split1": {"train": {"num_videos": num_videos, "shards": shards}}},
-    }
+    train = {"num_videos": num_videos, "shards": shards, "max_frame_size": [HEIGHT, WIDTH]}
+    meta = {"classes": ["c"], "views": ["rgb", "flow"], "splits": {"split1": {"train": train}}}
     (root / "metadata.json").write_text(json.dumps(meta))
 
 
@@ -92,16 +91,27 @@ def measure(info, views, aug: AugmentConfig, threads: int, batches: int, batch: 
     return batches * batch / (time.perf_counter() - start), last
 
 
-def device_ms_per_sample(batch: dict, aug: AugmentConfig, repeats: int = 3) -> float:
-    """Milliseconds per sample of the jitted colour operations on one device (compile excluded)."""
+def device_side(batch: dict, aug: AugmentConfig, repeats: int = 3) -> dict:
+    """Milliseconds per sample of the jitted device part on one device (compile excluded), and the
+    MB of one batch as shipped to the device and as the step receives it."""
     mesh = make_mesh(jax.devices()[:1])
-    augment = device_augment.make_batch_augmenter(mesh, aug.blur_kernel_size)
+    augment = device_augment.make_batch_augmenter(mesh, aug.blur_kernel_size, ClipSpec().crop_size)
     arrays = shard_batch(mesh, {k: v for k, v in batch.items() if k != "padded"})
-    jax.block_until_ready(augment(arrays))
+    out = jax.block_until_ready(augment(arrays))
     start = time.perf_counter()
     for _ in range(repeats):
         jax.block_until_ready(augment(arrays))
-    return (time.perf_counter() - start) / repeats / len(batch["ids"]) * 1e3
+    ms = (time.perf_counter() - start) / repeats / len(batch["ids"]) * 1e3
+    return {
+        "device_ms_per_sample": round(ms, 2),
+        "device_mb_in": round(_megabytes(arrays), 1),
+        "device_mb_out": round(_megabytes(out), 1),
+        "device": jax.devices()[0].device_kind,
+    }
+
+
+def _megabytes(batch: dict) -> float:
+    return sum(v.nbytes for v in batch.values()) / 2**20
 
 
 def main():
@@ -110,7 +120,8 @@ def main():
     p.add_argument("--batches", type=int, default=12)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--data_dir", default=None)
-    p.add_argument("--colour", nargs="+", choices=("cpu", "device"), default=["cpu", "device"])
+    p.add_argument("--on_device", nargs="+", choices=ON_DEVICE, default=list(ON_DEVICE))
+    p.add_argument("--device_repeats", type=int, default=3, help="timed runs of the device part (0: none)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.data_dir) if args.data_dir else Path(tmp)
@@ -118,15 +129,20 @@ def main():
             write_standin(root, 24, 150)
         info = load_dataset_info(root)
         modes = (("init (rgb)", ("rgb",)), ("cotrain (rgb + flow)", ("rgb", "flow")))
-        for (mode, views), colour in itertools.product(modes, args.colour):
-            aug = AugmentConfig(on_device=colour == "device")
-            for threads in sorted(set(args.threads)):
+        for (mode, views), on_device in itertools.product(modes, args.on_device):
+            aug = AugmentConfig(on_device=on_device)
+            for i, threads in enumerate(sorted(set(args.threads))):
                 rate, last = measure(info, views, aug, threads, args.batches, args.batch)
-                row = {"mode": mode, "colour": colour, "threads": threads, "samples_per_s": round(rate, 1)}
+                row = {
+                    "mode": mode,
+                    "on_device": on_device,
+                    "threads": threads,
+                    "samples_per_s": round(rate, 1),
+                }
                 row["samples_per_s_per_thread"] = round(rate / threads, 1)
-                if colour == "device":
-                    row["device_ms_per_sample"] = round(device_ms_per_sample(last, aug), 1)
-                    row["device"] = jax.devices()[0].device_kind
+                row["host_mb_per_batch"] = round(_megabytes(last), 1)
+                if on_device != "none" and i == 0 and args.device_repeats:
+                    row.update(device_side(last, aug, args.device_repeats))
                 print(json.dumps(row), flush=True)
 
 

@@ -121,7 +121,7 @@ def _lower(args, stage: str, batch: int, queue: int):
     step = jit_train_step(raw_step, mesh, shapes, cotrain=cotrain)
     one = synthetic_batch(np.random.default_rng(0), args, 1, cotrain)
     data = {k: jax.ShapeDtypeStruct((batch, *v.shape[1:]), v.dtype) for k, v in one.items()}
-    feed = device_augment.make_batch_augmenter(mesh, BLUR_KERNEL_SIZE)
+    feed = device_augment.make_batch_augmenter(mesh, BLUR_KERNEL_SIZE, args.size)
     extra = jax.eval_shape(_frozen, shapes) if cotrain else ()
     fed = jax.eval_shape(feed, data)
     count = functools.partial(step_flops, raw_step, shapes, fed, *extra)

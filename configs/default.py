@@ -87,10 +87,12 @@ def get_config() -> ml_collections.ConfigDict:
             blur_kernel_size=13,
             flip_prob=0.5,
             flow_color=False,  # flow gets crop and flip only
-            # Colour jitter, grayscale and blur on the accelerators (cvtcl_jax/data/device_augment.py):
-            # the CPUs only decode, crop, resize and flip, 3x the samples per core. Off for CPU-only
-            # machines (the demo), where XLA's colour code is slower than tf.data's.
-            on_device=True,
+            # What the accelerators do (cvtcl_jax/data/device_augment.py): "resize" (the CPUs only
+            # decode each crop window; resize, flip, colour and uint8 rounding on the devices),
+            # "color" (colour jitter, grayscale and blur only) or "none" (everything in tf.data:
+            # for CPU-only machines such as the demo's, where the devices are the same cores and
+            # XLA's code for these is slower than tf.data's). README, "Input pipeline".
+            on_device="resize",
         )
     )
 

@@ -58,7 +58,7 @@ def get_config():
     cfg.schedule.cotrain_lr = 1e-3
     # Colour augmentation in tf.data: on a CPU-only machine the devices are the same cores, and
     # tf.data overlaps it with the step (data.aug.on_device is for accelerators).
-    cfg.data.aug.on_device = False
+    cfg.data.aug.on_device = "none"
     # Milder augmentation than the paper's for 32x32 clips of 48 videos (README, the demo): with
     # brightness and contrast jitter the RGB InfoNCE nearly collapses here (loss near chance,
     # embeddings close to one direction), blur wipes out 4-pixel patterns at this size, and crops

@@ -92,8 +92,16 @@ def check_data(config, views) -> None:
             f"split {config.data.split} of {config.data.dir} has {train.num_videos} training videos, "
             f"fewer than global_batch={config.global_batch}; lower the batch"
         )
+    check_padded_windows(config, train)
     if config.train.retrieval_every_epochs > 0:  # the held-out retrieval check queries test videos
         _wrap(info.subset, config.data.split, "test", prefix="train.retrieval_every_epochs > 0 needs it: ")
+
+
+def check_padded_windows(config, train) -> None:
+    """on_device 'resize' pads the decoded windows to the training subset's largest frame, which
+    the metadata must record."""
+    if config.data.aug.get("on_device") == "resize":
+        _wrap(train.require_max_frame_size)
 
 
 def check_view(view: str, key: str = "train.view") -> None:
@@ -180,6 +188,7 @@ def check_evaluation(config, protocol: str) -> dict:
     on_clips = protocol == "finetune" or (protocol == "linear_probe" and not config.linear.cached)
     if on_clips:
         _wrap(lambda: AugmentConfig(**d.aug), prefix="data.aug: ")
+        check_padded_windows(config, train)
         if train.num_videos < b:
             raise ConfigError(
                 f"split {d.split} of {d.dir} has {train.num_videos} training videos, fewer than "

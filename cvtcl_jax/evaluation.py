@@ -416,7 +416,9 @@ def _train_on_clips(
         ctx.mesh,
         config.data.prefetch,
         host_keys=("padded",),
-        transform=device_augment.make_batch_augmenter(ctx.mesh, config.data.aug.blur_kernel_size),
+        transform=device_augment.make_batch_augmenter(
+            ctx.mesh, config.data.aug.blur_kernel_size, spec.crop_size
+        ),
     )
     if frozen_variables is not None:
         frozen_variables = jax.device_put(frozen_variables, rep)

@@ -242,7 +242,7 @@ def train_stage(config, workdir: str | Path, stage: Stage) -> dict:
         mesh,
         config.data.prefetch,
         host_keys=("padded",),
-        transform=device_augment.make_batch_augmenter(mesh, config.data.aug.blur_kernel_size),
+        transform=device_augment.make_batch_augmenter(mesh, config.data.aug.blur_kernel_size, spec.crop_size),
     )
 
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from cvtcl_jax.flow.params import OPENCV_DEFAULTS
 from data_prep.layouts import LAYOUTS, Layout, LayoutError, Video
-from data_prep.records import FLOW_BOUND, FORMAT_VERSION, VideoRecord
+from data_prep.records import FLOW_BOUND, FORMAT_VERSION, VideoRecord, frame_size
 from data_prep.video import VideoError, decode_video, encode_flows, process_video, quantize_flow
 
 WORK = "work"
@@ -369,16 +369,24 @@ def assemble(layout: Layout, args, out_dir: Path, failures: dict[str, str]) -> d
         for subset, ids in subsets.items():
             ready = [i for i in ids if i not in failures]
             n_shards = max(1, -(-len(ready) // args.videos_per_shard))
-            shards, sizes = [], []
+            shards, sizes, largest = [], [], [0, 0]
             for s in range(n_shards):
                 name = f"{subset}-{s:05d}-of-{n_shards:05d}.tfrecord"
                 chunk = ready[s * args.videos_per_shard : (s + 1) * args.videos_per_shard]
-                _write_tfrecord(staging / name, (_read_work(_work_path(out_dir, by_id[i])) for i in chunk))
+                raws = [_read_work(_work_path(out_dir, by_id[i])) for i in chunk]
+                for raw in raws:
+                    largest = [max(a, b) for a, b in zip(largest, frame_size(raw), strict=True)]
+                _write_tfrecord(staging / name, raws)
                 shards.append(f"{split}/{name}")
                 sizes.append(len(chunk))
             # Per-shard counts let the input pipeline place a resumed run inside an epoch without
-            # reading the shards.
-            summary[split][subset] = {"num_videos": len(ready), "shards": shards, "shard_sizes": sizes}
+            # reading the shards; the largest frame is the static shape of on-device resizing.
+            summary[split][subset] = {
+                "num_videos": len(ready),
+                "shards": shards,
+                "shard_sizes": sizes,
+                "max_frame_size": largest,
+            }
         final = out_dir / split
         if final.exists():
             shutil.rmtree(final)

@@ -82,6 +82,14 @@ class VideoRecord:
         return example.SerializeToString(deterministic=True)
 
 
+def frame_size(raw: bytes) -> tuple[int, int]:
+    """(height, width) stored in one serialised record."""
+    import tensorflow as tf
+
+    feature = tf.train.SequenceExample.FromString(raw).context.feature
+    return int(feature["height"].int64_list.value[0]), int(feature["width"].int64_list.value[0])
+
+
 CONTEXT_INT_KEYS = ("label", "source_id", "video_index", "num_frames", "num_flow", "height", "width")
 CONTEXT_BYTES_KEYS = ("video_id", "class_name", "source")
 

@@ -41,15 +41,19 @@ def write_pattern_dataset(
     test_every: int = 3,
     views=("rgb", "flow"),
     num_classes: int = 3,
+    sizes: dict[int, tuple[int, int]] | None = None,
 ):
     """Videos 0..N-1 with the given lengths; every `test_every`-th video goes to split1/test.
 
     Labels are video % num_classes and source ids video // 2 (pairs of clips share a source).
+    sizes: {video: (height, width)} for videos of another frame size than (HEIGHT, WIDTH).
     """
     root.mkdir(parents=True, exist_ok=True)
     subsets = {"train": [], "test": []}
+    largest = {"train": [0, 0], "test": [0, 0]}
     for v, n in enumerate(num_frames):
-        frames = [encode_jpeg(frame_image(v, i)[..., ::-1], 100) for i in range(n)]
+        height, width = (sizes or {}).get(v, (HEIGHT, WIDTH))
+        frames = [encode_jpeg(frame_image(v, i, height, width)[..., ::-1], 100) for i in range(n)]
         record = VideoRecord(
             video_id=f"video{v:03d}",
             class_name=f"class{v % num_classes}",
@@ -58,12 +62,14 @@ def write_pattern_dataset(
             source_id=v // 2,
             video_index=v,
             fps=25.0,
-            height=HEIGHT,
-            width=WIDTH,
+            height=height,
+            width=width,
             frames=frames,
             flows=frames[:-1] if "flow" in views else [],
         )
-        subsets["test" if v % test_every == test_every - 1 else "train"].append(record.to_proto_bytes())
+        subset = "test" if v % test_every == test_every - 1 else "train"
+        subsets[subset].append(record.to_proto_bytes())
+        largest[subset] = [max(largest[subset][0], height), max(largest[subset][1], width)]
     split = {}
     (root / "split1").mkdir(exist_ok=True)
     for subset, records in subsets.items():
@@ -71,7 +77,12 @@ def write_pattern_dataset(
         names = [f"split1/{subset}-{s:05d}-of-{len(chunks):05d}.tfrecord" for s in range(len(chunks))]
         for name, chunk in zip(names, chunks, strict=True):
             _write_tfrecord(root / name, chunk)
-        split[subset] = {"num_videos": len(records), "shards": names, "shard_sizes": [len(c) for c in chunks]}
+        split[subset] = {
+            "num_videos": len(records),
+            "shards": names,
+            "shard_sizes": [len(c) for c in chunks],
+            "max_frame_size": largest[subset],
+        }
     meta = {
         "dataset": "pattern",
         "classes": [f"class{c}" for c in range(num_classes)],

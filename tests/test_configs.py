@@ -44,10 +44,10 @@ def test_augmentation_defaults_are_spec_5():
     assert (aug.color_jitter_prob, aug.grayscale_prob, aug.blur_prob, aug.flip_prob) == (0.8, 0.2, 0.5, 0.5)
     assert (aug.brightness, aug.contrast, aug.saturation, aug.hue) == (0.4, 0.4, 0.4, 0.1)
     assert aug.blur_sigma == (0.1, 2.0) and not aug.flow_color
-    # The dataclass defaults and the config agree, except where colour runs: the trainer's default
-    # is the accelerators, the pipeline's on its own is tf.data (finished clips).
-    assert aug.on_device and not AugmentConfig().on_device
-    assert aug == dataclasses.replace(AugmentConfig(), on_device=True)
+    # The dataclass defaults and the config agree, except where the tail of the augmentation runs:
+    # the trainer's default is the accelerators, the pipeline's on its own is tf.data.
+    assert aug.on_device == "resize" and AugmentConfig().on_device == "none"
+    assert aug == dataclasses.replace(AugmentConfig(), on_device="resize")
 
 
 def test_cotrain_lr_sets_the_cotraining_runs_only(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -120,8 +121,10 @@ def test_augment_config_rejects_bad_values():
         AugmentConfig(blur_kernel_size=12)
     with pytest.raises(ValueError, match="area_range"):
         AugmentConfig(area_range=(0.5, 0.2))
-    with pytest.raises(ValueError, match="on_device='yes' must be True or False"):
+    with pytest.raises(ValueError, match="on_device='yes' must be one of"):
         AugmentConfig(on_device="yes")
+    with pytest.raises(ValueError, match="True was 'color'"):
+        AugmentConfig(on_device=True)
 
 
 def test_crop_parameters_follow_the_configured_ranges():
@@ -191,11 +194,11 @@ def test_device_colour_augmentation_is_the_tf_data_one():
 
 
 def test_on_device_batches_carry_colour_parameters_and_colour_like_the_pipeline(info):
-    """With on_device the pipeline ships crop/flip-only clips and a colour vector per clip (none for
+    """With on_device 'color' the pipeline ships crop/flip-only clips and a colour vector per clip (none for
     flow); the augmenter turns the batch into the pipeline's own coloured batch, to a few levels
     (the clip is rounded to uint8 once more, before the colour operations)."""
     full = AugmentConfig(blur_kernel_size=7)
-    on_device = dataclasses.replace(full, on_device=True)
+    on_device = dataclasses.replace(full, on_device="color")
     (cpu,) = _batches(_pretrain(info, views=("rgb", "flow"), aug=full, local_batch=8), 1)
     (raw,) = _batches(_pretrain(info, views=("rgb", "flow"), aug=on_device, local_batch=8), 1)
     colour_keys = {k for k in raw if k.endswith("_color")}
@@ -207,7 +210,7 @@ def test_on_device_batches_carry_colour_parameters_and_colour_like_the_pipeline(
     fake = random_pretrain_batch(np.random.default_rng(0), 8, SPEC, cotrain=True, colour=True)
     assert {k: (v.shape, v.dtype) for k, v in fake.items()} == {k: (v.shape, v.dtype) for k, v in raw.items()}
     mesh = make_mesh()
-    out = device_augment.make_batch_augmenter(mesh, full.blur_kernel_size)(
+    out = device_augment.make_batch_augmenter(mesh, full.blur_kernel_size, SPEC.crop_size)(
         shard_batch(mesh, {k: v for k, v in raw.items() if k != "padded"})
     )
     assert set(out) == set(cpu) - {"padded"}
@@ -223,8 +226,127 @@ def test_on_device_batches_carry_colour_parameters_and_colour_like_the_pipeline(
         1,
     )
     assert clip_batch["rgb_color"].shape == (4, device_augment.COLOR_PARAMS)
-    no_colour = dataclasses.replace(NO_COLOR, on_device=True)
+    no_colour = dataclasses.replace(NO_COLOR, on_device="color")
     assert not any(k.endswith("_color") for k in _batches(_pretrain(info, aug=no_colour), 1)[0])
+
+
+def test_device_resize_is_tf_image_resize():
+    """The devices' bilinear resize of a window inside padded frames equals tf.image.resize of the
+    window cut out (up- and downscaling, windows touching every border, 1-pixel windows)."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 30, 41, 3)).astype(np.uint8)
+    windows = [(0, 0, 30, 41), (3, 5, 7, 9), (29, 40, 1, 1), (10, 0, 20, 41), (0, 20, 30, 21), (4, 2, 25, 13)]
+    for size in (16, 37):
+        for y, x, h, w in windows:
+            expect = tf.image.resize(frames[:, y : y + h, x : x + w], (size, size), method="bilinear").numpy()
+            window = jnp.asarray([y, x, h, w, 0, 0], jnp.int32)
+            got = np.asarray(device_augment.resize_window(jnp.asarray(frames), window, size))
+            np.testing.assert_allclose(got, expect, atol=2e-3, err_msg=str((size, y, x, h, w)))
+
+
+def _finish(batch, aug, spec=SPEC):
+    """A shipped host batch -> the model's batch, by the devices (make_batch_augmenter)."""
+    mesh = make_mesh()
+    arrays = shard_batch(mesh, {k: v for k, v in batch.items() if k != "padded"})
+    out = device_augment.make_batch_augmenter(mesh, aug.blur_kernel_size, spec.crop_size)(arrays)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _tf_finish(frames, window, color, aug, size):
+    """augment.py's (TensorFlow's) resize, flip and colour of one shipped clip: the reference."""
+    y, x, h, w, flip, is_flow = (int(v) for v in window)
+    clip = augment.resize(frames[:, y : y + h, x : x + w], size)
+    if flip:
+        clip = augment.flip(clip, bool(is_flow))
+    if color is not None:
+        c = color
+        params = {
+            "jitter": c[device_augment.JITTER] > 0,
+            "gray": c[device_augment.GRAY] > 0,
+            "blur": c[device_augment.BLUR] > 0,
+            "sigma": tf.constant(c[device_augment.SIGMA]),
+            "factors": tf.constant(c[device_augment.FACTORS]),
+            "order": tf.constant(c[device_augment.ORDER].astype(np.int32)),
+        }
+        clip = augment.color_augment(clip, params, aug)
+    return augment.to_uint8(clip, size).numpy()
+
+
+@pytest.fixture(scope="module")
+def mixed_info(tmp_path_factory):
+    """The pattern set with two train videos of other frame sizes (one smaller, one taller)."""
+    root = tmp_path_factory.mktemp("mixed")
+    write_pattern_dataset(root, LENGTHS, sizes={0: (20, 28), 3: (40, 24)})
+    return load_dataset_info(root)
+
+
+@pytest.mark.parametrize("colour", [True, False])
+def test_resize_on_device_gives_the_tf_data_batches(mixed_info, colour):
+    """on_device 'resize': the host ships whole decoded frames padded to the subset's largest frame
+    with each clip's window vector; the devices' clips equal TensorFlow's crop, resize, flip and
+    colour of those frames to one level, and the tf.data batch of on_device 'none' from the same
+    draws to the few levels by which decode_and_crop_jpeg's window differs from the whole frame's
+    decode at chroma edges."""
+    base = AugmentConfig(blur_kernel_size=7) if colour else NO_COLOR
+    views = ("rgb", "flow")
+    (cpu,) = _batches(_pretrain(mixed_info, views=views, aug=base, local_batch=8), 1)
+    resize = dataclasses.replace(base, on_device="resize")
+    (raw,) = _batches(_pretrain(mixed_info, views=views, aug=resize, local_batch=8), 1)
+    assert mixed_info.subset(1, "train").max_frame_size == (40, 32)
+    assert raw["query"].shape == (8, SPEC.num_frames, 40, 32, 3) and "anchor" not in raw
+    assert raw["segments"].shape == (8, SPEC.num_segments, SPEC.segment_len, 40, 32, 3)
+    assert raw["query_window"].shape == (8, device_augment.WINDOW_PARAMS)
+    assert raw["segments_window"].shape == (8, SPEC.num_segments, device_augment.WINDOW_PARAMS)
+    assert ("query_color" in raw) == colour and "other_key_color" not in raw
+    np.testing.assert_array_equal(raw["other_key_window"][:, :5], raw["key_window"][:, :5])
+    assert raw["other_key_window"][:, 5].all() and not raw["key_window"][:, 5].any()
+    out = _finish(raw, resize)
+    assert set(out) == set(cpu) - {"padded"}
+
+    def shipped(name, i, j=None):
+        """(frames, window, colour or None) of clip i of `name` (segment j) as shipped."""
+        owner = "segments" if name == "anchor" else name
+        frames = raw[owner][i] if j is None and name != "anchor" else raw[owner][i, j or 0]
+        pick = (lambda a: a[i]) if j is None else (lambda a: a[i, j])
+        color = pick(raw[name + "_color"]) if name + "_color" in raw else None
+        return frames, pick(raw[name + "_window"]), color
+
+    for name in ("query", "key", "other_key", "anchor", "segments"):
+        assert out[name].shape == cpu[name].shape and out[name].dtype == np.uint8
+        for i in range(8):
+            for j in range(SPEC.num_segments) if name == "segments" else [None]:
+                expect = _tf_finish(*shipped(name, i, j), resize, SPEC.crop_size)
+                got = out[name][i] if j is None else out[name][i, j]
+                assert np.abs(got.astype(int) - expect.astype(int)).max() <= 1, (name, i, j)
+        diff = np.abs(out[name].astype(int) - cpu[name].astype(int))
+        assert diff.max() <= 4 and diff.mean() < 0.2, (name, diff.max(), diff.mean())
+    (clips,) = _batches(
+        pipeline.labelled_clip_dataset(
+            mixed_info, split=1, subset="train", view="rgb", local_batch=8, spec=SPEC, aug=resize, seed=0
+        ),
+        1,
+    )
+    (cpu_clips,) = _batches(
+        pipeline.labelled_clip_dataset(
+            mixed_info, split=1, subset="train", view="rgb", local_batch=8, spec=SPEC, aug=base, seed=0
+        ),
+        1,
+    )
+    finished = _finish(clips, resize)
+    diff = np.abs(finished["rgb"].astype(int) - cpu_clips["rgb"].astype(int))
+    assert diff.max() <= 4 and diff.mean() < 0.2
+    np.testing.assert_array_equal(finished["label"], cpu_clips["label"])
+
+
+def test_resize_on_device_needs_the_largest_frame_in_the_metadata(tmp_path):
+    meta = write_pattern_dataset(tmp_path, LENGTHS[:6])
+    for subset in meta["splits"]["split1"].values():
+        del subset["max_frame_size"]  # metadata.json of a data_prep run before it was recorded
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    old = load_dataset_info(tmp_path)
+    _pretrain(old, aug=NO_COLOR)  # the other paths do not need it
+    with pytest.raises(DatasetError, match="run the same `python -m data_prep.build` command again"):
+        _pretrain(old, aug=dataclasses.replace(NO_COLOR, on_device="resize"))
 
 
 # ---------------------------------------------------------------- pretraining samples
@@ -256,9 +378,13 @@ def test_pretrain_batches_have_the_step_shapes_and_right_frames(info):
             assert window.max() < n and frame_number(b["query"][i]).max() < n
 
 
-def test_cotraining_rgb_and_flow_share_frames_crop_and_flip(info):
+@pytest.mark.parametrize("on_device", ["none", "resize"])
+def test_cotraining_rgb_and_flow_share_frames_crop_and_flip(info, on_device):
     flips = []
-    for b in _batches(_pretrain(info, views=("rgb", "flow"), local_batch=8), 3):
+    aug = dataclasses.replace(NO_COLOR, on_device=on_device)
+    for b in _batches(_pretrain(info, views=("rgb", "flow"), aug=aug, local_batch=8), 3):
+        if on_device == "resize":
+            b = _finish(b, aug)
         rgb, flow = b["key"].astype(int), b["other_key"].astype(int)
         np.testing.assert_allclose(rgb[..., 1:], flow[..., 1:], atol=3)  # same frames, same crop
         ramp = np.diff(rgb[..., 0].mean(axis=(1, 2)), axis=-1).mean(axis=-1)  # x-ramp slope per sample
@@ -287,8 +413,9 @@ def test_rgb_only_samples_use_every_frame(info):
         assert frame_number(clip).max() < LENGTHS[v]
 
 
-def test_same_seed_same_batches_and_resume_continues_the_stream(info):
-    aug = AugmentConfig()  # colour augmentations on: they must be seeded too
+@pytest.mark.parametrize("on_device", ["none", "resize"])
+def test_same_seed_same_batches_and_resume_continues_the_stream(info, on_device):
+    aug = AugmentConfig(on_device=on_device)  # colour augmentations on: they must be seeded too
     first = _batches(_pretrain(info, views=("rgb", "flow"), aug=aug, seed=3), 5)
     again = _batches(_pretrain(info, views=("rgb", "flow"), aug=aug, seed=3), 5)
     other = _batches(_pretrain(info, views=("rgb", "flow"), aug=aug, seed=2**31 - 1), 1)  # large seeds work

@@ -112,15 +112,24 @@ def test_hmdb51_layout(tmp_path):
 
 def test_folder_layout(tmp_path):
     raw = tmp_path / "raw"
-    for cls in ("a", "b"):
-        for i in range(2):
-            tiny_video(raw / cls / f"{cls}{i}.avi", seed=i)
+    # Frames of three shapes (landscape, portrait, wider landscape): short side 32 when stored.
+    sizes = {"a0": (32, 40), "b0": (48, 32), "a1": (32, 40), "b1": (32, 64)}
+    for name, size in sizes.items():
+        tiny_video(raw / name[0] / f"{name}.avi", size=size, seed=int(name[1]))
     (raw / "splits").mkdir()
     (raw / "splits" / "trainlist01.txt").write_text("a/a0.avi\nb/b0.avi\n")
     (raw / "splits" / "testlist01.txt").write_text("a/a1.avi\nb/b1.avi\n")
     build(raw, tmp_path / "out", "--no_flow", dataset="folder")
     test = records_of(tmp_path / "out", "split1", "test")
     assert sorted((r["video_id"], r["label"], r["num_flow"]) for r in test) == [("a1", 0, 0), ("b1", 1, 0)]
+    # The largest stored frame of each subset (on-device resizing pads to it), from the records.
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    for subset in ("train", "test"):
+        recs = records_of(tmp_path / "out", "split1", subset)
+        largest = [max(r["height"] for r in recs), max(r["width"] for r in recs)]
+        assert meta["splits"]["split1"][subset]["max_frame_size"] == largest
+    assert meta["splits"]["split1"]["train"]["max_frame_size"] == [48, 40]
+    assert meta["splits"]["split1"]["test"]["max_frame_size"] == [32, 64]
 
 
 @pytest.mark.parametrize("velocity", [(2, 0), (-2, 0), (0, 1)])

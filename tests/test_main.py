@@ -159,14 +159,14 @@ def test_cotrain_and_export_modes_take_stage_workdirs(schedule_run, data, tmp_pa
     cfg = _config(
         data, "cotrain", view="rgb", init_from=str(wd / "init_rgb"), other_from=str(wd / "init_flow")
     )
-    # The training default (the tiny config inherits the demo's CPU setting): RGB clips coloured
-    # on the devices, the flow clip not at all; the warning says the device path ran, on CPUs.
-    cfg.data.aug.on_device = True
+    # The training default (the tiny config inherits the demo's CPU setting): clips resized and
+    # RGB clips coloured on the devices; the warning says the device path ran, on CPUs.
+    cfg.data.aug.on_device = "resize"
     cfg.schedule.update(cotrain_lr=5e-4, cotrain_decay_epochs=())  # instead of optim.lr (3e-3)
     result = modes.run(cfg, tmp_path / "cotrain")
     assert result["other_view"] == "flow" and "loss_rf" in result["final"]
     assert result["final"]["lr"] == pytest.approx(5e-4)
-    assert "data.aug.on_device colour-augments on CPU devices" in caplog.text
+    assert "data.aug.on_device augments on CPU devices" in caplog.text
     export = _config(data, "export")
     export.export.update(source=str(tmp_path / "cotrain"), encoder="ema_encoder")
     manifest = modes.run(export, tmp_path / "exported")
@@ -305,6 +305,18 @@ def test_view_missing_from_the_data(tmp_path):
     cfg.train.view = "flow"
     with pytest.raises(ConfigError, match="holds the views \\['rgb'\\], not 'flow'.*without --no_flow"):
         modes.run(cfg, tmp_path / "run")
+
+
+def test_resize_on_device_needs_frame_sizes_in_the_metadata(tmp_path):
+    old = tmp_path / "old"
+    meta = write_pattern_dataset(old, LENGTHS)
+    del meta["splits"]["split1"]["train"]["max_frame_size"]  # written before data_prep recorded it
+    (old / "metadata.json").write_text(json.dumps(meta))
+    cfg = _config(old)
+    cfg.data.aug.on_device = "resize"
+    with pytest.raises(ConfigError, match="does not record its largest frame size.*on_device=color"):
+        modes.run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def _run_init_rgb(workdir, *flags) -> subprocess.CompletedProcess:

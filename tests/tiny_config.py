@@ -13,7 +13,7 @@ def get_config():
     # The paper's augmentations (the demo's are milder), colour in tf.data as in the demo, so the
     # tests run every augmentation, blur and brightness/contrast jitter included.
     cfg.data.aug = default.get_config().data.aug
-    cfg.data.aug.on_device = False
+    cfg.data.aug.on_device = "none"
     cfg.schedule.cotrain_lr = 0.0  # optim.lr throughout, as the paper (the demo lowers co-training's)
     cfg.global_batch = 8
     cfg.queue_size = 16

@@ -3,8 +3,9 @@
 `draw_params` is a pure function of a stateless seed, so one draw can be shared by the RGB and
 the flow clip of a co-training sample (same crop, same flip). Frames are decoded only inside the
 crop window (`tf.io.decode_and_crop_jpeg`), resized, flipped (a flow flip also negates dx), then
-colour-augmented (RGB; flow only when `flow_color` is set; with `on_device` the accelerators do
-this part, see device_augment.py) and returned as uint8; the model normalises on the device.
+colour-augmented (RGB; flow only when `flow_color` is set) and returned as uint8; the model
+normalises on the device. `AugmentConfig.on_device` moves the tail of this to the accelerators
+(device_augment.py): 'color' the colour operations, 'resize' everything after the decoding.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import math
 
 import tensorflow as tf
 
+ON_DEVICE = ("none", "color", "resize")
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -21,8 +24,14 @@ class AugmentConfig:
 
     blur_kernel_size: taps of the Gaussian (odd); 13 covers +-3 sigma of the largest sigma 2.0 and
     is about 10% of a 128 crop, as in SimCLR/CoCLR.
-    on_device: leave colour jitter, grayscale and blur to the accelerators (device_augment): the
-    clips leave the pipeline cropped, resized and flipped, with their colour parameters.
+    on_device: which operations the accelerators do (device_augment), one of ON_DEVICE:
+      'none'    tf.data does everything; clips leave the pipeline as the model's uint8 input.
+      'color'   tf.data decodes the crop window, resizes and flips; the devices apply colour jitter,
+                grayscale and blur from each clip's `<clip>_color` parameters.
+      'resize'  tf.data only decodes the frames (whole, padded to the subset's largest frame) and
+                ships them with `<clip>_window`; the devices cut the crop window, resize, flip,
+                colour and round to uint8. The LTCL anchor is not shipped: it is cut on the
+                devices from the first segment's frames, decoded once.
     """
 
     area_range: tuple[float, float] = (0.2, 1.0)
@@ -38,7 +47,7 @@ class AugmentConfig:
     blur_kernel_size: int = 13
     flip_prob: float = 0.5
     flow_color: bool = False
-    on_device: bool = False
+    on_device: str = "none"
 
     @property
     def has_color_ops(self) -> bool:
@@ -64,8 +73,9 @@ class AugmentConfig:
             problems.append(f"hue={self.hue} must be in [0, 0.5]")
         if min(self.brightness, self.contrast, self.saturation) < 0:
             problems.append("brightness, contrast and saturation must be >= 0")
-        if not isinstance(self.on_device, bool):
-            problems.append(f"on_device={self.on_device!r} must be True or False")
+        if isinstance(self.on_device, bool) or self.on_device not in ON_DEVICE:
+            was = " (True was 'color', False 'none')" if isinstance(self.on_device, bool) else ""
+            problems.append(f"on_device={self.on_device!r} must be one of {ON_DEVICE}{was}")
         if problems:
             raise ValueError("bad augmentation config: " + "; ".join(problems))
 
@@ -190,7 +200,7 @@ def color_augment(x, params: dict, cfg: AugmentConfig):
 def colored_on_device(cfg: AugmentConfig, is_flow: bool) -> bool:
     """Whether a clip of this view leaves the pipeline without its colour operations, which the
     devices apply from its `color_vector` (cvtcl_jax/data/device_augment.py)."""
-    return cfg.on_device and cfg.has_color_ops and (not is_flow or cfg.flow_color)
+    return cfg.on_device != "none" and cfg.has_color_ops and (not is_flow or cfg.flow_color)
 
 
 def color_vector(params: dict):
@@ -202,9 +212,43 @@ def color_vector(params: dict):
     )
 
 
+def window_vector(params: dict, is_flow: bool):
+    """A clip's geometry packed for the devices (on_device 'resize'): (6,) int32, device_augment's
+    layout [y, x, h, w, flip, flow], the crop window in the coordinates of the whole frame."""
+    flags = tf.stack([tf.cast(params["flip"], tf.int32), tf.constant(int(is_flow), tf.int32)])
+    return tf.concat([params["crop"], flags], axis=0)
+
+
+def pad_frames(frames, pad_hw: tuple[int, int]):
+    """(T, h, w, 3) uint8 -> (T, *pad_hw, 3): zeros below and to the right (on_device 'resize'
+    ships every clip at one static shape; the window vector says which part is the crop)."""
+    shape = tf.shape(frames)
+    tf.debugging.assert_less_equal(
+        shape[1:3],
+        tf.constant(pad_hw, tf.int32),
+        message="a frame is larger than the subset's largest stored frame (metadata.json)",
+    )
+    x = tf.cond(
+        tf.reduce_all(tf.equal(shape[1:3], pad_hw)),  # the common case, without a copy
+        lambda: frames,
+        lambda: tf.pad(frames, [[0, 0], [0, pad_hw[0] - shape[1]], [0, pad_hw[1] - shape[2]], [0, 0]]),
+    )
+    return tf.ensure_shape(x, (frames.shape[0], *pad_hw, 3))
+
+
+def decode_full(jpegs):
+    """jpegs: (T,) string -> (T, H, W, 3) uint8, whole frames."""
+    return tf.map_fn(
+        lambda b: tf.io.decode_jpeg(b, channels=3),
+        jpegs,
+        fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+    )
+
+
 def augment_clip(jpegs, params: dict, cfg: AugmentConfig, size: int, is_flow: bool):
     """(T,) JPEG strings -> (T, size, size, 3) uint8 augmented with the drawn `params` (without
-    the colour operations where `colored_on_device`)."""
+    the colour operations where `colored_on_device`). Not for on_device 'resize' (the pipeline
+    ships `pad_frames(decode_full(...))` and `window_vector` instead)."""
     x = resize(decode_window(jpegs, params["crop"]), size)
     x = tf.cond(params["flip"], lambda: flip(x, is_flow), lambda: x)
     if (not is_flow or cfg.flow_color) and not colored_on_device(cfg, is_flow):

@@ -18,12 +18,27 @@ class DatasetError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class SubsetInfo:
-    """One subset (train or test) of one split: absolute shard paths and video counts per shard."""
+    """One subset (train or test) of one split: absolute shard paths, video counts per shard, and
+    the largest stored frame (height, width) over its videos (None in metadata written before
+    data_prep recorded it)."""
 
     name: str
     shards: tuple[str, ...]
     shard_sizes: tuple[int, ...] | None
     num_videos: int
+    max_frame_size: tuple[int, int] | None = None
+
+    def require_max_frame_size(self) -> tuple[int, int]:
+        """max_frame_size, or a DatasetError that says how to get it (data.aug.on_device 'resize'
+        pads every decoded window to it)."""
+        if self.max_frame_size is None:
+            raise DatasetError(
+                f"the metadata of the {self.name} subset does not record its largest frame size, which "
+                "data.aug.on_device='resize' needs; run the same `python -m data_prep.build` command "
+                "again (finished videos are skipped, only the shards and metadata.json are rewritten) "
+                "or set --config.data.aug.on_device=color"
+            )
+        return self.max_frame_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +67,8 @@ class DatasetInfo:
         entry = self.splits[key][subset]
         shards = tuple(str(Path(self.root) / s) for s in entry["shards"])
         sizes = tuple(entry["shard_sizes"]) if "shard_sizes" in entry else None
-        return SubsetInfo(subset, shards, sizes, int(entry["num_videos"]))
+        largest = tuple(entry["max_frame_size"]) if "max_frame_size" in entry else None
+        return SubsetInfo(subset, shards, sizes, int(entry["num_videos"]), largest)
 
     def check_views(self, views) -> None:
         for view in views:

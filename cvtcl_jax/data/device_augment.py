@@ -1,15 +1,22 @@
-"""The colour half of the clip augmentations (SPEC 5) on the accelerator, in JAX (no TensorFlow).
+"""The tail of the clip augmentations (SPEC 5) on the accelerator, in JAX (no TensorFlow).
 
-With `data.aug.on_device` the tf.data pipeline only decodes the crop window, resizes and flips
-(3x the samples per CPU core at the paper's size; bench/input_pipeline.py), and ships each clip
-as uint8 with its drawn colour parameters packed in a (COLOR_PARAMS,) float32 vector under
-`<clip>_color`. `make_batch_augmenter` applies them on the devices to the sharded batch before the
-step: colour jitter (brightness, contrast, saturation, hue in the drawn order), grayscale and
-Gaussian blur, the same operations as `augment.color_augment` (TensorFlow's definitions of each),
-ending in the same uint8 rounding, so the step sees the same kind of batch either way. The
-operations agree with TensorFlow's to one level on the same uint8 input; the whole path differs
-from tf.data's by a few levels at most, because the clip is rounded to uint8 once more, before
-the colour operations (tests/test_data_pipeline.py).
+`data.aug.on_device` (augment.AugmentConfig) chooses how much of each clip's augmentation the
+devices do; the tf.data pipeline ships the rest of the work in the batch:
+
+  'color'   clips cropped, resized and flipped as uint8, with their drawn colour parameters packed
+            in a (COLOR_PARAMS,) float32 vector under `<clip>_color`;
+  'resize'  clips as decoded crop windows at stored size (uint8, padded to one static shape), with
+            their window and flip in a (WINDOW_PARAMS,) int32 vector under `<clip>_window` (and
+            `<clip>_color`); the anchor's frames are segments[:, 0], decoded whole once.
+
+`make_batch_augmenter` finishes them on the devices, on the sharded batch before the step:
+bilinear resize (tf.image.resize's half-pixel taps, no antialiasing), horizontal flip (negating a
+flow's dx), colour jitter (brightness, contrast, saturation, hue in the drawn order), grayscale and
+Gaussian blur, the same operations as augment.py's (TensorFlow's definitions of each), ending in
+the same uint8 rounding, so the step sees the same kind of batch either way. Each operation agrees
+with TensorFlow's to one level on the same input; 'color' rounds the clip to uint8 once more
+before the colour operations (a few levels at most), 'resize' does not
+(tests/test_data_pipeline.py, tests/test_device_augment.py).
 """
 
 from __future__ import annotations
@@ -29,6 +36,14 @@ FACTORS = slice(4, 8)  # brightness, contrast, saturation, hue
 ORDER = slice(8, 12)  # the jitter operations' order, as in torchvision's ColorJitter
 COLOR_PARAMS = 12
 SUFFIX = "_color"
+
+# Layout of the packed window vector (augment.window_vector writes it): the crop window inside
+# the shipped frames, whether to flip, and whether the clip is flow (a flip negates its dx).
+WIN_Y, WIN_X, WIN_H, WIN_W, WIN_FLIP, WIN_FLOW = range(6)
+WINDOW_PARAMS = 6
+WINDOW_SUFFIX = "_window"
+# Clips shipped without frames of their own: (the clip whose frames they use, index on axis 1).
+SHARED_FRAMES = {"anchor": ("segments", 0)}
 
 # tf.image.rgb_to_grayscale's weights.
 _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
@@ -123,62 +138,133 @@ def _to_uint8(x):
     return jnp.clip(x * 255.5, 0.0, 255.0).astype(jnp.uint8)
 
 
-def color_augment_clip(clip, params, blur_kernel_size: int):
-    """One clip: (T, H, W, 3) uint8, params (COLOR_PARAMS,) float32 -> (T, H, W, 3) uint8.
-
-    blur_kernel_size: taps of the Gaussian; 1 (or a blur probability of 0 at the draw) never blurs.
-    """
-    x = clip.astype(jnp.float32) / 255.0
+def _color_ops(x, params, blur_kernel_size: int):
+    """(T, H, W, 3) float in [0, 1] with params (COLOR_PARAMS,) -> the same, colour-augmented."""
     order = params[ORDER].astype(jnp.int32)
     x = jnp.where(params[JITTER] > 0, _color_jitter(x, params[FACTORS], order), x)
     gray = jnp.tensordot(x, jnp.asarray(_GRAY_WEIGHTS), axes=([-1], [0]))[..., None]
     x = jnp.where(params[GRAY] > 0, jnp.broadcast_to(gray, x.shape), x)
     if blur_kernel_size > 1:
         x = jnp.where(params[BLUR] > 0, _gaussian_blur(x, params[SIGMA], blur_kernel_size), x)
-    return _to_uint8(jnp.clip(x, 0.0, 1.0))
+    return jnp.clip(x, 0.0, 1.0)
+
+
+def color_augment_clip(clip, params, blur_kernel_size: int):
+    """One clip: (T, H, W, 3) uint8, params (COLOR_PARAMS,) float32 -> (T, H, W, 3) uint8.
+
+    blur_kernel_size: taps of the Gaussian; 1 (or a blur probability of 0 at the draw) never blurs.
+    """
+    return _to_uint8(_color_ops(clip.astype(jnp.float32) / 255.0, params, blur_kernel_size))
+
+
+def _bilinear_taps(start, length, size: int):
+    """tf.image.resize's bilinear source taps (half-pixel centres) for `size` outputs from the
+    `length` inputs starting at `start`: lower, upper (size,) int32 indices and lerp (size,) float32."""
+    scale = length.astype(jnp.float32) / size
+    src = (jnp.arange(size, dtype=jnp.float32) + 0.5) * scale - 0.5
+    floor = jnp.floor(src)
+    lower = jnp.maximum(floor.astype(jnp.int32), 0)
+    upper = jnp.minimum(jnp.ceil(src).astype(jnp.int32), length - 1)
+    return start + lower, start + upper, src - floor
+
+
+def resize_window(frames, window, size: int):
+    """frames (T, H, W, C) uint8, window (WINDOW_PARAMS,) int32 -> (T, size, size, C) float32 in
+    [0, 255]: the window [y, x, h, w] resized as tf.image.resize(method='bilinear') resizes it
+    (TensorFlow's lerps in its order: along x on the two rows, then along y)."""
+    top, bottom, y_lerp = _bilinear_taps(window[WIN_Y], window[WIN_H], size)
+    left, right, x_lerp = _bilinear_taps(window[WIN_X], window[WIN_W], size)
+    x = frames.astype(jnp.float32)
+
+    def along_x(rows):
+        a, b = jnp.take(rows, left, axis=2), jnp.take(rows, right, axis=2)
+        return a + (b - a) * x_lerp[:, None]
+
+    upper, lower = along_x(jnp.take(x, top, axis=1)), along_x(jnp.take(x, bottom, axis=1))
+    return upper + (lower - upper) * y_lerp[:, None, None]
+
+
+def window_clip(frames, window, size: int):
+    """The geometry of one clip, as augment.augment_clip does it on the host: frames (T, H, W, 3)
+    uint8 -> (T, size, size, 3) float32 in [0, 1], resized, flipped (a flow's dx negated)."""
+    x = jnp.clip(resize_window(frames, window, size) / 255.0, 0.0, 1.0)
+    mirrored = x[:, :, ::-1]
+    mirrored = jnp.where(window[WIN_FLOW] > 0, mirrored.at[..., 0].set(1.0 - mirrored[..., 0]), mirrored)
+    return jnp.where(window[WIN_FLIP] > 0, mirrored, x)
+
+
+def _over_clips(fn, *arrays):
+    """fn mapped over the clips of arrays with the same leading axes (clips (..., T, H, W, 3),
+    vectors (..., P)); the leading axes restored on the output clips."""
+    lead = arrays[0].shape[:-4]
+    flat = [a.reshape((-1, *a.shape[len(lead) :])) for a in arrays]
+    out = jax.vmap(fn)(*flat)
+    return out.reshape((*lead, *out.shape[1:]))
 
 
 def color_augment(clips, params, blur_kernel_size: int):
     """clips (..., T, H, W, 3) uint8, params (..., COLOR_PARAMS) with the same leading axes -> uint8."""
-    lead = clips.shape[:-4]
-    flat = clips.reshape((-1, *clips.shape[-4:]))
-    out = jax.vmap(lambda c, p: color_augment_clip(c, p, blur_kernel_size))(
-        flat, params.reshape((-1, COLOR_PARAMS))
+    return _over_clips(lambda c, p: color_augment_clip(c, p, blur_kernel_size), clips, params)
+
+
+def finish_clips(frames, windows, colors, size: int, blur_kernel_size: int):
+    """frames (..., T, H, W, 3) uint8 shipped by on_device 'resize', windows (..., WINDOW_PARAMS),
+    colors (..., COLOR_PARAMS) or None -> (..., T, size, size, 3) uint8, the model's input."""
+    if colors is None:
+        return _over_clips(lambda f, w: _to_uint8(window_clip(f, w, size)), frames, windows)
+    return _over_clips(
+        lambda f, w, c: _to_uint8(_color_ops(window_clip(f, w, size), c, blur_kernel_size)),
+        frames,
+        windows,
+        colors,
     )
-    return out.reshape((*lead, *clips.shape[-4:]))
 
 
-def apply_to_batch(batch: dict, blur_kernel_size: int) -> dict:
-    """Every `<clip>` with a `<clip>_color` entry colour-augmented; the parameter entries dropped."""
-    out = {k: v for k, v in batch.items() if not k.endswith(SUFFIX)}
+def apply_to_batch(batch: dict, blur_kernel_size: int, crop_size: int) -> dict:
+    """The model's batch: every `<clip>` with a `<clip>_window` resized, flipped and coloured (with
+    a `<clip>_color`) to crop_size, every other `<clip>` with a `<clip>_color` colour-augmented;
+    the parameter entries dropped."""
+    out = {k: v for k, v in batch.items() if not k.endswith((SUFFIX, WINDOW_SUFFIX))}
     for key in batch:
-        if key.endswith(SUFFIX):
+        if key.endswith(WINDOW_SUFFIX):
+            clip = key[: -len(WINDOW_SUFFIX)]
+            if clip in batch:
+                frames = batch[clip]
+            else:
+                owner, index = SHARED_FRAMES[clip]
+                frames = batch[owner][:, index]
+            colors = batch.get(clip + SUFFIX)
+            out[clip] = finish_clips(frames, batch[key], colors, crop_size, blur_kernel_size)
+        elif key.endswith(SUFFIX) and key[: -len(SUFFIX)] + WINDOW_SUFFIX not in batch:
             clip = key[: -len(SUFFIX)]
             out[clip] = color_augment(batch[clip], batch[key], blur_kernel_size)
     return out
 
 
-def make_batch_augmenter(mesh: Mesh, blur_kernel_size: int) -> Callable[[dict], dict]:
+def make_batch_augmenter(mesh: Mesh, blur_kernel_size: int, crop_size: int) -> Callable[[dict], dict]:
     """A jitted `apply_to_batch` over the sharded batch (each device augments its own clips).
 
-    Batches without colour parameters (flow without `flow_color`) are returned unchanged.
+    Batches with nothing left to do (on_device 'none'; 'color' on flow without `flow_color`) are
+    returned unchanged.
     """
     sharding = batch_sharding(mesh)
     fn = jax.jit(
-        lambda b: apply_to_batch(b, blur_kernel_size), in_shardings=(sharding,), out_shardings=sharding
+        lambda b: apply_to_batch(b, blur_kernel_size, crop_size),
+        in_shardings=(sharding,),
+        out_shardings=sharding,
     )
     warned = []
 
     def augment(batch: dict) -> dict:
-        if not any(k.endswith(SUFFIX) for k in batch):
+        if not any(k.endswith((SUFFIX, WINDOW_SUFFIX)) for k in batch):
             return batch
         if not warned and mesh.devices.flat[0].platform == "cpu":
             warned.append(True)
             # XLA's CPU code for these operations is several times slower than tf.data's kernels
             # (bench/input_pipeline.py), and both would share the same cores.
             logging.warning(
-                "data.aug.on_device colour-augments on CPU devices, several times slower than in "
-                "tf.data; on a machine without accelerators set --config.data.aug.on_device=False"
+                "data.aug.on_device augments on CPU devices, several times slower than in tf.data; "
+                "on a machine without accelerators set --config.data.aug.on_device=none"
             )
         return fn(batch)
 

@@ -8,13 +8,19 @@ Pretraining (`pretrain_dataset`): an endless, shuffled stream of samples, each w
   other_key    (T, S, S, 3) uint8   the key clip in the other view: same frames, crop and flip [co-training]
   ids          ()  int32            source id (queue entries of the same source are positives)
   padded       ()  bool             the video was shorter than a clip and was looped
-  <clip>_color (12,) float32        with `aug.on_device`: the colour parameters of each clip that
-                                    gets colour operations, which device_augment applies ((S_n, 12)
-                                    for segments); the clip itself is then cropped, resized and
-                                    flipped only
+  <clip>_color (12,) float32        with `aug.on_device` 'color' or 'resize': the colour parameters
+                                    of each clip that gets colour operations, which device_augment
+                                    applies ((S_n, 12) for segments)
+  <clip>_window (6,) int32          with `aug.on_device` 'resize': [y, x, h, w, flip, flow], the
+                                    crop window inside the shipped frames, which are then the
+                                    whole decoded frames (.., T, H, W, 3) uint8, padded with zeros
+                                    below and right to the subset's largest stored frame; 'anchor'
+                                    itself is not shipped (the devices cut it from segments[:, 0])
 
-batched to the host's share of the global batch. Classifier training (`labelled_clip_dataset`):
-one augmented clip per video per epoch with its label (and `<view>_color` with `aug.on_device`).
+batched to the host's share of the global batch. `device_augment.make_batch_augmenter` turns every
+shipped batch into the model's input (uint8 clips of S x S). Classifier training
+(`labelled_clip_dataset`): one augmented clip per video per epoch with its label (and its
+`<view>_color` / `<view>_window` as above).
 Evaluation (`eval_dataset`): every clip of every video at a fixed stride, centre or ten crops, in
 file order, one row per (clip, crop):
 
@@ -31,14 +37,18 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from cvtcl_jax.data import augment, sampling
+from cvtcl_jax.data import augment, device_augment, sampling
 from cvtcl_jax.data.augment import AugmentConfig
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import DatasetError, DatasetInfo, host_shards
 from cvtcl_jax.data.device_augment import SUFFIX as COLOR_SUFFIX
+from cvtcl_jax.data.device_augment import WINDOW_SUFFIX
 from data_prep.records import FLOW_KEY, RGB_KEY
 
 _FEATURE_KEY = {"rgb": RGB_KEY, "flow": FLOW_KEY}
+# Finished training batches held ready on the host: a fixed count, so the host's memory is bounded
+# by (HOST_PREFETCH + 1) batches plus the samples in flight (one per pool thread).
+HOST_PREFETCH = 2
 _CONTEXT = {
     "label": tf.int64,
     "source_id": tf.int64,
@@ -93,66 +103,104 @@ def _records(files, epoch, seed: int, shuffle_buffer: int, cycle_length: int):
     return ds.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
 
 
-def pretrain_sample(raw, sample_seed, views, spec: ClipSpec, aug: AugmentConfig):
-    """One raw record -> one pretraining sample (see the module docstring). views[0] is trained."""
+def _vectors(name, view, params, aug: AugmentConfig) -> dict:
+    """A clip's `<name>_color` (clips coloured on the devices) and `<name>_window` (on_device
+    'resize') entries; params is one clip's draw, or a list of draws for a (S, ...) stack."""
+    is_flow = view == "flow"
+    kinds = []
+    if augment.colored_on_device(aug, is_flow=is_flow):
+        kinds.append((COLOR_SUFFIX, augment.color_vector))
+    if aug.on_device == "resize":
+        kinds.append((WINDOW_SUFFIX, lambda p: augment.window_vector(p, is_flow)))
+    if isinstance(params, list):
+        return {name + suffix: tf.stack([fn(p) for p in params]) for suffix, fn in kinds}
+    return {name + suffix: fn(params) for suffix, fn in kinds}
+
+
+def _finished_clips(frames, clips, aug: AugmentConfig, size: int) -> dict:
+    """on_device 'none' / 'color': each clip decoded in its crop window, resized, flipped (and
+    coloured with 'none') by tf.data: {name: (..., T, size, size, 3) uint8}."""
+    out = {}
+    for name, view, indices, params in clips:
+
+        def one(idx, p, view=view):
+            return augment.augment_clip(tf.gather(frames[view], idx), p, aug, size, is_flow=view == "flow")
+
+        if isinstance(params, list):
+            out[name] = tf.stack([one(indices[i], p) for i, p in enumerate(params)])
+        else:
+            out[name] = one(indices, params)
+    return out
+
+
+def _whole_frames(frames, clips, pad_hw) -> dict:
+    """on_device 'resize': {name: (..., T, *pad_hw, 3) uint8} the clips' whole frames, each
+    distinct frame of a view decoded once (clips of a sample overlap, and short videos loop); the
+    anchor is not shipped, its frames are segments[:, 0] (device_augment.SHARED_FRAMES)."""
+    out = {}
+    shipped = [c for c in clips if c[0] not in device_augment.SHARED_FRAMES]
+    for view in dict.fromkeys(c[1] for c in shipped):
+        mine = [c for c in shipped if c[1] == view]
+        wanted = tf.concat([tf.reshape(c[2], [-1]) for c in mine], axis=0)
+        distinct, where = tf.unique(wanted)
+        decoded = augment.pad_frames(augment.decode_full(tf.gather(frames[view], distinct)), pad_hw)
+        # Without repeats `distinct` is `wanted` in order: no copy of the frames to put them back.
+        repeats = tf.size(distinct) < tf.size(wanted)
+        decoded = tf.cond(repeats, lambda d=decoded, i=where: tf.gather(d, i), lambda d=decoded: d)
+        parts = tf.split(decoded, [c[2].shape.num_elements() for c in mine])
+        for (name, _, indices, _), part in zip(mine, parts, strict=True):
+            out[name] = tf.reshape(part, [*indices.shape, *pad_hw, 3])
+    return out
+
+
+def pretrain_sample(raw, sample_seed, views, spec: ClipSpec, aug: AugmentConfig, pad_hw=None):
+    """One raw record -> one pretraining sample (see the module docstring). views[0] is trained.
+
+    pad_hw: (H, W) the subset's largest stored frame (on_device 'resize' pads every clip to it).
+    """
     context, frames, n = _parse(raw, views)
     train, other = views[0], (views[1] if len(views) > 1 else None)
     h, w = context["height"], context["width"]
     s = tf.random.experimental.stateless_split(sample_seed, num=8)
-    t, size = spec.num_frames, spec.crop_size
+    t = spec.num_frames
     tf.debugging.assert_positive(n, message="a video without frames (or without flow) reached the pipeline")
 
-    def clip(view, indices, params):
-        jpegs = tf.gather(frames[view], indices)
-        return augment.augment_clip(jpegs, params, aug, size, is_flow=view == "flow")
+    def draw(seed):
+        return augment.draw_params(seed, h, w, aug)
 
-    out = {"ids": context["source_id"], "padded": n < spec.frames_needed}
-
-    def add(name, view, indices, params):
-        """out[name]: the clip of `view` at `indices` (T,) with `params`, or for (S, L) indices
-        and a list of S params the stack of S clips; out[name + '_color']: their colour parameters."""
-        stacked = isinstance(params, list)
-        if stacked:
-            out[name] = tf.stack([clip(view, indices[i], p) for i, p in enumerate(params)])
-        else:
-            out[name] = clip(view, indices, params)
-        if augment.colored_on_device(aug, is_flow=view == "flow"):
-            vectors = [augment.color_vector(p) for p in (params if stacked else [params])]
-            out[name + COLOR_SUFFIX] = tf.stack(vectors) if stacked else vectors[0]
-
-    k_params = augment.draw_params(s[1], h, w, aug)
-    k_idx = sampling.clip_indices(n, t, s[3])
-    add("query", train, sampling.clip_indices(n, t, s[2]), augment.draw_params(s[0], h, w, aug))
-    add("key", train, k_idx, k_params)
+    # (name, view, frame indices (T,) or (S, L), one draw or S draws): the same in every mode.
+    k_idx, k_params = sampling.clip_indices(n, t, s[3]), draw(s[1])
+    clips = [("query", train, sampling.clip_indices(n, t, s[2]), draw(s[0])), ("key", train, k_idx, k_params)]
     if other is not None:
-        add("other_key", other, k_idx, k_params)
+        clips.append(("other_key", other, k_idx, k_params))
     if spec.num_segments:
         seg = sampling.segment_indices(n, spec.num_segments, spec.segment_len, s[4])
-        add("anchor", train, seg[0], augment.draw_params(s[5], h, w, aug))
         seg_seeds = tf.random.experimental.stateless_split(s[6], num=spec.num_segments)
-        add(
-            "segments",
-            train,
-            seg,
-            [augment.draw_params(seg_seeds[i], h, w, aug) for i in range(spec.num_segments)],
-        )
+        clips.append(("anchor", train, seg[0], draw(s[5])))
+        clips.append(("segments", train, seg, [draw(seg_seeds[i]) for i in range(spec.num_segments)]))
+    out = {"ids": context["source_id"], "padded": n < spec.frames_needed}
+    if aug.on_device == "resize":
+        out.update(_whole_frames(frames, clips, pad_hw))
+    else:
+        out.update(_finished_clips(frames, clips, aug, spec.crop_size))
+    for name, view, _, params in clips:
+        out.update(_vectors(name, view, params, aug))
     return out
 
 
-def labelled_clip_sample(raw, sample_seed, view: str, spec: ClipSpec, aug: AugmentConfig):
+def labelled_clip_sample(raw, sample_seed, view: str, spec: ClipSpec, aug: AugmentConfig, pad_hw=None):
     """One raw record -> one augmented clip at a random position with its label (classifiers)."""
     context, frames, n = _parse(raw, (view,))
     s = tf.random.experimental.stateless_split(sample_seed, num=2)
     tf.debugging.assert_positive(n, message="a video without frames (or without flow) reached the pipeline")
     params = augment.draw_params(s[0], context["height"], context["width"], aug)
-    jpegs = tf.gather(frames[view], sampling.clip_indices(n, spec.num_frames, s[1]))
-    out = {
-        view: augment.augment_clip(jpegs, params, aug, spec.crop_size, is_flow=view == "flow"),
-        "label": context["label"],
-        "padded": n < spec.num_frames,
-    }
-    if augment.colored_on_device(aug, is_flow=view == "flow"):
-        out[view + COLOR_SUFFIX] = augment.color_vector(params)
+    clips = [(view, view, sampling.clip_indices(n, spec.num_frames, s[1]), params)]
+    if aug.on_device == "resize":
+        out = _whole_frames(frames, clips, pad_hw)
+    else:
+        out = _finished_clips(frames, clips, aug, spec.crop_size)
+    out.update(_vectors(view, view, params, aug))
+    out.update(label=context["label"], padded=n < spec.num_frames)
     return out
 
 
@@ -192,7 +240,7 @@ def _sample_stream(
         deterministic=True,
     )
     ds = ds.batch(local_batch, drop_remainder=True)
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(threads))
+    return ds.prefetch(HOST_PREFETCH).with_options(_options(threads))
 
 
 def _check_blur(aug: AugmentConfig, spec: ClipSpec) -> None:
@@ -201,6 +249,11 @@ def _check_blur(aug: AugmentConfig, spec: ClipSpec) -> None:
             f"blur_kernel_size {aug.blur_kernel_size} is too large for crop_size {spec.crop_size}; "
             "use a kernel below twice the crop size"
         )
+
+
+def _pad_shape(info: DatasetInfo, split: int, subset: str, aug: AugmentConfig):
+    """The static (H, W) every decoded window is padded to with on_device 'resize', else None."""
+    return info.subset(split, subset).require_max_frame_size() if aug.on_device == "resize" else None
 
 
 def pretrain_dataset(
@@ -227,6 +280,7 @@ def pretrain_dataset(
     """
     _check_views(info, views)
     _check_blur(aug, spec)
+    pad_hw = _pad_shape(info, split, subset, aug)
     if not 1 <= len(views) <= 2:
         raise DatasetError(f"pretraining takes one view or two (trained, other); got {views}")
     return _sample_stream(
@@ -241,7 +295,7 @@ def pretrain_dataset(
         shuffle_buffer,
         cycle_length,
         threads,
-        lambda raw, sample_seed: pretrain_sample(raw, sample_seed, views, spec, aug),
+        lambda raw, sample_seed: pretrain_sample(raw, sample_seed, views, spec, aug, pad_hw),
     )
 
 
@@ -267,6 +321,7 @@ def labelled_clip_dataset(
     `pretrain_dataset`."""
     _check_views(info, (view,))
     _check_blur(aug, spec)
+    pad_hw = _pad_shape(info, split, subset, aug)
     return _sample_stream(
         info,
         split,
@@ -279,7 +334,7 @@ def labelled_clip_dataset(
         shuffle_buffer,
         cycle_length,
         threads,
-        lambda raw, sample_seed: labelled_clip_sample(raw, sample_seed, view, spec, aug),
+        lambda raw, sample_seed: labelled_clip_sample(raw, sample_seed, view, spec, aug, pad_hw),
     )
 
 
@@ -328,11 +383,7 @@ def _eval_rows(raw, views, spec: ClipSpec, stride: int, crops: str, ten_crop_sca
             if n_win == 1:
                 x = augment.resize(augment.decode_window(jpegs, windows[0]), spec.crop_size)[None]
             else:
-                full = tf.map_fn(
-                    lambda b: tf.io.decode_jpeg(b, channels=3),
-                    jpegs,
-                    fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
-                )
+                full = augment.decode_full(jpegs)
                 x = tf.stack(
                     [
                         augment.resize(
