@@ -89,9 +89,11 @@ for phase in ${PHASES:-headline colour fit variants f32 sweep fit_remat}; do
         for d in "$OUT"/prof/*/; do
             [ -f "$d/top_ops.txt" ] && cp "$d/top_ops.txt" "$OUT/top_ops_$(basename "$d").txt"
         done ;;
-    colour)  # The init step as training runs it (data.aug.on_device): each batch colour-augmented
-        # on the GPU first. The step program is the headline's (a cache load after it).
-        run 200 init_colour $STEP --dtype bfloat16 --batch 128 --stage init --device_colour ;;
+    colour)  # The init step as training runs it (data.aug.on_device): each batch resized, flipped
+        # and colour-augmented on the GPU first ('resize', the default), and colour only ('color').
+        # The step program is the headline's (a cache load after it).
+        run 200 init_resize $STEP --dtype bfloat16 --batch 128 --stage init --on_device resize
+        run 200 init_colour $STEP --dtype bfloat16 --batch 128 --stage init --on_device color ;;
     variants)  # The init step with the 3D convolutions, and with XLA's own 3D pooling (the old default).
         run 200 init_xla3d $STEP --dtype bfloat16 --batch 128 --stage init --conv_lowering xla3d
         run 200 init_autodiff $STEP --dtype bfloat16 --batch 128 --stage init --pool_grad autodiff ;;

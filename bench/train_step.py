@@ -20,9 +20,9 @@ guesses on a line through the two largest --batch values without XLA's GPU autot
 with it unless --fit_no_check (fit_batch); --fit_only skips the timing. Several --pool_grad and
 --conv_lowering values run in one process, every pair (later compiles reuse the GPU autotuning of
 shared convolutions);
---autotune_level 0 compiles the timed steps without autotuning. --device_colour adds the colour
-augmentations of `data.aug.on_device` (a small program run on each batch before the step) to every
-timed step.
+--autotune_level 0 compiles the timed steps without autotuning. --on_device color|resize adds the
+device part of the augmentations (`data.aug.on_device`: a small program run on each batch before
+the step; 'resize' feeds whole 171x128 frames with their crop windows) to every timed step.
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ BLUR_KERNEL_SIZE = 13
 
 def synthetic_batch(rng, args, batch, cotrain):
     """Random uint8 clips with the input pipeline's shapes (normalised on the device, as in training);
-    with --device_colour also their colour parameters (data.aug.on_device)."""
+    with --on_device color|resize as that setting ships them (data.aug.on_device)."""
     spec = ClipSpec(args.frames, args.size, args.segments, args.seg_len)
-    out = random_pretrain_batch(rng, batch, spec, cotrain, colour=args.device_colour)
+    out = random_pretrain_batch(rng, batch, spec, cotrain, on_device=args.on_device)
     out.pop("padded")  # a host-side statistic, never sent to the step
     return out
 
@@ -91,8 +91,8 @@ def _lower(args, stage: str, batch: int, queue: int):
     """(lowered step, mesh, state init function, state shapes, feed, FLOP counter) for one step
     kind and batch, lowered from shapes alone (nothing on the devices yet).
 
-    feed: the --device_colour program run on each batch before the step (identity for batches
-    without colour parameters), as training does with data.aug.on_device."""
+    feed: the --on_device program run on each batch before the step (identity with 'none'), as
+    training does with data.aug.on_device."""
     mesh = make_mesh()
     check_global_batch(batch, mesh)
     model = ContrastiveEncoder(
@@ -215,7 +215,7 @@ def bench(args, stage: str, batch: int) -> None:
         "remat": args.remat,
         "pool_grad": args.pool_grad,
         "conv_lowering": args.conv_lowering,
-        "device_colour": args.device_colour,
+        "on_device": args.on_device,
         "autotune_level": args.autotune_level,
         "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
         "step_s": round(step_s, 4),
@@ -367,9 +367,10 @@ def main():
         help="S3D.conv_lowering; several run in one process, like --pool_grad (every pair of the two)",
     )
     p.add_argument(
-        "--device_colour",
-        action="store_true",
-        help="colour-augment each batch on the device first (data.aug.on_device)",
+        "--on_device",
+        default="none",
+        choices=("none", "color", "resize"),
+        help="augment each batch on the device first, as data.aug.on_device does",
     )
     p.add_argument(
         "--autotune_level",

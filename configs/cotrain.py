@@ -5,7 +5,8 @@ RGB (LTCL on), starting from the RGB init and mining positives with the initiali
     python main.py --config=configs/cotrain.py --workdir=runs/cotrain1_rgb --config.data.dir=data/ucf101 \
         --config.train.init_from=runs/init_rgb --config.train.other_from=runs/init_flow
 
-Flow (LTCL off, SPEC 3), with the RGB network just co-trained:
+Flow (LTCL weight schedule.cotrain_flow_beta = 0, SPEC 3; the mode decides it from the view, so
+`--config.train.view=flow` does the same), with the RGB network just co-trained:
 
     python main.py --config=configs/cotrain.py:flow --workdir=runs/cotrain1_flow \
         --config.data.dir=data/ucf101 \
@@ -21,6 +22,4 @@ def get_config(view: str = "rgb"):
     cfg = default.get_config()
     cfg.mode = "cotrain"
     cfg.train.view = view
-    if view == "flow":
-        cfg.contrast.beta = cfg.schedule.cotrain_flow_beta
     return cfg

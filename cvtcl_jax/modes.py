@@ -78,21 +78,31 @@ def _check_cotrain(config, workdir) -> None:
     checks.check_stage_source(config.train.other_from, "train.other_from", other_view(view), config.model)
 
 
+def cotrain_stage(config, name: str, view: str, init_from: str, other_from: str) -> Stage:
+    """A co-training run of `view` (the cotrain mode's, and each of the schedule's). Its LTCL weight
+    is decided here, by the view trained: the RGB run keeps contrast.beta, the flow run takes
+    schedule.cotrain_flow_beta (SPEC 3: LTCL on the RGB co-training run only)."""
+    s = config.schedule
+    return Stage(
+        name,
+        view,
+        s.cotrain_epochs,
+        tuple(s.cotrain_decay_epochs),
+        other_view=other_view(view),
+        init_from=init_from,
+        other_from=other_from,
+        beta=None if view == "rgb" else s.cotrain_flow_beta,
+        lr=s.cotrain_lr or None,
+    )
+
+
 @register("cotrain", _check_cotrain)
 def run_cotrain(config, workdir) -> dict:
     """Co-training of one view with the other view frozen: alpha * L_RF + beta * LTCL (SPEC 3)."""
-    view = config.train.view
-    stage = Stage(
-        f"cotrain_{view}",
-        view,
-        config.schedule.cotrain_epochs,
-        tuple(config.schedule.cotrain_decay_epochs),
-        other_view=other_view(view),
-        init_from=config.train.init_from,
-        other_from=config.train.other_from,
-        lr=config.schedule.cotrain_lr or None,
+    view, tc = config.train.view, config.train
+    return train_stage(
+        config, workdir, cotrain_stage(config, f"cotrain_{view}", view, tc.init_from, tc.other_from)
     )
-    return train_stage(config, workdir, stage)
 
 
 # ---------------------------------------------------------------------- export
@@ -243,19 +253,7 @@ def schedule_stages(config, workdir: str | Path) -> list[Stage]:
     for cycle in range(1, s.cotrain_cycles + 1):
         for view in ("rgb", "flow"):
             name = f"cotrain{cycle}_{view}"
-            stages.append(
-                Stage(
-                    name,
-                    view,
-                    s.cotrain_epochs,
-                    tuple(s.cotrain_decay_epochs),
-                    other_view=other_view(view),
-                    init_from=last[view],
-                    other_from=last[other_view(view)],
-                    beta=None if view == "rgb" else s.cotrain_flow_beta,
-                    lr=s.cotrain_lr or None,
-                )
-            )
+            stages.append(cotrain_stage(config, name, view, last[view], last[other_view(view)]))
             last[view] = str(wd / name)
     return stages
 

@@ -50,6 +50,30 @@ def test_augmentation_defaults_are_spec_5():
     assert aug == dataclasses.replace(AugmentConfig(), on_device="resize")
 
 
+@pytest.mark.parametrize("flow_beta", [0.0, 0.5])
+def test_the_flow_cotraining_runs_take_cotrain_flow_beta_however_the_view_is_chosen(tmp_path, flow_beta):
+    """SPEC 3: LTCL on the RGB co-training run only, decided by the view trained in one place."""
+    from configs import cotrain
+    from cvtcl_jax.modes import cotrain_stage, schedule_stages
+    from cvtcl_jax.train import contrast_config
+
+    for cfg, view in ((cotrain.get_config("flow"), "flow"), (cotrain.get_config(), "rgb")):
+        cfg.schedule.cotrain_flow_beta = flow_beta
+        if view == "rgb":
+            cfg.train.view = "flow"  # --config.train.view=flow on the RGB config file
+        stage = cotrain_stage(cfg, "cotrain_flow", cfg.train.view, "a", "b")
+        assert contrast_config(cfg, stage.beta).beta == flow_beta
+        assert contrast_config(cfg, cotrain_stage(cfg, "c", "rgb", "a", "b").beta).beta == 1.0
+    cfg = get_config()
+    cfg.schedule.cotrain_flow_beta = flow_beta
+    betas = {s.name: contrast_config(cfg, s.beta).beta for s in schedule_stages(cfg, tmp_path)}
+    assert betas == {
+        "init_rgb": 1.0,
+        "init_flow": 1.0,
+        **{f"cotrain{c}_{v}": 1.0 if v == "rgb" else flow_beta for c in (1, 2) for v in ("rgb", "flow")},
+    }
+
+
 def test_cotrain_lr_sets_the_cotraining_runs_only(tmp_path):
     from cvtcl_jax.modes import schedule_stages
 

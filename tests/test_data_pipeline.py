@@ -206,8 +206,8 @@ def test_on_device_batches_carry_colour_parameters_and_colour_like_the_pipeline(
     assert raw["query_color"].shape == (8, device_augment.COLOR_PARAMS)
     assert raw["segments_color"].shape == (8, SPEC.num_segments, device_augment.COLOR_PARAMS)
     np.testing.assert_array_equal(raw["other_key"], cpu["other_key"])  # flow: never coloured
-    # The benchmarks' TF-free batches (bench/train_step.py --device_colour) have the same entries.
-    fake = random_pretrain_batch(np.random.default_rng(0), 8, SPEC, cotrain=True, colour=True)
+    # The benchmarks' TF-free batches (bench/train_step.py --on_device color) have the same entries.
+    fake = random_pretrain_batch(np.random.default_rng(0), 8, SPEC, cotrain=True, on_device="color")
     assert {k: (v.shape, v.dtype) for k, v in fake.items()} == {k: (v.shape, v.dtype) for k, v in raw.items()}
     mesh = make_mesh()
     out = device_augment.make_batch_augmenter(mesh, full.blur_kernel_size, SPEC.crop_size)(
@@ -300,6 +300,13 @@ def test_resize_on_device_gives_the_tf_data_batches(mixed_info, colour):
     assert ("query_color" in raw) == colour and "other_key_color" not in raw
     np.testing.assert_array_equal(raw["other_key_window"][:, :5], raw["key_window"][:, :5])
     assert raw["other_key_window"][:, 5].all() and not raw["key_window"][:, 5].any()
+    # The benchmarks' TF-free batches (bench/train_step.py --on_device resize) have the same entries.
+    fake = random_pretrain_batch(np.random.default_rng(0), 8, SPEC, True, "resize", frame_hw=(40, 32))
+    fake = {k: v for k, v in fake.items() if colour or not k.endswith("_color")}
+    assert {k: (v.shape, v.dtype) for k, v in fake.items()} == {k: (v.shape, v.dtype) for k, v in raw.items()}
+    windows = np.concatenate([fake["query_window"], fake["segments_window"].reshape(-1, 6)])
+    assert (windows[:, :2] >= 0).all() and (windows[:, 2:4] >= 1).all()
+    assert (windows[:, 0] + windows[:, 2] <= 40).all() and (windows[:, 1] + windows[:, 3] <= 32).all()
     out = _finish(raw, resize)
     assert set(out) == set(cpu) - {"padded"}
 

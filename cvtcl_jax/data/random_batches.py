@@ -17,17 +17,36 @@ def random_color_params(rng: np.random.Generator, *shape: int) -> np.ndarray:
     return np.concatenate([flags, sigma, factors, order], axis=-1).astype(np.float32)
 
 
-def random_pretrain_batch(
-    rng: np.random.Generator, batch: int, spec: ClipSpec, cotrain: bool, colour: bool = False
-) -> dict:
-    """A pretraining batch like `pipeline.pretrain_dataset` yields: uint8 clips, int32 ids.
+def random_window_params(rng: np.random.Generator, frame_hw: tuple[int, int], *shape: int) -> np.ndarray:
+    """(*shape, 6) int32 windows in device_augment's layout: a random crop of 20-100% of each side
+    of a (H, W) frame, a random flip, not flow."""
+    h, w = frame_hw
+    sizes = np.stack(
+        [rng.integers(max(1, h // 5), h + 1, shape), rng.integers(max(1, w // 5), w + 1, shape)], -1
+    )
+    corners = np.floor(rng.random((*shape, 2)) * (np.array([h, w]) - sizes + 1)).astype(int)
+    flags = np.stack([rng.integers(0, 2, shape), np.zeros(shape, int)], -1)
+    return np.concatenate([corners, sizes, flags], axis=-1).astype(np.int32)
 
-    colour: also the `<clip>_color` parameters of the trained view's clips, as with
-    `data.aug.on_device` (the other view is flow, which gets none)."""
-    t, s = spec.num_frames, spec.crop_size
+
+def random_pretrain_batch(
+    rng: np.random.Generator,
+    batch: int,
+    spec: ClipSpec,
+    cotrain: bool,
+    on_device: str = "none",
+    frame_hw: tuple[int, int] = (128, 171),
+) -> dict:
+    """A pretraining batch like `pipeline.pretrain_dataset` yields with `data.aug.on_device`
+    ('none', 'color' or 'resize'): uint8 clips, int32 ids, and with 'color' / 'resize' the
+    `<clip>_color` parameters of the trained view's clips (the other view is flow, which gets
+    none); with 'resize' the clips are whole (H, W) = frame_hw frames with their `<clip>_window`,
+    and the anchor's frames are not shipped."""
+    t = spec.num_frames
+    hw = frame_hw if on_device == "resize" else (spec.crop_size, spec.crop_size)
 
     def clips(*shape):
-        return rng.integers(0, 256, size=(*shape, s, s, 3), dtype=np.uint8)
+        return rng.integers(0, 256, size=(*shape, *hw, 3), dtype=np.uint8)
 
     out = {
         "query": clips(batch, t),
@@ -35,15 +54,24 @@ def random_pretrain_batch(
         "ids": np.arange(batch, dtype=np.int32),
         "padded": np.zeros(batch, bool),
     }
+    lead = {"query": (batch,), "key": (batch,)}
     if spec.num_segments:
-        out["anchor"] = clips(batch, spec.segment_len)
+        if on_device != "resize":
+            out["anchor"] = clips(batch, spec.segment_len)
         out["segments"] = clips(batch, spec.num_segments, spec.segment_len)
-    if colour:
-        for key in ("query", "key", "anchor", "segments"):
-            if key in out:
-                out[key + "_color"] = random_color_params(rng, *out[key].shape[:-4])
+        lead.update(anchor=(batch,), segments=(batch, spec.num_segments))
+    if on_device != "none":
+        for key, shape in lead.items():
+            out[key + "_color"] = random_color_params(rng, *shape)
     if cotrain:
         out["other_key"] = clips(batch, t)
+        lead["other_key"] = (batch,)
+    if on_device == "resize":
+        for key, shape in lead.items():
+            out[key + "_window"] = random_window_params(rng, frame_hw, *shape)
+        if cotrain:
+            out["other_key_window"] = out["key_window"].copy()
+            out["other_key_window"][:, -1] = 1  # flow: a flip negates dx
     return out
 
 
