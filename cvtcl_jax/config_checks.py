@@ -98,7 +98,7 @@ def check_data(config, views) -> None:
 
 
 def check_padded_windows(config, train) -> None:
-    """on_device 'resize' pads the decoded windows to the training subset's largest frame, which
+    """on_device 'resize' pads the shipped frames to the training subset's largest frame, which
     the metadata must record."""
     if config.data.aug.get("on_device") == "resize":
         _wrap(train.require_max_frame_size)

@@ -30,7 +30,7 @@ class SubsetInfo:
 
     def require_max_frame_size(self) -> tuple[int, int]:
         """max_frame_size, or a DatasetError that says how to get it (data.aug.on_device 'resize'
-        pads every decoded window to it)."""
+        pads every shipped frame to it)."""
         if self.max_frame_size is None:
             raise DatasetError(
                 f"the metadata of the {self.name} subset does not record its largest frame size, which "

@@ -5,9 +5,9 @@ devices do; the tf.data pipeline ships the rest of the work in the batch:
 
   'color'   clips cropped, resized and flipped as uint8, with their drawn colour parameters packed
             in a (COLOR_PARAMS,) float32 vector under `<clip>_color`;
-  'resize'  clips as decoded crop windows at stored size (uint8, padded to one static shape), with
-            their window and flip in a (WINDOW_PARAMS,) int32 vector under `<clip>_window` (and
-            `<clip>_color`); the anchor's frames are segments[:, 0], decoded whole once.
+  'resize'  clips as their whole decoded frames (uint8, padded to one static shape), with their
+            crop window and flip in a (WINDOW_PARAMS,) int32 vector under `<clip>_window` (and
+            `<clip>_color`); the anchor is not shipped, its frames are segments[:, 0].
 
 `make_batch_augmenter` finishes them on the devices, on the sharded batch before the step:
 bilinear resize (tf.image.resize's half-pixel taps, no antialiasing), horizontal flip (negating a
@@ -15,8 +15,7 @@ flow's dx), colour jitter (brightness, contrast, saturation, hue in the drawn or
 Gaussian blur, the same operations as augment.py's (TensorFlow's definitions of each), ending in
 the same uint8 rounding, so the step sees the same kind of batch either way. Each operation agrees
 with TensorFlow's to one level on the same input; 'color' rounds the clip to uint8 once more
-before the colour operations (a few levels at most), 'resize' does not
-(tests/test_data_pipeline.py, tests/test_device_augment.py).
+before the colour operations (a few levels at most), 'resize' does not (tests/test_data_pipeline.py).
 """
 
 from __future__ import annotations

@@ -252,7 +252,7 @@ def _check_blur(aug: AugmentConfig, spec: ClipSpec) -> None:
 
 
 def _pad_shape(info: DatasetInfo, split: int, subset: str, aug: AugmentConfig):
-    """The static (H, W) every decoded window is padded to with on_device 'resize', else None."""
+    """The static (H, W) every shipped frame is padded to with on_device 'resize', else None."""
     return info.subset(split, subset).require_max_frame_size() if aug.on_device == "resize" else None
 
 
