@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 
 from cvtcl_jax.data import device_augment, pipeline  # noqa: E402
-from cvtcl_jax.data.augment import ON_DEVICE, AugmentConfig  # noqa: E402
+from cvtcl_jax.data.augment import AugmentConfig  # noqa: E402
 from cvtcl_jax.data.clip_spec import ClipSpec  # noqa: E402
 from cvtcl_jax.data.dataset_info import load_dataset_info  # noqa: E402
 from cvtcl_jax.sharding import make_mesh, shard_batch  # noqa: E402
@@ -120,7 +120,9 @@ def main():
     p.add_argument("--batches", type=int, default=12)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--data_dir", default=None)
-    p.add_argument("--on_device", nargs="+", choices=ON_DEVICE, default=list(ON_DEVICE))
+    p.add_argument(
+        "--on_device", nargs="+", choices=device_augment.ON_DEVICE, default=list(device_augment.ON_DEVICE)
+    )
     p.add_argument("--device_repeats", type=int, default=3, help="timed runs of the device part (0: none)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -369,7 +369,7 @@ def main():
     p.add_argument(
         "--on_device",
         default="none",
-        choices=("none", "color", "resize"),
+        choices=device_augment.ON_DEVICE,
         help="augment each batch on the device first, as data.aug.on_device does",
     )
     p.add_argument(

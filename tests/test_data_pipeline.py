@@ -310,21 +310,19 @@ def test_resize_on_device_gives_the_tf_data_batches(mixed_info, colour):
     out = _finish(raw, resize)
     assert set(out) == set(cpu) - {"padded"}
 
-    def shipped(name, i, j=None):
-        """(frames, window, colour or None) of clip i of `name` (segment j) as shipped."""
-        owner = "segments" if name == "anchor" else name
-        frames = raw[owner][i] if j is None and name != "anchor" else raw[owner][i, j or 0]
-        pick = (lambda a: a[i]) if j is None else (lambda a: a[i, j])
-        color = pick(raw[name + "_color"]) if name + "_color" in raw else None
-        return frames, pick(raw[name + "_window"]), color
+    def shipped(name, index):
+        """(frames, window, colour or None) of one clip (index (i,), or (i, j) for segment j) as
+        shipped; the anchor's frames are the first segment's."""
+        frames = raw["segments"][index[0], 0] if name == "anchor" else raw[name][index]
+        color = raw[name + "_color"][index] if name + "_color" in raw else None
+        return frames, raw[name + "_window"][index], color
 
     for name in ("query", "key", "other_key", "anchor", "segments"):
         assert out[name].shape == cpu[name].shape and out[name].dtype == np.uint8
-        for i in range(8):
-            for j in range(SPEC.num_segments) if name == "segments" else [None]:
-                expect = _tf_finish(*shipped(name, i, j), resize, SPEC.crop_size)
-                got = out[name][i] if j is None else out[name][i, j]
-                assert np.abs(got.astype(int) - expect.astype(int)).max() <= 1, (name, i, j)
+        segments = range(SPEC.num_segments) if name == "segments" else [None]
+        for index in [(i,) if j is None else (i, j) for i in range(8) for j in segments]:
+            expect = _tf_finish(*shipped(name, index), resize, SPEC.crop_size)
+            assert np.abs(out[name][index].astype(int) - expect.astype(int)).max() <= 1, (name, index)
         diff = np.abs(out[name].astype(int) - cpu[name].astype(int))
         assert diff.max() <= 4 and diff.mean() < 0.2, (name, diff.max(), diff.mean())
     (clips,) = _batches(

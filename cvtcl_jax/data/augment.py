@@ -15,7 +15,7 @@ import math
 
 import tensorflow as tf
 
-ON_DEVICE = ("none", "color", "resize")
+from cvtcl_jax.data.device_augment import ON_DEVICE
 
 
 @dataclasses.dataclass(frozen=True)

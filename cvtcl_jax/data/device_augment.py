@@ -36,6 +36,9 @@ ORDER = slice(8, 12)  # the jitter operations' order, as in torchvision's ColorJ
 COLOR_PARAMS = 12
 SUFFIX = "_color"
 
+# data.aug.on_device's settings (augment.AugmentConfig; here so that TF-free benchmarks can name them).
+ON_DEVICE = ("none", "color", "resize")
+
 # Layout of the packed window vector (augment.window_vector writes it): the crop window inside
 # the shipped frames, whether to flip, and whether the clip is flow (a flip negates its dx).
 WIN_Y, WIN_X, WIN_H, WIN_W, WIN_FLIP, WIN_FLOW = range(6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cvtcl_jax.data import device_augment
 from cvtcl_jax.data.clip_spec import ClipSpec
 
 
@@ -21,9 +22,7 @@ def random_window_params(rng: np.random.Generator, frame_hw: tuple[int, int], *s
     """(*shape, 6) int32 windows in device_augment's layout: a random crop of 20-100% of each side
     of a (H, W) frame, a random flip, not flow."""
     h, w = frame_hw
-    sizes = np.stack(
-        [rng.integers(max(1, h // 5), h + 1, shape), rng.integers(max(1, w // 5), w + 1, shape)], -1
-    )
+    sizes = np.stack([rng.integers(max(1, n // 5), n + 1, shape) for n in (h, w)], axis=-1)
     corners = np.floor(rng.random((*shape, 2)) * (np.array([h, w]) - sizes + 1)).astype(int)
     flags = np.stack([rng.integers(0, 2, shape), np.zeros(shape, int)], -1)
     return np.concatenate([corners, sizes, flags], axis=-1).astype(np.int32)
@@ -60,18 +59,16 @@ def random_pretrain_batch(
             out["anchor"] = clips(batch, spec.segment_len)
         out["segments"] = clips(batch, spec.num_segments, spec.segment_len)
         lead.update(anchor=(batch,), segments=(batch, spec.num_segments))
-    if on_device != "none":
-        for key, shape in lead.items():
+    for key, shape in lead.items():
+        if on_device != "none":
             out[key + "_color"] = random_color_params(rng, *shape)
+        if on_device == "resize":
+            out[key + "_window"] = random_window_params(rng, frame_hw, *shape)
     if cotrain:
         out["other_key"] = clips(batch, t)
-        lead["other_key"] = (batch,)
-    if on_device == "resize":
-        for key, shape in lead.items():
-            out[key + "_window"] = random_window_params(rng, frame_hw, *shape)
-        if cotrain:
+        if on_device == "resize":  # the key's frames, crop and flip in the other view (flow)
             out["other_key_window"] = out["key_window"].copy()
-            out["other_key_window"][:, -1] = 1  # flow: a flip negates dx
+            out["other_key_window"][:, device_augment.WIN_FLOW] = 1
     return out
 
 
