@@ -6,9 +6,8 @@
 #
 #   bash bench/gpu_session.sh [REF_DIR]
 #
-# REF_DIR holds the PyTorch reference (torch_one.py and anchor_gpu.py of ../shared/bench); a remote
-# GPU machine cannot see ../shared, so copy them into an ignored folder of the checkout (e.g. .ref/)
-# and send that along. Without it the reference is skipped. PEAK_TFLOPS (default 790, the dense
+# REF_DIR holds the PyTorch reference (torch_one.py and anchor_gpu.py; bench/reference/ by default,
+# an empty string skips it). PEAK_TFLOPS (default 790, the dense
 # bf16 figure the performance issue uses for the H100/H200) gives the fraction of peak.
 # BENCH_ARGS is appended to every bench/train_step.py command (a dry run on a CPU, say:
 # BENCH_ARGS="--frames 8 --size 32 --width 0.125 --num_mixed_4 1 --queue 256 --bn_group 8").
@@ -25,7 +24,7 @@
 # of the convolutions it shares with an earlier one. PACK=1 packs $OUT into two archives at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-REF=${1:-}
+REF=${1-bench/reference}
 OUT=${OUT:-gpu_out}
 PEAK=${PEAK_TFLOPS:-790}
 DEADLINE=$((SECONDS + ${BUDGET_S:-540}))

@@ -54,7 +54,8 @@ from cvtcl_jax.sharding import check_global_batch, make_mesh, shard_batch, state
 from cvtcl_jax.state import FrozenEncoder, create_train_state  # noqa: E402
 from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step  # noqa: E402
 
-# SPEC 5's blur taps (AugmentConfig's default; augment.py needs TensorFlow, which GPU hosts may lack).
+# docs/method.md §5's blur taps (AugmentConfig's default; augment.py needs TensorFlow, which GPU
+# hosts may lack).
 BLUR_KERNEL_SIZE = 13
 
 

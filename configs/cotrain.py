@@ -5,7 +5,7 @@ RGB (LTCL on), starting from the RGB init and mining positives with the initiali
     python main.py --config=configs/cotrain.py --workdir=runs/cotrain1_rgb --config.data.dir=data/ucf101 \
         --config.train.init_from=runs/init_rgb --config.train.other_from=runs/init_flow
 
-Flow (LTCL weight schedule.cotrain_flow_beta = 0, SPEC 3; the mode decides it from the view, so
+Flow (LTCL weight schedule.cotrain_flow_beta = 0, docs/method.md §3; the mode decides it from the view, so
 `--config.train.view=flow` does the same), with the RGB network just co-trained:
 
     python main.py --config=configs/cotrain.py:flow --workdir=runs/cotrain1_flow \

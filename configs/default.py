@@ -1,10 +1,11 @@
-"""Defaults shared by every mode: every number of SPEC section 2 lives here.
+"""Defaults shared by every mode: every number of docs/method.md §2 lives here.
 
 Mode configs (added per mode) start from `get_config()` and override what differs; any value can
 also be overridden on the command line, e.g. `--config.contrast.top_k=10`.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -14,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.mode = ""
     cfg.seed = 0
 
-    # S3D + projection head g (SPEC 2, 4). bn_group_size: clips per BN statistics group.
+    # S3D + projection head g (docs/method.md §2, 4). bn_group_size: clips per BN statistics group.
     # dtype "bfloat16": bf16 convolutions, float32 parameters, BN statistics, head and losses.
     # remat: recompute activations in the backward pass (less memory, about 1/3 more compute).
     # pool_grad: how max pooling runs, all with the same values and gradient: "separable_slices"
@@ -37,7 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
-    # The objective (SPEC 3): temperature, EMA momentum, loss weights, top-K, self-positive dropout.
+    # The objective (docs/method.md §3): temperature, EMA momentum, loss weights, top-K,
+    # self-positive dropout.
     # Table 1 ablation: local_weight / lt_weight; Table 2: beta; Table 3: top_k.
     cfg.contrast = ml_collections.ConfigDict(
         dict(
@@ -54,7 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.queue_size = 2048  # a multiple of the global batch
     cfg.global_batch = 64
 
-    # Data (SPEC 5): a data_prep output directory, clips of T x crop^2, LTCL segments (S of L frames).
+    # Data (docs/method.md §5): a data_prep output directory, clips of T x crop^2, LTCL segments
+    # (S of L frames).
     cfg.data = ml_collections.ConfigDict(
         dict(
             dir="",  # the --out_dir of `python -m data_prep.build` (holds metadata.json)
@@ -64,14 +67,14 @@ def get_config() -> ml_collections.ConfigDict:
             num_segments=4,
             segment_len=8,
             shuffle_buffer=256,  # records; the files are also shuffled every epoch
-            threads=0,  # tf.data thread pool size; 0 = one per core
+            threads=placeholder(int),  # tf.data thread pool size; None: one per core
             prefetch=2,  # batches transferred to the devices ahead of the step
-            eval_stride=16,  # dense evaluation clips every eval_stride frames (SPEC 6)
+            eval_stride=16,  # dense evaluation clips every eval_stride frames (docs/method.md §6)
             eval_crops="center",  # or "ten": five windows and their flips
             ten_crop_scale=0.875,  # side of the ten-crop windows / short side of the frame
         )
     )
-    # Augmentations (SPEC 5), drawn once per clip; see cvtcl_jax/data/augment.py AugmentConfig.
+    # Augmentations (docs/method.md §5), drawn once per clip; see cvtcl_jax/data/augment.py AugmentConfig.
     cfg.data.aug = ml_collections.ConfigDict(
         dict(
             area_range=(0.2, 1.0),
@@ -91,7 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
             # decode each crop window; resize, flip, colour and uint8 rounding on the devices),
             # "color" (colour jitter, grayscale and blur only) or "none" (everything in tf.data:
             # for CPU-only machines such as the demo's, where the devices are the same cores and
-            # XLA's code for these is slower than tf.data's). README, "Input pipeline".
+            # XLA's code for these is slower than tf.data's). docs/input_pipeline.md.
             on_device="resize",
         )
     )
@@ -107,8 +110,9 @@ def get_config() -> ml_collections.ConfigDict:
             cotrain_cycles=2,
             cotrain_epochs=100,
             cotrain_decay_epochs=(80,),
-            cotrain_lr=0.0,  # the co-training runs' learning rate; 0 = optim.lr (the paper's)
-            cotrain_flow_beta=0.0,  # SPEC 3: LTCL on the RGB co-training run only
+            # The co-training runs' learning rate; None: optim.lr (the paper's single rate).
+            cotrain_lr=placeholder(float),
+            cotrain_flow_beta=0.0,  # docs/method.md §3: LTCL on the RGB co-training run only
             # Evaluation at the end: of which encoders (random_init, init, cotrain = the last
             # cycle) and with which protocols (retrieval, linear_probe, finetune), on data.dir.
             eval_stages=("cotrain",),
@@ -121,12 +125,17 @@ def get_config() -> ml_collections.ConfigDict:
         dict(
             view="rgb",  # the view trained
             init_from="",  # cotrain: workdir of this view's previous stage (init or last cycle)
-            other_from="",  # cotrain: workdir of the other view's stage (its key encoder is frozen)
+            other_from="",  # cotrain: workdir of the other view's stage (its network is frozen)
+            # Co-training's start, as CoCLR: the key encoder a copy of the query encoder ("encoder";
+            # "ema_encoder": init_from's key encoder), the frozen ranking network the other view's
+            # query encoder ("encoder"; "ema_encoder": its key encoder).
+            key_from="encoder",
+            other_encoder="encoder",
             log_every_steps=50,
             checkpoint_every_steps=500,
             keep_checkpoints=3,
             retrieval_every_epochs=10,  # R@k on a held-out subset (paper Fig. 3); 0 = off
-            retrieval_max_videos=512,  # videos per subset for that check (0 = all)
+            retrieval_max_videos=512,  # videos per subset for that check (None: all)
         )
     )
     # Export of a trained backbone (export mode, and the end of the schedule).
@@ -137,7 +146,7 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
-    # Evaluation (SPEC 6): which encoders, which view; see cvtcl_jax/evaluation.py.
+    # Evaluation (docs/method.md §6): which encoders, which view; see cvtcl_jax/evaluation.py.
     cfg.eval = ml_collections.ConfigDict(
         dict(
             view="rgb",  # rgb, flow or two_stream (both views fused)
@@ -149,7 +158,7 @@ def get_config() -> ml_collections.ConfigDict:
             num_pictures=4,  # retrieval: queries pictured with their top-3 neighbours in TensorBoard
         )
     )
-    # Linear probe (SPEC 6): SGD momentum 0.9, lr 0.1, wd 1e-3, 100 epochs, lr x0.1 at 60 and 80.
+    # Linear probe (docs/method.md §6): SGD momentum 0.9, lr 0.1, wd 1e-3, 100 epochs, lr x0.1 at 60 and 80.
     cfg.linear = ml_collections.ConfigDict(
         dict(
             epochs=100,
@@ -160,8 +169,8 @@ def get_config() -> ml_collections.ConfigDict:
             cached=False,  # True: train on cached dense centre-clip features (fast, for sweeps)
         )
     )
-    # Finetuning (SPEC 6): Adam 1e-3, backbone lr x0.1, wd 1e-3, dropout 0.9. The epoch count and
-    # decay are the linear probe's unless set (SPEC leaves them to the config).
+    # Finetuning (docs/method.md §6): Adam 1e-3, backbone lr x0.1, wd 1e-3, dropout 0.9. The epoch count and
+    # decay are the linear probe's unless set (docs/method.md leaves them to the config).
     cfg.finetune = ml_collections.ConfigDict(
         dict(epochs=100, lr=1e-3, backbone_lr_mult=0.1, weight_decay=1e-3, dropout=0.9, decay_epochs=(60, 80))
     )

@@ -27,7 +27,7 @@ def get_config():
             # the flow's direction, which untrained features pick up, says nothing of the class;
             # each look occurs in every class, so the look (most of the frame) says nothing of it
             # either. The class shows in the square's speed (what flow learns) and in its surface
-            # pattern (what RGB learns: speed alone is beyond RGB in a CPU budget, see README).
+            # pattern (what RGB learns: speed alone is beyond RGB in a CPU budget, see docs/demo.md).
             kind="speed",
             shared_looks=True,
             patterns=True,
@@ -53,13 +53,13 @@ def get_config():
     # lr 3e-3 for the short initialization runs; each co-training run starts a fresh Adam from a
     # trained encoder, and at 3e-3 its first steps undid much of flow's initialization (flow R@1
     # 95.8 -> 70.8 after two cycles, linear 100 -> 66.7); at the paper's 1e-3 flow keeps its 100
-    # (RGB's co-trained row moves by 15-30 points with rounding alone: README, the demo).
+    # (RGB's co-trained row moves by 15-30 points with rounding alone: docs/demo.md).
     cfg.optim.lr = 3e-3
     cfg.schedule.cotrain_lr = 1e-3
     # Colour augmentation in tf.data: on a CPU-only machine the devices are the same cores, and
     # tf.data overlaps it with the step (data.aug.on_device is for accelerators).
     cfg.data.aug.on_device = "none"
-    # Milder augmentation than the paper's for 32x32 clips of 48 videos (README, the demo): with
+    # Milder augmentation than the paper's for 32x32 clips of 48 videos (docs/demo.md): with
     # brightness and contrast jitter the RGB InfoNCE nearly collapses here (loss near chance,
     # embeddings close to one direction), blur wipes out 4-pixel patterns at this size, and crops
     # of 60-100% learn faster at first than 20-100%. Saturation and hue jitter, grayscale and
@@ -74,6 +74,6 @@ def get_config():
     )
     cfg.linear.cached = True
     cfg.train.update(
-        log_every_steps=6, checkpoint_every_steps=30, retrieval_every_epochs=10, retrieval_max_videos=0
+        log_every_steps=6, checkpoint_every_steps=30, retrieval_every_epochs=10, retrieval_max_videos=None
     )
     return cfg

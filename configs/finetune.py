@@ -1,4 +1,4 @@
-"""Finetuning (SPEC 6): the whole network, dropout 0.9 before the classifier, Adam 1e-3 with the
+"""Finetuning (docs/method.md §6): the whole network, dropout 0.9 before the classifier, Adam 1e-3 with the
 backbone at x0.1, wd 1e-3; training clips augmented as in pretraining; the linear probe's test
 protocol (softmax averaged over dense clips, centre or ten crops).
 

@@ -1,4 +1,4 @@
-"""Linear probe (SPEC 6): frozen backbone, L2-normalised feature, BN, linear classifier; SGD
+"""Linear probe (docs/method.md §6): frozen backbone, L2-normalised feature, BN, linear classifier; SGD
 momentum 0.9, lr 0.1, wd 1e-3, 100 epochs, lr x0.1 at 60 and 80; test = softmax averaged over the
 dense clips of each video (centre crop; `--config.data.eval_crops=ten` for ten crops). The last
 epoch is reported.

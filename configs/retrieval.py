@@ -1,4 +1,4 @@
-"""Nearest-neighbour retrieval (SPEC 6): test videos query train videos; R@1/5/10/20.
+"""Nearest-neighbour retrieval (docs/method.md §6): test videos query train videos; R@1/5/10/20.
 
 From a stage workdir (its latest checkpoint) or an exported encoder, on UCF101 split 1:
 

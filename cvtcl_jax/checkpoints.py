@@ -22,7 +22,8 @@ import orbax.checkpoint as ocp
 
 from cvtcl_jax.state import TrainState
 
-ITEMS = ("encoder", "ema_encoder", "optimizer", "queue", "config", "progress")
+ENCODER_ITEMS = ("encoder", "ema_encoder")  # the query network f_q + g_q, the key network f_k + g_k
+ITEMS = (*ENCODER_ITEMS, "optimizer", "queue", "config", "progress")
 CHECKPOINT_DIR = "checkpoints"
 
 # Our state is small (tens of MB) and replicated over the devices. Orbax's default on CPU/TPU
@@ -124,7 +125,7 @@ def restore_encoder(workdir: str | Path, template: dict, which: str = "ema_encod
     template: a pytree of the same structure (arrays or ShapeDtypeStructs, with shardings) that
     fixes the restored arrays' shapes and placement. Shapes that differ raise CheckpointError.
     """
-    if which not in ("encoder", "ema_encoder"):
+    if which not in ENCODER_ITEMS:
         raise ValueError(f"which must be 'encoder' or 'ema_encoder', got {which!r}")
     step = stage_info(workdir)["step"]
     with manager(workdir, read_only=True) as mngr:

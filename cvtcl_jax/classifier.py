@@ -1,4 +1,4 @@
-"""Classifiers on the backbone (SPEC 6): the linear probe and finetuning, their steps and metrics.
+"""Classifiers on the backbone (docs/method.md §6): the linear probe and finetuning, their steps and metrics.
 
   LinearHead      frozen feature (B, F) -> L2 normalise -> BN -> linear -> (B, C) logits
   FinetuneModel   clips (B, T, H, W, 3) -> S3D (trained) -> dropout -> linear -> (B, C) logits

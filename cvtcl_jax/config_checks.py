@@ -114,10 +114,18 @@ def check_training(config) -> None:
     for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         if tc[key] < 1:
             raise ConfigError(f"train.{key}={tc[key]} must be >= 1")
+    for key in ("key_from", "other_encoder"):
+        if tc[key] not in checkpoints.ENCODER_ITEMS:
+            raise ConfigError(
+                f"train.{key}={tc[key]!r}; use 'encoder' (the query network, as CoCLR) or 'ema_encoder' "
+                "(the key network)"
+            )
     if tc.retrieval_every_epochs < 0:
         raise ConfigError(f"train.retrieval_every_epochs={tc.retrieval_every_epochs} must be >= 0 (0 = off)")
     _check_numbers("optim", config.optim, positive=("lr",), non_negative=("weight_decay",))
-    _check_numbers("schedule", config.schedule, non_negative=("cotrain_lr",))  # 0 = optim.lr
+    _check_unset_or_positive("schedule", config.schedule, "cotrain_lr", "optim.lr")
+    _check_unset_or_positive("data", config.data, "threads", "one per core")
+    _check_unset_or_positive("train", tc, "retrieval_max_videos", "every video")
     check_batch(config)
     check_model_and_data_shapes(config)
 
@@ -195,6 +203,13 @@ def check_evaluation(config, protocol: str) -> dict:
                 f"global_batch={b} (one epoch); lower the batch"
             )
     return sources
+
+
+def _check_unset_or_positive(section: str, values, key: str, unset: str) -> None:
+    """None means unset (what None gives is `unset`); a number must be positive."""
+    value = values.get(key)
+    if value is not None and not value > 0:
+        raise ConfigError(f"{section}.{key}={value} must be > 0, or None for {unset}")
 
 
 def _check_numbers(section: str, values, positive=(), non_negative=()) -> None:

@@ -26,7 +26,6 @@ from cvtcl_jax.features import backbone_from_config, backbone_variables
 from cvtcl_jax.models import S3D, ContrastiveEncoder
 
 RANDOM = "random"
-ENCODERS = ("encoder", "ema_encoder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +60,7 @@ def describe(
     model_cfg / clip: used for `random` only. Raises ValueError (or CheckpointError) naming the
     problem when the source is missing, of another view, or not a source at all.
     """
-    if encoder not in ENCODERS:
+    if encoder not in checkpoints.ENCODER_ITEMS:
         raise ValueError(f"eval.encoder={encoder!r}; use 'encoder' (query) or 'ema_encoder' (key)")
     if source == RANDOM:
         return {"kind": RANDOM, "path": RANDOM, "view": view, "model": dict(model_cfg), "clip": list(clip)}

@@ -1,4 +1,4 @@
-"""The evaluation protocols of SPEC 6 from any encoder: retrieval, linear probe, finetuning.
+"""The evaluation protocols of docs/method.md §6 from any encoder: retrieval, linear probe, finetuning.
 
 Each protocol evaluates the view `eval.view` ('rgb', 'flow' or 'two_stream') of the encoders named
 by `eval.rgb_source` / `eval.flow_source` (a stage workdir, an export directory or 'random', see
@@ -137,7 +137,7 @@ class Context:
             ten_crop_scale=d.ten_crop_scale,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
-            threads=d.threads or None,
+            threads=d.threads,
         )
         empty = empty_eval_batch(self.local_batch, spec, (view,))
         return features.extract(fn, variables, ds.as_numpy_iterator(), self.mesh, view, empty)
@@ -303,7 +303,7 @@ def _write_pictures(ctx: Context, view: str, sets: dict, k: int = 3) -> None:
 
 
 def run_retrieval(config, workdir) -> dict:
-    """R@1/5/10/20 of test videos querying train videos (SPEC 6); {view: result record}."""
+    """R@1/5/10/20 of test videos querying train videos (docs/method.md §6); {view: result record}."""
     ctx = Context.create(config, workdir)
     coclr = bool(config.eval.coclr_protocol)
     sets = {}
@@ -409,7 +409,7 @@ def _train_on_clips(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         shuffle_buffer=config.data.shuffle_buffer,
-        threads=config.data.threads or None,
+        threads=config.data.threads,
     )
     batches = prefetch_to_mesh(
         ds.as_numpy_iterator(),
@@ -476,7 +476,8 @@ def _classifier_results(ctx: Context, protocol: str, per_view: dict, settings: d
 
 
 def run_linear_probe(config, workdir) -> dict:
-    """Frozen backbone -> L2 norm -> BN -> linear, SGD (SPEC 6); test: softmax averaged per video."""
+    """Frozen backbone -> L2 norm -> BN -> linear, SGD (docs/method.md §6); test: softmax averaged
+    per video."""
     ctx = Context.create(config, workdir)
     lc = config.linear
     crops = config.data.eval_crops
@@ -531,7 +532,7 @@ def run_linear_probe(config, workdir) -> dict:
 
 
 def run_finetune(config, workdir) -> dict:
-    """The whole network with dropout before the classifier, Adam, backbone lr x mult (SPEC 6)."""
+    """The whole network with dropout before the classifier, Adam, backbone lr x mult (docs/method.md §6)."""
     ctx = Context.create(config, workdir)
     fc = config.finetune
     crops = config.data.eval_crops

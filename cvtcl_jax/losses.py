@@ -1,4 +1,4 @@
-"""The CVTCL losses (SPEC section 3) as pure functions of unit-norm embeddings.
+"""The CVTCL losses (docs/method.md §3) as pure functions of unit-norm embeddings.
 
 Every loss returns one value per anchor row, shape (B,); the train step averages. All use
 logsumexp, so they are stable at tau = 0.07 where exp(1/tau) ~ 1.6e6.

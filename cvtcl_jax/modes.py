@@ -63,7 +63,7 @@ def _check_pretrain(config, workdir) -> None:
 
 @register("pretrain", _check_pretrain)
 def run_pretrain(config, workdir) -> dict:
-    """Initialization of one view: alpha * InfoNCE + beta * LTCL (SPEC 3)."""
+    """Initialization of one view: alpha * InfoNCE + beta * LTCL (docs/method.md §3)."""
     view = config.train.view
     stage = Stage(f"init_{view}", view, config.schedule.init_epochs, tuple(config.optim.decay_epochs))
     return train_stage(config, workdir, stage)
@@ -81,7 +81,7 @@ def _check_cotrain(config, workdir) -> None:
 def cotrain_stage(config, name: str, view: str, init_from: str, other_from: str) -> Stage:
     """A co-training run of `view` (the cotrain mode's, and each of the schedule's). Its LTCL weight
     is decided here, by the view trained: the RGB run keeps contrast.beta, the flow run takes
-    schedule.cotrain_flow_beta (SPEC 3: LTCL on the RGB co-training run only)."""
+    schedule.cotrain_flow_beta (docs/method.md §3: LTCL on the RGB co-training run only)."""
     s = config.schedule
     return Stage(
         name,
@@ -91,14 +91,16 @@ def cotrain_stage(config, name: str, view: str, init_from: str, other_from: str)
         other_view=other_view(view),
         init_from=init_from,
         other_from=other_from,
+        key_from=config.train.key_from,
+        other_encoder=config.train.other_encoder,
         beta=None if view == "rgb" else s.cotrain_flow_beta,
-        lr=s.cotrain_lr or None,
+        lr=s.cotrain_lr,
     )
 
 
 @register("cotrain", _check_cotrain)
 def run_cotrain(config, workdir) -> dict:
-    """Co-training of one view with the other view frozen: alpha * L_RF + beta * LTCL (SPEC 3)."""
+    """Co-training of one view with the other view frozen: alpha * L_RF + beta * LTCL (docs/method.md §3)."""
     view, tc = config.train.view, config.train
     return train_stage(
         config, workdir, cotrain_stage(config, f"cotrain_{view}", view, tc.init_from, tc.other_from)
@@ -150,7 +152,7 @@ def run_export(config, workdir) -> dict:
     return export_stage(config.export.source, workdir, config.export.encoder)
 
 
-# ---------------------------------------------------------------------- evaluation (SPEC 6)
+# ---------------------------------------------------------------------- evaluation (docs/method.md §6)
 
 
 def _register_evaluation(protocol: str) -> None:

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule of SPEC section 2 (PyTorch-style Adam with L2 decay)."""
+"""Optimiser and learning-rate schedule of docs/method.md §2 (PyTorch-style Adam with L2 decay)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Nearest-neighbour video retrieval (SPEC 6) as pure NumPy functions.
+"""Nearest-neighbour video retrieval (docs/method.md §6) as pure NumPy functions.
 
 Clip features are L2-normalised, averaged per video and re-normalised; test videos query the
 train videos by cosine similarity; R@k counts a query as a hit if any of its k nearest train

@@ -42,9 +42,14 @@ class FrozenEncoder:
     batch_stats: Any
 
     @classmethod
-    def from_state(cls, state: TrainState) -> FrozenEncoder:
-        """The key (EMA) encoder of a trained view, as CoCLR ranks with the other view's keys."""
-        return cls(params=state.ema_params, batch_stats=state.ema_batch_stats)
+    def from_state(cls, state: TrainState, encoder: str = "encoder") -> FrozenEncoder:
+        """A trained view's query network (`encoder`, CoCLR's ranking network) or its key network
+        (`ema_encoder`)."""
+        if encoder == "encoder":
+            return cls(params=state.params, batch_stats=state.batch_stats)
+        if encoder == "ema_encoder":
+            return cls(params=state.ema_params, batch_stats=state.ema_batch_stats)
+        raise ValueError(f"encoder must be 'encoder' or 'ema_encoder', got {encoder!r}")
 
 
 def create_train_state(

@@ -29,7 +29,7 @@ from cvtcl_jax.state import FrozenEncoder, TrainState
 
 @dataclasses.dataclass(frozen=True)
 class ContrastConfig:
-    """The numbers of the contrastive objective (SPEC sections 2-3); defaults are the paper's.
+    """The numbers of the contrastive objective (docs/method.md §2-3); defaults are the paper's.
 
     alpha weighs the global term (InfoNCE or L_RF), beta the LTCL term; local_weight and lt_weight
     switch the two LTCL parts on or off for the Table 1 ablation. top_k is K of Eqs. (3)/(5);

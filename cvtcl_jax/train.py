@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
@@ -39,8 +40,12 @@ class Stage:
     """One training run of one view.
 
     init_from: workdir of this view's previous stage, whose encoders it starts from (co-training).
-    other_from: workdir of the other view's stage, whose key encoder ranks the queue (co-training).
-    beta: overrides config.contrast.beta (the flow co-training run uses 0, SPEC 3).
+    other_from: workdir of the other view's stage, whose network ranks the queue (co-training).
+    key_from: the item of init_from the key encoder starts from: 'encoder' (a copy of the query
+      encoder, as CoCLR) or 'ema_encoder' (the previous stage's key encoder).
+    other_encoder: the item of other_from that ranks: 'encoder' (the query network, as CoCLR's
+      sampler) or 'ema_encoder' (the key network).
+    beta: overrides config.contrast.beta (the flow co-training run uses 0, docs/method.md §3).
     lr: overrides config.optim.lr (schedule.cotrain_lr for the co-training runs).
     """
 
@@ -51,6 +56,8 @@ class Stage:
     other_view: str | None = None
     init_from: str | None = None
     other_from: str | None = None
+    key_from: str = "encoder"
+    other_encoder: str = "encoder"
     beta: float | None = None
     lr: float | None = None
 
@@ -103,7 +110,7 @@ def _flat_hparams(config) -> dict:
 
 
 def run_retrieval(config, info, view, variables, feature_fn, mesh, max_videos=None) -> dict:
-    """R@k of test videos querying train videos with the backbone's features (SPEC 6)."""
+    """R@k of test videos querying train videos with the backbone's features (docs/method.md §6)."""
     spec = clip_spec(config, ltcl=False)
     local_batch = config.global_batch // jax.process_count()
     sets = {}
@@ -119,7 +126,7 @@ def run_retrieval(config, info, view, variables, feature_fn, mesh, max_videos=No
             crops="center",
             process_index=jax.process_index(),
             process_count=jax.process_count(),
-            threads=config.data.threads or None,
+            threads=config.data.threads,
             max_videos=max_videos,
         )
         rows = features.extract(
@@ -134,6 +141,36 @@ def run_retrieval(config, info, view, variables, feature_fn, mesh, max_videos=No
     _, train_labels, train_feats = sets["train"]
     _, test_labels, test_feats = sets["test"]
     return retrieval.recall_at_k(test_feats, test_labels, train_feats, train_labels)
+
+
+def _encoder_template(state) -> dict:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def cotrain_start(state, stage: Stage):
+    """A co-training stage's first state and frozen network. -> (state, FrozenEncoder).
+
+    The trained view's query encoder is init_from's `encoder`; its key encoder init_from's
+    `stage.key_from` item; optimiser and queue stay fresh. The frozen network is other_from's
+    `stage.other_encoder` item. `state` (fresh, sharded) fixes the structure and placement.
+    """
+    template = _encoder_template(state)
+    enc = checkpoints.restore_encoder(stage.init_from, template, "encoder")
+    key = checkpoints.restore_encoder(stage.init_from, template, stage.key_from)
+    state = state.replace(
+        params=enc["params"],
+        batch_stats=enc["batch_stats"],
+        ema_params=jax.tree.map(jnp.copy, key["params"]),
+        ema_batch_stats=jax.tree.map(jnp.copy, key["batch_stats"]),
+    )
+    return state, frozen_encoder(state, stage)
+
+
+def frozen_encoder(state, stage: Stage) -> FrozenEncoder:
+    """The other view's network of a co-training stage, restored into `state`'s placement."""
+    return FrozenEncoder(
+        **checkpoints.restore_encoder(stage.other_from, _encoder_template(state), stage.other_encoder)
+    )
 
 
 def train_stage(config, workdir: str | Path, stage: Stage) -> dict:
@@ -179,27 +216,25 @@ def train_stage(config, workdir: str | Path, stage: Stage) -> dict:
     )
 
     # ------------------------------------------------------------------ restore
-    def encoder_template(s):
-        return {"params": s.params, "batch_stats": s.batch_stats}
-
     mngr = checkpoints.manager(workdir, keep=tc.keep_checkpoints)
     progress = {"batches": 0, "padded_videos": 0, "retrieval": []}
+    frozen = ()
     if mngr.latest_step() is not None:
         state, progress = checkpoints.restore_state(mngr, state)
         logging.info("resumed %s from its checkpoint at batch %d", stage.name, progress["batches"])
-    elif stage.init_from:
-        enc = checkpoints.restore_encoder(stage.init_from, encoder_template(state), "encoder")
-        ema = checkpoints.restore_encoder(stage.init_from, encoder_template(state), "ema_encoder")
-        state = state.replace(
-            params=enc["params"],
-            batch_stats=enc["batch_stats"],
-            ema_params=ema["params"],
-            ema_batch_stats=ema["batch_stats"],
+        if stage.cotrain:
+            frozen = (frozen_encoder(state, stage),)
+    elif stage.cotrain:
+        state, other = cotrain_start(state, stage)
+        frozen = (other,)
+        logging.info(
+            "%s starts from the encoders of %s (key encoder from its %s); %s's %s ranks",
+            stage.name,
+            stage.init_from,
+            stage.key_from,
+            stage.other_from,
+            stage.other_encoder,
         )
-        logging.info("%s starts from the encoders of %s", stage.name, stage.init_from)
-    frozen = ()
-    if stage.cotrain:
-        frozen = (FrozenEncoder(**checkpoints.restore_encoder(stage.other_from, encoder_template(state))),)
     start = int(progress["batches"])
     if progress.get("done") or start >= total:
         mngr.close()
@@ -235,7 +270,7 @@ def train_stage(config, workdir: str | Path, stage: Stage) -> dict:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         shuffle_buffer=config.data.shuffle_buffer,
-        threads=config.data.threads or None,
+        threads=config.data.threads,
     )
     batches = prefetch_to_mesh(
         train_ds.as_numpy_iterator(),
@@ -315,9 +350,9 @@ def train_stage(config, workdir: str | Path, stage: Stage) -> dict:
             window, last_log = [], (n, now)
         if retrieve_now:
             with report.timed("retrieval"):
-                variables = features.backbone_variables(encoder_template(state))
+                variables = features.backbone_variables(_encoder_template(state))
                 recall = run_retrieval(
-                    config, info, stage.view, variables, feature_fn, mesh, tc.retrieval_max_videos or None
+                    config, info, stage.view, variables, feature_fn, mesh, tc.retrieval_max_videos
                 )
             writer.write_scalars(n, {f"retrieval/{k}": v for k, v in recall.items()})
             history.append({"batch": n, "epoch": n / steps_per_epoch, **recall})

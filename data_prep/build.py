@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--dataset", required=True, choices=sorted(LAYOUTS))
-    p.add_argument("--raw_dir", required=True, help="the dataset as downloaded (see README)")
+    p.add_argument("--raw_dir", required=True, help="the dataset as downloaded (see docs/data.md)")
     p.add_argument("--out_dir", required=True)
     p.add_argument("--splits", default="1", help="comma-separated split numbers, e.g. 1,2,3")
     p.add_argument(

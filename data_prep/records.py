@@ -24,7 +24,7 @@ FORMAT_VERSION = 1
 RGB_KEY = "image/encoded"
 FLOW_KEY = "flow/encoded"
 
-# Flow quantisation (SPEC section 5): clip to +-FLOW_BOUND native pixels, map to 0..255.
+# Flow quantisation (docs/method.md §5): clip to +-FLOW_BOUND native pixels, map to 0..255.
 FLOW_BOUND = 20.0
 
 

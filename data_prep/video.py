@@ -1,4 +1,4 @@
-"""Decoding a video, resizing its frames and computing quantised TV-L1 flow (SPEC section 5)."""
+"""Decoding a video, resizing its frames and computing quantised TV-L1 flow (docs/method.md §5)."""
 
 from __future__ import annotations
 

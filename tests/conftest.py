@@ -59,6 +59,8 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("xdist_group") is None:  # a test's own group wins
             item.add_marker(pytest.mark.xdist_group(group(item)))
+        if "schedule_run" in getattr(item, "fixturenames", ()):  # the whole schedule runs first
+            item.add_marker(pytest.mark.slow)
     rank = {g: i for i, g in enumerate(LONG_GROUPS)}
     items.sort(key=lambda item: rank.get(group(item), len(rank)))
 

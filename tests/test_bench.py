@@ -75,6 +75,7 @@ def test_fit_needs_two_batches(compiles):
         train_step.fit_batch(_args(batch=[128, 128]), "init")
 
 
+@pytest.mark.slow
 def test_tvl1_bench_measures_both_and_carries_its_pairs_to_a_host_without_opencv(tmp_path):
     """bench/tvl1.py on tiny frames: OpenCV's rate, ours and their agreement, also from a saved file."""
     import json

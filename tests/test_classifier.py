@@ -78,6 +78,7 @@ def test_linear_head_normalises_then_batch_norms():
     assert not np.allclose(updates["batch_stats"]["bn"]["mean"], 0)  # running stats move in training
 
 
+@pytest.mark.slow
 def test_finetune_backbone_learns_at_a_tenth_of_the_classifier_rate():
     model = FinetuneModel(S3D(width_multiplier=0.125, num_mixed_4=1), num_classes=3, dropout=0.5)
     clips = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 8, 32, 32, 3)), jnp.uint8)

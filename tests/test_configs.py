@@ -1,4 +1,4 @@
-"""The default config carries every number of SPEC section 2 and builds the core objects."""
+"""The default config carries every number of docs/method.md §2 and builds the core objects."""
 
 import dataclasses
 
@@ -54,7 +54,7 @@ def test_augmentation_defaults_are_spec_5():
 def test_the_flow_cotraining_runs_take_cotrain_flow_beta_however_the_view_is_chosen(
     tmp_path, monkeypatch, flow_beta
 ):
-    """SPEC 3: LTCL on the RGB co-training run only, decided by the view trained: the cotrain mode
+    """docs/method.md §3: LTCL on the RGB co-training run only, decided by the view trained: the cotrain mode
     (from configs/cotrain.py:flow, or its RGB file with --config.train.view=flow) and the schedule."""
     from configs import cotrain
     from cvtcl_jax import modes

@@ -158,6 +158,7 @@ def test_flow_recovers_a_known_motion(tmp_path, velocity):
         assert abs(np.median(rgb[..., 2]) - 128) <= 1
 
 
+@pytest.mark.slow
 def test_bad_videos_are_skipped_and_reported(ucf_raw, tmp_path):
     raw = tmp_path / "raw"
     subprocess.run(["cp", "-r", str(ucf_raw), str(raw)], check=True)
@@ -195,6 +196,7 @@ def test_layout_errors_stop_before_any_work(ucf_raw, tmp_path, breakage, message
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_jax_flow_backend_stores_what_the_opencv_backend_stores(ucf_raw, tmp_path):
     """Same records but for the flow JPEGs, whose flows agree within the bounds of OpenCV's."""
     import tensorflow as tf
@@ -227,6 +229,7 @@ def test_jax_flow_backend_stores_what_the_opencv_backend_stores(ucf_raw, tmp_pat
     assert proc.returncode == 2 and "--flow_backend=jax" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["opencv", "jax"])
 def test_interrupted_build_resumes_to_the_same_records(tmp_path, backend):
     raw = synthetic.generate(

@@ -122,6 +122,7 @@ def test_retrieval_from_checkpoints_and_exports_agree_and_record_everything(
     assert "retrieval/two_stream/nearest_neighbours" in images
 
 
+@pytest.mark.slow
 def test_padding_and_device_count_do_not_change_retrieval(two_class_data, tmp_path):
     # 8 devices, batch 8 vs batch 24 (the last batches padded differently) in this process ...
     eight = modes.run(_eval_config(two_class_data, "retrieval", view="rgb"), tmp_path / "b8")
@@ -171,6 +172,7 @@ def _sorted_rows(npz) -> dict:
     return {k: npz[k][order] for k in ("features", "video_index", "clip_start", "crop")}
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("multi_host")
 def test_two_hosts_give_the_one_host_retrieval(two_class_data, tmp_path):
     """main.py on two processes of 4 CPU devices each (jax.distributed on localhost, gloo
@@ -211,6 +213,7 @@ def test_two_hosts_give_the_one_host_retrieval(two_class_data, tmp_path):
         np.testing.assert_allclose(rows["two"]["features"], rows["one"]["features"], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_coclr_protocol_is_recorded_and_reuses_the_cached_features(two_class_data, tmp_path):
     dense = modes.run(_eval_config(two_class_data, "retrieval", view="flow"), tmp_path)
     mtime = (tmp_path / "features" / "flow_train_center.npz").stat().st_mtime
@@ -248,6 +251,7 @@ def test_linear_probe_cached_two_stream_averages_the_views(two_class_data, tmp_p
     } <= scalars
 
 
+@pytest.mark.slow
 def test_linear_probe_on_clips_trains_the_head_only(two_class_data, tmp_path, caplog):
     cfg = _eval_config(
         two_class_data, "linear_probe", view="rgb", data__eval_crops="ten", linear__cached=False
@@ -266,6 +270,7 @@ def test_linear_probe_on_clips_trains_the_head_only(two_class_data, tmp_path, ca
     assert np.load(tmp_path / "features" / "rgb_test_ten.npz")["features"].shape[0] % 10 == 0
 
 
+@pytest.mark.slow
 def test_finetune_resumes_to_the_same_result(two_class_data, tmp_path):
     cfg = _eval_config(
         two_class_data, "finetune", view="flow", train__checkpoint_every_steps=1, train__keep_checkpoints=5
@@ -376,6 +381,7 @@ def _assert_learned_wins(scores, mean_margin=20, least_margin=12.5):
     assert sum(margins) / len(margins) >= mean_margin and min(margins) >= least_margin, (margins, scores)
 
 
+@pytest.mark.slow
 def test_learned_flow_features_beat_random_init_on_motion_classes(speed_data, tmp_path):
     # The demo's recipe for the flow view: 50 epochs of initialization (InfoNCE + LTCL).
     _assert_learned_wins(_learned_and_random_scores(speed_data, "flow", 50, tmp_path))
@@ -389,6 +395,7 @@ def marked_speed_rgb_data(tmp_path_factory):
     return _speed_set(root, "--no_flow", num_frames=16, shared_looks=True, patterns=True, square_size=0.3)
 
 
+@pytest.mark.slow
 def test_learned_rgb_features_beat_random_init_on_marked_classes(marked_speed_rgb_data, tmp_path):
     # The demo's RGB recipe with its milder augmentation, for 60 of its 150 epochs.
     aug = demo.get_config().data.aug

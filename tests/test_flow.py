@@ -37,6 +37,7 @@ def scene_flows(request):
     }
 
 
+@pytest.mark.slow
 def test_flow_is_opencvs(scene_flows):
     for name, (_, _, _, ref, ours) in scene_flows.items():
         mean, p99, near = agreement(ours, ref)
@@ -44,6 +45,7 @@ def test_flow_is_opencvs(scene_flows):
         assert near >= 0.95, (name, near)
 
 
+@pytest.mark.slow
 def test_known_motion_is_recovered_as_well_as_by_opencv(scene_flows):
     for name, (_, _, truth, ref, ours) in scene_flows.items():
         ours_error = np.linalg.norm(ours - truth, axis=-1).mean()
@@ -54,6 +56,7 @@ def test_known_motion_is_recovered_as_well_as_by_opencv(scene_flows):
     assert np.linalg.norm(ref - truth, axis=-1).mean() < 0.15
 
 
+@pytest.mark.slow
 def test_a_pair_gets_the_same_flow_alone_and_among_other_pairs(scene_flows):
     """Same batch shape: pair k alone among empty pairs, and at another position among others."""
     names = list(scene_flows)
@@ -68,6 +71,7 @@ def test_a_pair_gets_the_same_flow_alone_and_among_other_pairs(scene_flows):
         assert not alone[(k + 2) % 3].any()  # an empty pair has no motion
 
 
+@pytest.mark.slow
 def test_pairs_of_mixed_sizes_share_bucketed_programs():
     """Four sizes, three buckets: each pair's flow is OpenCV's at its own size, padding unseen."""
     rng = np.random.default_rng(3)

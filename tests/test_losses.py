@@ -1,4 +1,4 @@
-"""Losses against a float64 NumPy reference written from SPEC section 3's equations."""
+"""Losses against a float64 NumPy reference written from docs/method.md §3's equations."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -25,10 +25,11 @@ import pytest
 import tensorflow as tf
 from safetensors.numpy import load_file
 
-from cvtcl_jax import checkpoints, modes, optim
+from cvtcl_jax import checkpoints, modes, optim, train
 from cvtcl_jax.config_checks import ConfigError
 from cvtcl_jax.features import backbone_from_config, backbone_variables
 from cvtcl_jax.models import ContrastiveEncoder, load_torchvision_s3d, normalize_frames
+from cvtcl_jax.sharding import make_mesh, state_sharding
 from cvtcl_jax.state import create_train_state
 from cvtcl_jax.train import TrainingDiverged
 from tests import tiny_config
@@ -72,7 +73,7 @@ def test_schedule_runs_every_stage_then_exports(schedule_run):
     rgb = summary["stages"]["cotrain1_rgb"]["final"]
     assert {"loss_rf", "mined_positives", "loss_ltcl"} <= set(rgb)
     flow = summary["stages"]["cotrain1_flow"]["final"]
-    assert "loss_rf" in flow and "loss_ltcl" not in flow  # SPEC 3: the flow run has beta = 0
+    assert "loss_rf" in flow and "loss_ltcl" not in flow  # docs/method.md §3: the flow run has beta = 0
     for view in ("rgb", "flow"):
         manifest = json.loads((wd / "export" / view / "manifest.json").read_text())
         assert manifest["view"] == view and manifest["source"]["stage"] == f"cotrain1_{view}"
@@ -174,6 +175,42 @@ def test_cotrain_and_export_modes_take_stage_workdirs(schedule_run, data, tmp_pa
     assert (tmp_path / "exported" / "feature_extractor.jax_export").is_file()
 
 
+@pytest.mark.parametrize("key_from, other_encoder", [("encoder", "encoder"), ("ema_encoder", "ema_encoder")])
+def test_cotraining_starts_as_coclr_or_from_the_key_encoders(schedule_run, key_from, other_encoder):
+    """By default (CoCLR) the key encoder starts as a copy of the query encoder and the other
+    view's query encoder ranks; the option restores the previous stage's key encoders instead."""
+    wd, _ = schedule_run
+    stage = modes.cotrain_stage(
+        _config(wd, "cotrain", key_from=key_from, other_encoder=other_encoder),
+        "cotrain_rgb",
+        "rgb",
+        str(wd / "init_rgb"),
+        str(wd / "init_flow"),
+    )
+    cfg = tiny_config.get_config()
+    mesh = make_mesh()
+    model = ContrastiveEncoder.from_config(cfg.model)
+    optimizer = optim.adam_l2(1e-3, 0.0)
+
+    def init(rng):
+        return create_train_state(model, optimizer, rng, (8, 32, 32, 3), cfg.queue_size, cfg.global_batch)
+
+    fresh = jax.jit(init, out_shardings=state_sharding(mesh, jax.eval_shape(init, jax.random.key(0))))
+    state, frozen = train.cotrain_start(fresh(jax.random.key(0)), stage)
+    _, rgb = _restore_items(wd / "init_rgb", items=("encoder", "ema_encoder"))
+    _, flow = _restore_items(wd / "init_flow", items=("encoder", "ema_encoder"))
+    for items in (rgb, flow):  # else the test could not tell the two items apart
+        pairs = zip(*(jax.tree.leaves(items[k]["params"]) for k in ("encoder", "ema_encoder")), strict=True)
+        assert not all(np.allclose(a, b) for a, b in pairs)
+    same = np.testing.assert_array_equal
+    jax.tree.map(same, jax.device_get(state.params), rgb["encoder"]["params"])
+    jax.tree.map(same, jax.device_get(state.ema_params), rgb[key_from]["params"])
+    jax.tree.map(same, jax.device_get(state.ema_batch_stats), rgb[key_from]["batch_stats"])
+    jax.tree.map(same, jax.device_get(frozen.params), flow[other_encoder]["params"])
+    jax.tree.map(same, jax.device_get(frozen.batch_stats), flow[other_encoder]["batch_stats"])
+    assert int(state.step) == 0 and int(state.queue.fill) == 0
+
+
 # ---------------------------------------------------------------------- crash safety
 
 
@@ -188,6 +225,7 @@ def _launch(workdir, data_dir):
     )
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(schedule_run, data, tmp_path):
     # The schedule's init_rgb stage is the uninterrupted run of this config: same stage name
     # (hence seed), same numbers; its retrieval checks only read the encoder.
@@ -217,6 +255,7 @@ def test_killed_run_resumes_to_the_same_parameters(schedule_run, data, tmp_path)
     )
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_last_good_checkpoint_kept(data, tmp_path):
     cfg = _config(data, retrieval_every_epochs=0)
     cfg.schedule.init_epochs = 6
@@ -275,7 +314,11 @@ def _bad(data, tmp_path, change):
         (lambda c, t: c.model.update(pool_grad="scatter"), "model.pool_grad='scatter' must be one of"),
         (lambda c, t: c.model.update(conv_lowering="2d"), "model.conv_lowering='2d' must be one of"),
         (lambda c, t: c.optim.update(lr=0.0), "optim.lr=0.0 must be > 0"),
-        (lambda c, t: c.schedule.update(cotrain_lr=-1e-3), "schedule.cotrain_lr=-0.001 must be >= 0"),
+        (
+            lambda c, t: c.schedule.update(cotrain_lr=0.0),
+            r"schedule.cotrain_lr=0.0 must be > 0, or None for optim.lr",
+        ),
+        (lambda c, t: c.train.update(key_from="query"), "train.key_from='query'; use 'encoder'"),
     ],
     ids=[
         "mode",
@@ -292,6 +335,7 @@ def _bad(data, tmp_path, change):
         "conv-lowering",
         "lr",
         "cotrain-lr",
+        "key-from",
     ],
 )
 def test_bad_config_fails_before_any_work(data, tmp_path, change, message):

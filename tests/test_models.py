@@ -12,6 +12,10 @@ from cvtcl_jax.models import S3D, ContrastiveEncoder, conv, load_torchvision_s3d
 from cvtcl_jax.models.s3d import feature_map_size
 from tests.s3d_reference import CASES, random_torchvision_state, reference_input
 
+# The real-size case compiles the whole network at 32x128x128: the full suite only.
+TIERED_CASES = [
+    pytest.param(c, id=c[0], marks=[pytest.mark.slow] if c[0] == "full_32x128" else []) for c in CASES
+]
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "s3d_torchvision.npz")
 
 
@@ -29,7 +33,7 @@ def rel_err(got, want):
     return float(np.max(np.abs(np.asarray(got, np.float64) - want)) / np.max(np.abs(want)))
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case", TIERED_CASES)
 def test_matches_torchvision_in_inference_mode(case, fixture, torchvision_state):
     name, _, xseed, shape = case
     variables = load_torchvision_s3d(torchvision_state)
@@ -38,7 +42,7 @@ def test_matches_torchvision_in_inference_mode(case, fixture, torchvision_state)
     assert rel_err(y, fixture[f"{name}/eval"]) < 1e-4
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case", TIERED_CASES)
 def test_matches_torchvision_in_training_mode_bn(case, fixture, torchvision_state):
     """Batch-statistics BN and the running-statistics update (unbiased variance), in float64.
 
@@ -72,6 +76,7 @@ def test_full_network_size_and_feature_map():
     assert feature_map_size(32, 128, 128) == (4, 4, 4)
 
 
+@pytest.mark.slow
 def test_small_variant_and_bfloat16_compute():
     model = S3D(width_multiplier=0.125, num_mixed_4=1, dtype=jnp.bfloat16)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 32, 32, 3)), jnp.float32)
@@ -84,6 +89,7 @@ def test_small_variant_and_bfloat16_compute():
     assert rel_err(y, np.asarray(y32)) < 0.05
 
 
+@pytest.mark.slow
 def test_remat_keeps_variables_outputs_and_gradients():
     """remat only changes what the backward pass stores: same variable tree, features, BN updates
     and gradients as without it (float64, training-mode BN), and the backward pass recomputes."""
@@ -193,6 +199,7 @@ def test_space_to_depth_conv_is_the_strided_conv(size, window):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_conv_lowerings_give_the_same_network():
     """S3D with conv_lowering 'fold', 'fold_s2d' and 'xla3d': same variables, features, BN updates
     and gradients (float64, training-mode BN); 'fold' has no 3D convolution left, 'xla3d' only
@@ -286,6 +293,7 @@ def test_separable_pool_runs_one_axis_at_a_time():
     assert "window_dimensions=(1, 3, 3, 3, 1)" not in text
 
 
+@pytest.mark.slow
 def test_pool_grads_give_the_same_network():
     """S3D with every pool_grad: same loss, gradients and BN updates as 'autodiff' (float64,
     training-mode BN, ReLU zeros as ties); the slices variants leave no reduce-window in the
@@ -327,6 +335,7 @@ def _primitive_names(jaxpr) -> set[str]:
     return names
 
 
+@pytest.mark.slow
 def test_bn_groups_normalise_each_group_alone():
     """With bn_group_size=2, a clip's output depends only on its own group of clips (float64)."""
     with jax.enable_x64(True):

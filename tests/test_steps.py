@@ -42,6 +42,7 @@ def run(step, mesh, state, batches, *extra):
     return state, metrics
 
 
+@pytest.mark.slow
 def test_init_step_is_the_same_on_1_and_8_devices(videos):
     """Same global batches, same start: same losses, parameters, BN statistics and queue.
 
@@ -81,6 +82,7 @@ def test_init_step_is_the_same_on_1_and_8_devices(videos):
     )
 
 
+@pytest.mark.slow
 def test_queue_wraps_and_stays_sharded_through_donated_steps(videos, mesh8, init_step8):
     rng = np.random.default_rng(1)
     state = tiny.make_state(mesh8)
@@ -100,6 +102,7 @@ def test_queue_wraps_and_stays_sharded_through_donated_steps(videos, mesh8, init
     np.testing.assert_allclose(jnp.linalg.norm(state.queue.keys, axis=-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_cotrain_step_is_forward_only_until_the_queue_is_full(videos, mesh8, init_step8):
     rng = np.random.default_rng(2)
     state = tiny.make_state(mesh8)
@@ -134,6 +137,7 @@ def test_cotrain_step_is_forward_only_until_the_queue_is_full(videos, mesh8, ini
     np.testing.assert_allclose(jnp.linalg.norm(state.queue.other, axis=-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_instance_discrimination_is_learned(videos, mesh8, init_step8):
     """A few dozen steps on moving textures lift own-key-vs-queue top-1 far above chance."""
     rng = np.random.default_rng(3)
@@ -154,6 +158,7 @@ def test_instance_discrimination_is_learned(videos, mesh8, init_step8):
     assert np.mean(loss[-12:]) < np.mean(loss[full : full + 12]) - 0.25, loss
 
 
+@pytest.mark.slow
 def test_bfloat16_training_tracks_float32(videos, mesh8, init_step8):
     """Mixed precision (bf16 convolutions; float32 master weights, BN statistics, head and losses):
     from the same start on the same batches, each step's loss stays within 6% of float32's (the

@@ -14,7 +14,7 @@ def get_config():
     # tests run every augmentation, blur and brightness/contrast jitter included.
     cfg.data.aug = default.get_config().data.aug
     cfg.data.aug.on_device = "none"
-    cfg.schedule.cotrain_lr = 0.0  # optim.lr throughout, as the paper (the demo lowers co-training's)
+    cfg.schedule.cotrain_lr = None  # optim.lr throughout, as the paper (the demo lowers co-training's)
     cfg.global_batch = 8
     cfg.queue_size = 16
     cfg.data.update(shuffle_buffer=16, threads=2, prefetch=1)

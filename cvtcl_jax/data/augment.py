@@ -1,4 +1,4 @@
-"""Clip augmentations (SPEC 5): parameters drawn once per clip, applied to every frame of it.
+"""Clip augmentations (docs/method.md §5): parameters drawn once per clip, applied to every frame of it.
 
 `draw_params` is a pure function of a stateless seed, so one draw can be shared by the RGB and
 the flow clip of a co-training sample (same crop, same flip). Frames are decoded only inside the
@@ -17,10 +17,14 @@ import tensorflow as tf
 
 from cvtcl_jax.data.device_augment import ON_DEVICE
 
+# libjpeg's exact integer IDCT. TF's default fast IDCT decodes about one level off (a flat
+# (140, 127, 128) frame as (139, 127, 127)), which for stored flow is a bias of about -0.16 px.
+JPEG_DCT = "INTEGER_ACCURATE"
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """Every probability and range of the pretraining augmentations; defaults are SPEC 5's.
+    """Every probability and range of the pretraining augmentations; defaults are docs/method.md §5's.
 
     blur_kernel_size: taps of the Gaussian (odd); 13 covers +-3 sigma of the largest sigma 2.0 and
     is about 10% of a 128 crop, as in SimCLR/CoCLR.
@@ -129,7 +133,7 @@ def draw_params(seed, height, width, cfg: AugmentConfig) -> dict:
 def decode_window(jpegs, window):
     """jpegs: (T,) string -> (T, h, w, 3) uint8, decoding only the crop window [y, x, h, w]."""
     return tf.map_fn(
-        lambda b: tf.io.decode_and_crop_jpeg(b, window, channels=3),
+        lambda b: tf.io.decode_and_crop_jpeg(b, window, channels=3, dct_method=JPEG_DCT),
         jpegs,
         fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
     )
@@ -239,7 +243,7 @@ def pad_frames(frames, pad_hw: tuple[int, int]):
 def decode_full(jpegs):
     """jpegs: (T,) string -> (T, H, W, 3) uint8, whole frames."""
     return tf.map_fn(
-        lambda b: tf.io.decode_jpeg(b, channels=3),
+        lambda b: tf.io.decode_jpeg(b, channels=3, dct_method=JPEG_DCT),
         jpegs,
         fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
     )

@@ -1,4 +1,4 @@
-"""The tail of the clip augmentations (SPEC 5) on the accelerator, in JAX (no TensorFlow).
+"""The tail of the clip augmentations (docs/method.md §5) on the accelerator, in JAX (no TensorFlow).
 
 `data.aug.on_device` (augment.AugmentConfig) chooses how much of each clip's augmentation the
 devices do; the tf.data pipeline ships the rest of the work in the batch:

@@ -355,7 +355,9 @@ def middle_frames(info: DatasetInfo, split: int, subset: str, view: str, video_i
     def middle(raw):
         context, frames, _ = _parse(raw, (view,))
         jpegs = frames[view]
-        return context["video_index"], tf.io.decode_jpeg(jpegs[tf.shape(jpegs)[0] // 2], channels=3)
+        return context["video_index"], tf.io.decode_jpeg(
+            jpegs[tf.shape(jpegs)[0] // 2], channels=3, dct_method=augment.JPEG_DCT
+        )
 
     files = list(info.subset(split, subset).shards)
     ds = tf.data.Dataset.from_tensor_slices(files).interleave(

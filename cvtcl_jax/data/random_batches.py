@@ -10,7 +10,7 @@ from cvtcl_jax.data.clip_spec import ClipSpec
 
 def random_color_params(rng: np.random.Generator, *shape: int) -> np.ndarray:
     """(*shape, 12) float32 colour parameters in device_augment's layout: random flags, sigma in
-    [0.1, 2], factors in SPEC 5's ranges, a random order of the four jitter operations."""
+    [0.1, 2], factors in docs/method.md §5's ranges, a random order of the four jitter operations."""
     flags = rng.integers(0, 2, (*shape, 3))
     sigma = rng.uniform(0.1, 2.0, (*shape, 1))
     factors = rng.uniform([0.6, 0.6, 0.6, -0.1], [1.4, 1.4, 1.4, 0.1], (*shape, 4))

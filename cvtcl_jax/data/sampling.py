@@ -2,7 +2,7 @@
 
 Indices are chosen before anything is decoded, so only the frames a clip uses are ever decoded.
 A video shorter than what is asked for is looped (frame i of the request reads frame i mod n):
-the sample keeps its shape and the caller counts it as padded (SPEC 5).
+the sample keeps its shape and the caller counts it as padded (docs/method.md §5).
 """
 
 from __future__ import annotations

@@ -7,14 +7,14 @@ frames with time folded into the batch, a (k, 1, 1) conv a 2D conv over (time, p
 XNNPACK) put most of their tuning into 2D convolutions and matrix products, so 'fold' computes the
 same function (same parameters, same values up to summation order) through those kernels;
 'xla3d' hands every kernel to XLA as the 3D convolution it is. On the 2-core CPU the folded init
-step is 4x faster; on a GPU `bench/train_step.py --conv_lowering` compares them (README).
+step is 4x faster; on a GPU `bench/train_step.py --conv_lowering` compares them (docs/performance.md).
 
 'fold_s2d' is 'fold' with the stem's spatial conv (7x7, stride 2, on 3 input channels) computed
 by space-to-depth, as MLPerf's ResNets do on TPUs: each 2x2 block of pixels becomes one pixel of
 4 x 3 channels and the kernel a 4x4 stride-1 kernel over those, the same sums. A conv on 3 channels
 presumably leaves most of a GPU's tensor-core lanes empty (on an H200 the stem ran at ~35 TFLOP/s,
 27% of the init step's kernel time); whether 12 channels without a stride run faster is what
-`bench/train_step.py --conv_lowering fold fold_s2d` measures (README).
+`bench/train_step.py --conv_lowering fold fold_s2d` measures (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ on the 2-core CPU the bench's init step was 9% slower than 'autodiff' (0.6533 vs
 2026-11-27). One axis at a time (`max_pool3d_separable`) it is 3 views per axis: the same step
 takes 0.38-0.40 s against 0.55-0.62 s for 'autodiff' (co-training 0.40 vs 0.68 s), with half of
 XLA's memory (0.15 vs 0.30 GiB), hence the default; 'separable' with XLA's 1D reduce-windows
-takes 0.44 s and 0.37 GiB (README, 2026-11-28). Not yet measured on a GPU.
+takes 0.44 s and 0.37 GiB (docs/performance.md, 2026-11-28). Not yet measured on a GPU.
 """
 
 from __future__ import annotations

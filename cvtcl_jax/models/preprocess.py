@@ -1,7 +1,7 @@
 """Input normalisation, done on the device so the input pipeline can ship uint8 frames.
 
 The pipeline hands over augmented frames as uint8 (4x less host memory and host-to-device
-traffic than float32); the model normalises them with the ImageNet statistics (SPEC 5), for RGB
+traffic than float32); the model normalises them with the ImageNet statistics (docs/method.md §5), for RGB
 and for the 3-channel flow images alike.
 """
 

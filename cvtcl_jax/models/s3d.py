@@ -149,7 +149,7 @@ def _scaled(width: int, multiplier: float) -> int:
 class S3D(nn.Module):
     """S3D backbone. x: (B, T, H, W, 3) float -> (B, out_features) pooled feature.
 
-    The defaults give the full network of SPEC section 4 (1024-d output, 7,910,048 parameters).
+    The defaults give the full network of docs/method.md §4 (1024-d output, 7,910,048 parameters).
     Small variants for CPU tests and demos scale every width by `width_multiplier` and keep only
     the first `num_mixed_4` of the five Mixed_4 blocks.
 

@@ -1,0 +1,88 @@
+"""Checkpoints and export of a tiny train state on 8 emulated devices, without training."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from cvtcl_jax import checkpoints
+from cvtcl_jax.export import export_backbone
+from cvtcl_jax.features import backbone_from_config, backbone_variables
+from cvtcl_jax.models import load_torchvision_s3d, normalize_frames
+from cvtcl_jax.sharding import make_mesh
+from tests import tiny, tiny_config
+
+
+@pytest.fixture(scope="module")
+def fresh():
+    """A tiny train state created with the 8-device shardings (compiled once for the module)."""
+    return tiny.make_state(make_mesh())
+
+
+def _moved(state, seed):
+    """The state with every float leaf and the counters changed, so a restore cannot pass by luck."""
+    rng = np.random.default_rng(seed)
+
+    def move(x):
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            return x + jnp.asarray(rng.standard_normal(x.shape), x.dtype)
+        return x
+
+    moved = jax.tree.map(move, state)
+    return moved.replace(step=moved.step + 7, queue=moved.queue.replace(ptr=moved.queue.ptr + 16))
+
+
+def _equal(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+def test_state_round_trips_with_its_shardings_and_keeps_the_last_few(fresh, tmp_path):
+    config = {"model": {"width_multiplier": 0.25}, "seed": 3}
+    saved = {}
+    with checkpoints.manager(tmp_path, keep=2) as mngr:
+        for n in (2, 4, 6):
+            saved[n] = _moved(fresh, n)
+            checkpoints.save(mngr, n, saved[n], config, {"stage": "init_rgb", "view": "rgb", "done": n == 6})
+        mngr.wait_until_finished()
+        assert sorted(mngr.all_steps()) == [4, 6]
+        restored, progress = checkpoints.restore_state(mngr, fresh, step=4)
+    _equal(restored, saved[4])
+    assert progress == {"stage": "init_rgb", "view": "rgb", "done": False, "batches": 4}
+    for r, f in zip(jax.tree.leaves(restored), jax.tree.leaves(fresh), strict=True):
+        assert r.sharding.is_equivalent_to(f.sharding, r.ndim)
+
+    info = checkpoints.stage_info(tmp_path)
+    assert info["step"] == 6 and info["config"] == config and info["progress"]["done"] is True
+    template = {"params": fresh.params, "batch_stats": fresh.batch_stats}
+    _equal(checkpoints.restore_encoder(tmp_path, template, "encoder")["params"], saved[6].params)
+    ema = checkpoints.restore_encoder(tmp_path, template, "ema_encoder")
+    _equal(ema, {"params": saved[6].ema_params, "batch_stats": saved[6].ema_batch_stats})
+
+
+def test_missing_or_misfitting_checkpoints_name_the_problem(fresh, tmp_path):
+    with pytest.raises(checkpoints.CheckpointError, match="no checkpoints at"):
+        checkpoints.stage_info(tmp_path / "nothing")
+    with checkpoints.manager(tmp_path) as mngr:
+        checkpoints.save(mngr, 1, fresh, {}, {})
+    wider = jax.eval_shape(lambda: {"params": {"w": jnp.zeros((3, 3))}, "batch_stats": {}})
+    with pytest.raises(checkpoints.CheckpointError, match="does not fit this model"):
+        checkpoints.restore_encoder(tmp_path, wider, "encoder")
+    with pytest.raises(ValueError, match="'encoder' or 'ema_encoder'"):
+        checkpoints.restore_encoder(tmp_path, wider, "key")
+
+
+def test_export_gives_the_backbones_features_and_torchvision_weights(fresh, tmp_path):
+    state = _moved(fresh, 1)
+    variables = jax.device_get(backbone_variables({"params": state.params, "batch_stats": state.batch_stats}))
+    model_cfg = dict(tiny_config.get_config().model)
+    manifest = export_backbone(variables, model_cfg, (8, 32, 32), "flow", tmp_path, {"workdir": "w"})
+    assert manifest["view"] == "flow" and manifest["input"]["shape"] == ["batch", 8, 32, 32, 3]
+    assert json.loads((tmp_path / "manifest.json").read_text())["source"] == {"workdir": "w"}
+    exported = jax.export.deserialize((tmp_path / "feature_extractor.jax_export").read_bytes())
+    clips = np.random.default_rng(0).integers(0, 256, (3, 8, 32, 32, 3), dtype=np.uint8)
+    want = backbone_from_config(model_cfg).apply(variables, normalize_frames(jnp.asarray(clips)), train=False)
+    np.testing.assert_allclose(np.asarray(exported.call(clips)), np.asarray(want), rtol=1e-4, atol=1e-4)
+    _equal(load_torchvision_s3d(load_file(str(tmp_path / "s3d_torchvision.safetensors"))), variables)
