@@ -109,17 +109,21 @@ def check_view(view: str, key: str = "train.view") -> None:
         raise ConfigError(f"{key}={view!r} is not a view; use one of {VIEWS}")
 
 
+def check_encoder_item(value: str, key: str) -> None:
+    """A checkpoint's encoder item: the query or the key network."""
+    if value not in checkpoints.ENCODER_ITEMS:
+        raise ConfigError(
+            f"{key}={value!r}; use 'encoder' (the query network) or 'ema_encoder' (the key network)"
+        )
+
+
 def check_training(config) -> None:
     tc = config.train
     for key in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         if tc[key] < 1:
             raise ConfigError(f"train.{key}={tc[key]} must be >= 1")
     for key in ("key_from", "other_encoder"):
-        if tc[key] not in checkpoints.ENCODER_ITEMS:
-            raise ConfigError(
-                f"train.{key}={tc[key]!r}; use 'encoder' (the query network, as CoCLR) or 'ema_encoder' "
-                "(the key network)"
-            )
+        check_encoder_item(tc[key], f"train.{key}")
     if tc.retrieval_every_epochs < 0:
         raise ConfigError(f"train.retrieval_every_epochs={tc.retrieval_every_epochs} must be >= 0 (0 = off)")
     _check_numbers("optim", config.optim, positive=("lr",), non_negative=("weight_decay",))

@@ -140,10 +140,7 @@ def export_stage(source: str | Path, out_dir: str | Path, encoder: str = "encode
 
 
 def _check_export(config, workdir) -> None:
-    if config.export.encoder not in ("encoder", "ema_encoder"):
-        raise ConfigError(
-            f"export.encoder={config.export.encoder!r}; use 'encoder' (query) or 'ema_encoder' (key)"
-        )
+    checks.check_encoder_item(config.export.encoder, "export.encoder")
     checks.check_stage_source(config.export.source, "export.source", None)
 
 
