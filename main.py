@@ -82,7 +82,7 @@ def main(argv) -> None:
     import jax
 
     from cvtcl_jax import modes
-    from cvtcl_jax.config_checks import ConfigError
+    from cvtcl_jax.modes.checks import ConfigError
 
     _init_distributed()
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(FLAGS.workdir, "jax_cache")

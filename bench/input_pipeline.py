@@ -37,10 +37,10 @@ from cvtcl_jax.data import device_augment, pipeline  # noqa: E402
 from cvtcl_jax.data.augment import AugmentConfig  # noqa: E402
 from cvtcl_jax.data.clip_spec import ClipSpec  # noqa: E402
 from cvtcl_jax.data.dataset_info import load_dataset_info  # noqa: E402
+from cvtcl_jax.data.records import VideoRecord  # noqa: E402
 from cvtcl_jax.sharding import make_mesh, shard_batch  # noqa: E402
 from data_prep import synthetic, video  # noqa: E402
 from data_prep.build import _write_tfrecord  # noqa: E402
-from data_prep.records import VideoRecord  # noqa: E402
 
 HEIGHT, WIDTH = 128, 171
 

@@ -50,8 +50,8 @@ from cvtcl_jax.data.random_batches import random_pretrain_batch  # noqa: E402
 from cvtcl_jax.models import ContrastiveEncoder  # noqa: E402
 from cvtcl_jax.models.conv import CONV_LOWERINGS  # noqa: E402
 from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD, POOL_GRADS  # noqa: E402
-from cvtcl_jax.sharding import check_global_batch, make_mesh, shard_batch, state_sharding  # noqa: E402
-from cvtcl_jax.state import FrozenEncoder, create_train_state  # noqa: E402
+from cvtcl_jax.sharding import check_global_batch, make_mesh, shard_batch  # noqa: E402
+from cvtcl_jax.state import FrozenEncoder, create_train_state, state_sharding  # noqa: E402
 from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step  # noqa: E402
 
 # docs/method.md §5's blur taps (AugmentConfig's default; augment.py needs TensorFlow, which GPU

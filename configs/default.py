@@ -10,9 +10,9 @@ from ml_collections.config_dict import placeholder
 
 def get_config() -> ml_collections.ConfigDict:
     cfg = ml_collections.ConfigDict()
-    # Set by each mode's config file: pretrain, cotrain, schedule, export, demo, retrieval,
+    # Set by each mode's config file: init, cotrain, schedule, export, demo, retrieval,
     # linear_probe, finetune.
-    cfg.mode = ""
+    cfg.mode = placeholder(str)
     cfg.seed = 0
 
     # S3D + projection head g (docs/method.md §2, 4). bn_group_size: clips per BN statistics group.
@@ -60,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
     # (S of L frames).
     cfg.data = ml_collections.ConfigDict(
         dict(
-            dir="",  # the --out_dir of `python -m data_prep.build` (holds metadata.json)
+            dir=placeholder(str),  # the --out_dir of `python -m data_prep.build` (holds metadata.json)
             split=1,
             num_frames=32,
             crop_size=128,
@@ -120,12 +120,12 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
 
-    # One training run (pretrain / cotrain modes; the schedule mode sets view and sources itself).
+    # One training run (init / cotrain modes; the schedule mode sets view and sources itself).
     cfg.train = ml_collections.ConfigDict(
         dict(
             view="rgb",  # the view trained
-            init_from="",  # cotrain: workdir of this view's previous stage (init or last cycle)
-            other_from="",  # cotrain: workdir of the other view's stage (its network is frozen)
+            init_from=placeholder(str),  # cotrain: workdir of this view's previous stage (init or last cycle)
+            other_from=placeholder(str),  # cotrain: workdir of the other view's stage (its network is frozen)
             # Co-training's start, as CoCLR: the key encoder a copy of the query encoder ("encoder";
             # "ema_encoder": init_from's key encoder), the frozen ranking network the other view's
             # query encoder ("encoder"; "ema_encoder": its key encoder).
@@ -141,17 +141,17 @@ def get_config() -> ml_collections.ConfigDict:
     # Export of a trained backbone (export mode, and the end of the schedule).
     cfg.export = ml_collections.ConfigDict(
         dict(
-            source="",  # a stage's workdir; its latest checkpoint is exported
+            source=placeholder(str),  # a stage's workdir; its latest checkpoint is exported
             encoder="encoder",  # "encoder" (query f_q, used downstream) or "ema_encoder" (key f_k)
         )
     )
 
-    # Evaluation (docs/method.md §6): which encoders, which view; see cvtcl_jax/evaluation.py.
+    # Evaluation (docs/method.md §6): which encoders, which view; see cvtcl_jax/eval/.
     cfg.eval = ml_collections.ConfigDict(
         dict(
             view="rgb",  # rgb, flow or two_stream (both views fused)
-            rgb_source="",  # a stage workdir, an export directory, or "random" (random init)
-            flow_source="",
+            rgb_source=placeholder(str),  # a stage workdir, an export directory, or "random" (random init)
+            flow_source=placeholder(str),
             encoder="encoder",  # of a stage checkpoint: "encoder" (query) or "ema_encoder" (key)
             clip_from_source=True,  # evaluate at the clip size the encoder was trained on
             coclr_protocol=False,  # retrieval: CoCLR's variant (one random gallery clip, mean centring)

@@ -8,6 +8,6 @@ from configs import default
 
 def get_config():
     cfg = default.get_config()
-    cfg.mode = "pretrain"
+    cfg.mode = "init"
     cfg.train.view = "flow"
     return cfg

@@ -7,6 +7,8 @@ OUT/
   s3d_torchvision.safetensors      torchvision `s3d` `features.*` state dict (float32)
   manifest.json                    view, input size and format, normalisation, versions, source
 
+`export_stage` exports a stage's latest checkpoint (the export mode, and the schedule's end).
+
 Load the feature extractor with
   exported = jax.export.deserialize(open(OUT / "feature_extractor.jax_export", "rb").read())
   feats = exported.call(clips_uint8)
@@ -25,10 +27,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from safetensors.numpy import save_file
 
-from cvtcl_jax.features import backbone_from_config
-from cvtcl_jax.models import IMAGENET_MEAN, IMAGENET_STD, normalize_frames, to_torchvision_s3d
+from cvtcl_jax import checkpoints
+from cvtcl_jax.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    backbone_from_config,
+    backbone_variables,
+    encoder_from_config,
+    normalize_frames,
+    to_torchvision_s3d,
+)
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 EXPORT_FILE = "feature_extractor.jax_export"
@@ -102,4 +113,29 @@ def export_backbone(
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def export_stage(source: str | Path, out_dir: str | Path, encoder: str = "encoder") -> dict:
+    """Exports the backbone of a stage's latest checkpoint (see cvtcl_jax/export.py)."""
+    from cvtcl_jax.export import export_backbone
+
+    info = checkpoints.stage_info(source)
+    cfg = info["config"]
+    model = encoder_from_config(cfg["model"])
+    d = cfg["data"]
+    clip = (d["num_frames"], d["crop_size"], d["crop_size"])
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *clip, 3)), train=False))
+    variables = checkpoints.restore_encoder(source, dict(shapes), encoder)
+    where = {
+        "workdir": str(Path(source).absolute()),
+        "stage": info["progress"].get("stage"),
+        "batch": info["step"],
+        "epoch": info["progress"].get("epoch"),
+        "encoder": encoder,
+    }
+    manifest = export_backbone(
+        backbone_variables(variables), cfg["model"], clip, info["progress"]["view"], out_dir, where
+    )
+    logging.info("exported the %s encoder of %s to %s", encoder, source, out_dir)
     return manifest

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cvtcl_jax.models.heads import l2_normalize
+from cvtcl_jax.models.contrastive_encoder import l2_normalize
 
 
 @flax.struct.dataclass

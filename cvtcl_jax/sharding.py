@@ -1,4 +1,5 @@
-"""Mesh and shardings: the batch and the queue are split over the data axis, the rest replicated."""
+"""Mesh and shardings: batches are split over the data axis, the rest replicated (the train
+state's layout, with its queue rows split too, is `state.state_sharding`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,6 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-
-from cvtcl_jax.queue import Queue
-from cvtcl_jax.state import TrainState
 
 DATA_AXIS = "data"
 
@@ -44,14 +42,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over the data axis; works for any rank."""
     return NamedSharding(mesh, P(DATA_AXIS))
-
-
-def state_sharding(mesh: Mesh, state: TrainState) -> TrainState:
-    """Sharding pytree matching `state` (arrays or ShapeDtypeStructs): queue rows split."""
-    rep = replicated(mesh)
-    rows = batch_sharding(mesh)
-    tree = jax.tree.map(lambda _: rep, state)
-    return tree.replace(queue=Queue(keys=rows, other=rows, ids=rows, ptr=rep, fill=rep))
 
 
 def shard_batch(mesh: Mesh, local_batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:

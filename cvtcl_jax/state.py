@@ -8,8 +8,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from cvtcl_jax.queue import Queue, init_queue
+from cvtcl_jax.sharding import batch_sharding, replicated
 
 
 @flax.struct.dataclass
@@ -77,3 +79,11 @@ def create_train_state(
         queue=init_queue(k_queue, queue_size, model.embed_dim, global_batch),
         rng=jax.random.key_data(k_state),
     )
+
+
+def state_sharding(mesh: Mesh, state: TrainState) -> TrainState:
+    """Sharding pytree matching `state` (arrays or ShapeDtypeStructs): queue rows split."""
+    rep = replicated(mesh)
+    rows = batch_sharding(mesh)
+    tree = jax.tree.map(lambda _: rep, state)
+    return tree.replace(queue=Queue(keys=rows, other=rows, ids=rows, ptr=rep, fill=rep))

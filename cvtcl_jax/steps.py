@@ -23,8 +23,8 @@ from jax.sharding import Mesh
 
 from cvtcl_jax import losses
 from cvtcl_jax.queue import enqueue
-from cvtcl_jax.sharding import batch_sharding, replicated, state_sharding
-from cvtcl_jax.state import FrozenEncoder, TrainState
+from cvtcl_jax.sharding import batch_sharding, replicated
+from cvtcl_jax.state import FrozenEncoder, TrainState, state_sharding
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+from cvtcl_jax.data.records import FLOW_BOUND, FORMAT_VERSION, VideoRecord, frame_size
 from cvtcl_jax.flow.params import OPENCV_DEFAULTS
 from data_prep.layouts import LAYOUTS, Layout, LayoutError, Video
-from data_prep.records import FLOW_BOUND, FORMAT_VERSION, VideoRecord, frame_size
 from data_prep.video import VideoError, decode_video, encode_flows, process_video, quantize_flow
 
 WORK = "work"

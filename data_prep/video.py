@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from cvtcl_jax.data.records import FLOW_BOUND
 from cvtcl_jax.flow.params import OPENCV_DEFAULTS
-from data_prep.records import FLOW_BOUND
 
 
 class VideoError(Exception):

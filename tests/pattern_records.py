@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cvtcl_jax.data.records import VideoRecord
 from data_prep.build import _write_tfrecord
-from data_prep.records import VideoRecord
 from data_prep.video import encode_jpeg
 
 HEIGHT, WIDTH = 24, 32

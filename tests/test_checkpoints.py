@@ -10,29 +10,34 @@ from safetensors.numpy import load_file
 
 from cvtcl_jax import checkpoints
 from cvtcl_jax.export import export_backbone
-from cvtcl_jax.features import backbone_from_config, backbone_variables
-from cvtcl_jax.models import load_torchvision_s3d, normalize_frames
+from cvtcl_jax.models import backbone_from_config, backbone_variables, load_torchvision_s3d, normalize_frames
 from cvtcl_jax.sharding import make_mesh
+from cvtcl_jax.state import state_sharding
 from tests import tiny, tiny_config
 
 
 @pytest.fixture(scope="module")
 def fresh():
-    """A tiny train state created with the 8-device shardings (compiled once for the module)."""
-    return tiny.make_state(make_mesh())
+    """A tiny train state placed with the 8-device shardings: random floats, zero counters, put on
+    the devices directly (nothing to compile)."""
+    return _moved(tiny.state_shapes(), 0)
 
 
 def _moved(state, seed):
-    """The state with every float leaf and the counters changed, so a restore cannot pass by luck."""
+    """`state` (arrays or ShapeDtypeStructs) with new random floats, and counters advanced, on the
+    8-device train-state shardings, so a restore cannot pass by luck."""
     rng = np.random.default_rng(seed)
+    shardings = state_sharding(make_mesh(), state)
 
-    def move(x):
-        if jnp.issubdtype(x.dtype, jnp.floating):
-            return x + jnp.asarray(rng.standard_normal(x.shape), x.dtype)
-        return x
+    def move(x, sharding):
+        value = np.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else np.asarray(x)
+        if np.issubdtype(x.dtype, np.floating):
+            value = rng.standard_normal(x.shape).astype(x.dtype)
+        elif np.issubdtype(x.dtype, np.integer) and x.ndim == 0:
+            value = value + 7
+        return jax.device_put(value, sharding)
 
-    moved = jax.tree.map(move, state)
-    return moved.replace(step=moved.step + 7, queue=moved.queue.replace(ptr=moved.queue.ptr + 16))
+    return jax.tree.map(move, state, shardings)
 
 
 def _equal(a, b):
@@ -83,6 +88,7 @@ def test_export_gives_the_backbones_features_and_torchvision_weights(fresh, tmp_
     assert json.loads((tmp_path / "manifest.json").read_text())["source"] == {"workdir": "w"}
     exported = jax.export.deserialize((tmp_path / "feature_extractor.jax_export").read_bytes())
     clips = np.random.default_rng(0).integers(0, 256, (3, 8, 32, 32, 3), dtype=np.uint8)
-    want = backbone_from_config(model_cfg).apply(variables, normalize_frames(jnp.asarray(clips)), train=False)
+    apply = jax.jit(lambda v, x: backbone_from_config(model_cfg).apply(v, normalize_frames(x), train=False))
+    want = apply(variables, jnp.asarray(clips))
     np.testing.assert_allclose(np.asarray(exported.call(clips)), np.asarray(want), rtol=1e-4, atol=1e-4)
     _equal(load_torchvision_s3d(load_file(str(tmp_path / "s3d_torchvision.safetensors"))), variables)

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cvtcl_jax import classifier
-from cvtcl_jax.classifier import FinetuneModel, LinearHead
+from cvtcl_jax import optim
+from cvtcl_jax.eval import accuracy, classifier
+from cvtcl_jax.eval.classifier import FinetuneModel, LinearHead
 from cvtcl_jax.models import S3D
 
 PROBE = dict(epochs=30, lr=0.1, momentum=0.9, weight_decay=1e-3, decay_epochs=(20,), batch=16, seed=0)
@@ -21,15 +22,15 @@ def _clustered(rng, n_per_class, num_classes, dim, spread):
 def test_accuracy_and_video_averaging_by_hand():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3], [0.1, 0.8, 0.1]])
     # video 4 = rows 0 and 1: mean (0.4, 0.25, 0.35) -> class 0; video 9 = rows 2 and 3 -> class 1
-    videos, labels, video_probs = classifier.video_predictions(
+    videos, labels, video_probs = accuracy.video_predictions(
         probs, np.array([4, 4, 9, 9]), np.array([2, 2, 1, 1])
     )
     np.testing.assert_array_equal(videos, [4, 9])
     np.testing.assert_array_equal(labels, [2, 1])
     np.testing.assert_allclose(video_probs[0], [0.4, 0.25, 0.35])
-    assert classifier.accuracy(video_probs, labels, ks=(1, 2)) == {"top1": 50.0, "top2": 100.0}
+    assert accuracy.accuracy(video_probs, labels, ks=(1, 2)) == {"top1": 50.0, "top2": 100.0}
     # k above the class count counts every video
-    assert classifier.accuracy(video_probs, labels, ks=(5,)) == {"top5": 100.0}
+    assert accuracy.accuracy(video_probs, labels, ks=(5,)) == {"top5": 100.0}
 
 
 def test_linear_probe_separates_separable_features_perfectly():
@@ -39,7 +40,7 @@ def test_linear_probe_separates_separable_features_perfectly():
     assert steps == 30 * (100 // 16)
     test = train[::3] + 0.1 * rng.standard_normal(train[::3].shape)
     probs = classifier.head_probabilities(5, variables, test)
-    assert classifier.accuracy(probs, train_labels[::3])["top1"] == 100.0
+    assert accuracy.accuracy(probs, train_labels[::3])["top1"] == 100.0
 
 
 def test_linear_probe_on_random_features_is_at_chance():
@@ -48,7 +49,7 @@ def test_linear_probe_on_random_features_is_at_chance():
     train, test = rng.standard_normal((200, 16)), rng.standard_normal((400, 16))
     variables, _ = classifier.fit_linear_head(train, rng.integers(0, num_classes, 200), num_classes, **PROBE)
     probs = classifier.head_probabilities(num_classes, variables, test)
-    top1 = classifier.accuracy(probs, rng.integers(0, num_classes, 400))["top1"]
+    top1 = accuracy.accuracy(probs, rng.integers(0, num_classes, 400))["top1"]
     assert abs(top1 - 100 / num_classes) < 8.0
 
 
@@ -83,7 +84,7 @@ def test_finetune_backbone_learns_at_a_tenth_of_the_classifier_rate():
     model = FinetuneModel(S3D(width_multiplier=0.125, num_mixed_4=1), num_classes=3, dropout=0.5)
     clips = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 8, 32, 32, 3)), jnp.uint8)
     variables = model.init(jax.random.key(0), clips)
-    schedule = classifier.optim.step_decay_schedule(1e-3, 1)
+    schedule = optim.step_decay_schedule(1e-3, 1)
     optimizer = classifier.finetune_optimizer(schedule, 0.0, 0.1)
     state = classifier.create_state(variables, optimizer, 0)
     step = jax.jit(classifier.make_train_step(model.apply, optimizer, schedule))

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from configs.default import get_config
-from cvtcl_jax.models import ContrastiveEncoder
+from cvtcl_jax.models import encoder_from_config
 from cvtcl_jax.queue import check_queue_size
 from cvtcl_jax.steps import ContrastConfig
 
@@ -27,13 +27,13 @@ def test_defaults_are_the_papers_numbers():
 
 def test_config_builds_model_and_objective():
     cfg = get_config()
-    model = ContrastiveEncoder.from_config(cfg.model)
+    model = encoder_from_config(cfg.model)
     assert model.embed_dim == 128 and model.bn_group_size == 32
     assert ContrastConfig(**cfg.contrast).use_ltcl
     cfg.model.dtype = "bfloat16"
-    assert str(ContrastiveEncoder.from_config(cfg.model).dtype) == "bfloat16"
+    assert str(encoder_from_config(cfg.model).dtype) == "bfloat16"
     with pytest.raises(ValueError, match="unknown model config keys"):
-        ContrastiveEncoder.from_config({**cfg.model, "with_gating": True})
+        encoder_from_config({**cfg.model, "with_gating": True})
 
 
 def test_augmentation_defaults_are_spec_5():
@@ -58,17 +58,19 @@ def test_the_flow_cotraining_runs_take_cotrain_flow_beta_however_the_view_is_cho
     (from configs/cotrain.py:flow, or its RGB file with --config.train.view=flow) and the schedule."""
     from configs import cotrain
     from cvtcl_jax import modes
-    from cvtcl_jax.train import contrast_config
+    from cvtcl_jax.training.stage import contrast_config
 
-    monkeypatch.setattr(modes, "train_stage", lambda config, workdir, stage: stage)  # the stage run
+    monkeypatch.setattr(
+        modes.training, "train_stage", lambda config, workdir, stage, evaluate: stage
+    )  # the stage run
     flow_file, view_flag, rgb_file = cotrain.get_config("flow"), cotrain.get_config(), cotrain.get_config()
     view_flag.train.view = "flow"
     for cfg, beta in ((flow_file, flow_beta), (view_flag, flow_beta), (rgb_file, 1.0)):
         cfg.schedule.cotrain_flow_beta = flow_beta
-        assert contrast_config(cfg, modes.run_cotrain(cfg, tmp_path).beta).beta == beta
+        assert contrast_config(cfg, modes.training.run_cotrain(cfg, tmp_path).beta).beta == beta
     cfg = get_config()
     cfg.schedule.cotrain_flow_beta = flow_beta
-    betas = {s.name: contrast_config(cfg, s.beta).beta for s in modes.schedule_stages(cfg, tmp_path)}
+    betas = {s.name: contrast_config(cfg, s.beta).beta for s in modes.training.schedule_stages(cfg, tmp_path)}
     assert betas == {
         "init_rgb": 1.0,
         "init_flow": 1.0,
@@ -77,7 +79,7 @@ def test_the_flow_cotraining_runs_take_cotrain_flow_beta_however_the_view_is_cho
 
 
 def test_cotrain_lr_sets_the_cotraining_runs_only(tmp_path):
-    from cvtcl_jax.modes import schedule_stages
+    from cvtcl_jax.modes.training import schedule_stages
 
     cfg = get_config()
     assert all(stage.lr is None for stage in schedule_stages(cfg, tmp_path))  # optim.lr throughout

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from cvtcl_jax.data.records import read_records
 from data_prep import layouts, synthetic
-from data_prep.records import read_records
 from data_prep.video import dequantize_flow, process_video
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,8 +19,8 @@ import tensorflow as tf
 
 from configs import demo
 from cvtcl_jax import checkpoints, modes
-from cvtcl_jax.config_checks import ConfigError
 from cvtcl_jax.data import sampling
+from cvtcl_jax.modes.checks import ConfigError
 from data_prep import build, synthetic
 from tests import tiny_config
 from tests.conftest import LENGTHS
@@ -39,7 +39,7 @@ def two_class_data(tmp_path_factory):
 
 def _eval_config(data_dir, mode, view="two_stream", rgb="random", flow="random", **changes):
     cfg = tiny_config.run_config(data_dir, mode)
-    cfg.eval.update(view=view, rgb_source=str(rgb), flow_source=str(flow))
+    cfg.eval.update(view=view, rgb_source=rgb and str(rgb), flow_source=flow and str(flow))
     cfg.linear.update(epochs=4, decay_epochs=(3,))
     cfg.finetune.update(epochs=2, decay_epochs=(1,))
     for key, value in changes.items():
@@ -81,7 +81,7 @@ def test_schedule_ends_with_the_evaluation_table(schedule_run):
         and record["sources"]["flow"]["kind"] == "checkpoint"
     )
     assert json.loads((wd / "schedule.json").read_text())["evaluation"] == table
-    text = modes.format_table(table)
+    text = modes.evaluation.format_table(table)
     assert text.splitlines()[0].split() == ["view", "stage", "R@1", "R@5", "linear_top1"]
     assert len(text.splitlines()) == 1 + 9
 
@@ -228,6 +228,7 @@ def test_coclr_protocol_is_recorded_and_reuses_the_cached_features(two_class_dat
 # ---------------------------------------------------------------------- classifiers
 
 
+@pytest.mark.slow
 def test_linear_probe_cached_two_stream_averages_the_views(two_class_data, tmp_path):
     cfg = _eval_config(two_class_data, "linear_probe", linear__cached=True)
     results = modes.run(cfg, tmp_path)
@@ -297,7 +298,7 @@ def test_finetune_resumes_to_the_same_result(two_class_data, tmp_path):
     "mode, change, message",
     [
         ("retrieval", dict(view="depth"), r"eval.view='depth'; use one of"),
-        ("retrieval", dict(rgb=""), r"eval.rgb_source is empty"),
+        ("retrieval", dict(rgb=None), r"eval.rgb_source is unset"),
         ("retrieval", dict(rgb="/no/such/run"), r"/no/such/run does not exist"),
         (
             "retrieval",
@@ -347,7 +348,7 @@ def _learned_and_random_scores(data_dir, view, epochs, tmp_path, **changes) -> d
     """Initializes `view` with the demo's recipe (InfoNCE + LTCL, batch 16, queue 48) for `epochs`
     and returns {(random|learned, retrieval|linear_probe): metrics} on the test videos.
     changes: config overrides of the training run, as {"section__name": value}."""
-    cfg = tiny_config.run_config(data_dir, "pretrain", view=view, retrieval_every_epochs=0)
+    cfg = tiny_config.run_config(data_dir, "init", view=view, retrieval_every_epochs=0)
     cfg.update(global_batch=16, queue_size=48)
     cfg.train.update(checkpoint_every_steps=150, log_every_steps=50)
     cfg.schedule.init_epochs = epochs

@@ -101,6 +101,7 @@ def test_pairs_of_mixed_sizes_share_bucketed_programs():
     assert bucket_shape(97, 131) == (128, 160) and bucket_shape(96, 128) == (96, 128)
 
 
+@pytest.mark.slow
 def test_a_pair_in_a_padded_buffer_ignores_what_lies_around_it():
     a, b, _ = flow_scenes.scenes(70, 100, seed=7)["occlusion_and_shake"]
     rng = np.random.default_rng(0)

@@ -25,13 +25,19 @@ import pytest
 import tensorflow as tf
 from safetensors.numpy import load_file
 
-from cvtcl_jax import checkpoints, modes, optim, train
-from cvtcl_jax.config_checks import ConfigError
-from cvtcl_jax.features import backbone_from_config, backbone_variables
-from cvtcl_jax.models import ContrastiveEncoder, load_torchvision_s3d, normalize_frames
-from cvtcl_jax.sharding import make_mesh, state_sharding
-from cvtcl_jax.state import create_train_state
-from cvtcl_jax.train import TrainingDiverged
+from cvtcl_jax import checkpoints, modes, optim
+from cvtcl_jax.models import (
+    backbone_from_config,
+    backbone_variables,
+    encoder_from_config,
+    load_torchvision_s3d,
+    normalize_frames,
+)
+from cvtcl_jax.modes.checks import ConfigError
+from cvtcl_jax.sharding import make_mesh
+from cvtcl_jax.state import create_train_state, state_sharding
+from cvtcl_jax.training import stage as training_stage
+from cvtcl_jax.training.loop import TrainingDiverged
 from tests import tiny_config
 from tests.conftest import LENGTHS
 from tests.pattern_records import write_pattern_dataset
@@ -39,7 +45,7 @@ from tests.pattern_records import write_pattern_dataset
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _config(data_dir, mode="pretrain", **train):
+def _config(data_dir, mode="init", **train):
     return tiny_config.run_config(data_dir, mode, **train)
 
 
@@ -117,8 +123,13 @@ def test_checkpoints_hold_named_items_and_keep_the_last_few(schedule_run):
     assert info["config"]["model"]["width_multiplier"] == 0.25 and info["progress"]["view"] == "rgb"
 
 
-def test_rerun_skips_finished_stages(schedule_run, data):
+def test_rerun_skips_finished_stages(schedule_run, data, monkeypatch):
     wd, _ = schedule_run
+
+    def built(*args, **kwargs):
+        raise AssertionError("a finished stage built its mesh")
+
+    monkeypatch.setattr(training_stage, "make_mesh", built)  # returned before any set-up
     before = {p: p.stat().st_mtime for p in wd.glob("*/checkpoints/*")}
     exported = {p: p.stat().st_mtime for p in wd.glob("export/*/*")}
     evaluated = {p: p.stat().st_mtime for p in wd.glob("eval/*/*.json")}
@@ -180,7 +191,7 @@ def test_cotraining_starts_as_coclr_or_from_the_key_encoders(schedule_run, key_f
     """By default (CoCLR) the key encoder starts as a copy of the query encoder and the other
     view's query encoder ranks; the option restores the previous stage's key encoders instead."""
     wd, _ = schedule_run
-    stage = modes.cotrain_stage(
+    stage = modes.training.cotrain_stage(
         _config(wd, "cotrain", key_from=key_from, other_encoder=other_encoder),
         "cotrain_rgb",
         "rgb",
@@ -189,14 +200,14 @@ def test_cotraining_starts_as_coclr_or_from_the_key_encoders(schedule_run, key_f
     )
     cfg = tiny_config.get_config()
     mesh = make_mesh()
-    model = ContrastiveEncoder.from_config(cfg.model)
+    model = encoder_from_config(cfg.model)
     optimizer = optim.adam_l2(1e-3, 0.0)
 
     def init(rng):
         return create_train_state(model, optimizer, rng, (8, 32, 32, 3), cfg.queue_size, cfg.global_batch)
 
     fresh = jax.jit(init, out_shardings=state_sharding(mesh, jax.eval_shape(init, jax.random.key(0))))
-    state, frozen = train.cotrain_start(fresh(jax.random.key(0)), stage)
+    state, frozen = training_stage.cotrain_start(fresh(jax.random.key(0)), stage)
     _, rgb = _restore_items(wd / "init_rgb", items=("encoder", "ema_encoder"))
     _, flow = _restore_items(wd / "init_flow", items=("encoder", "ema_encoder"))
     for items in (rgb, flow):  # else the test could not tell the two items apart
@@ -259,7 +270,7 @@ def test_killed_run_resumes_to_the_same_parameters(schedule_run, data, tmp_path)
 def test_nan_loss_stops_with_the_last_good_checkpoint_kept(data, tmp_path):
     cfg = _config(data, retrieval_every_epochs=0)
     cfg.schedule.init_epochs = 6
-    model = ContrastiveEncoder.from_config(cfg.model)
+    model = encoder_from_config(cfg.model)
     optimizer = optim.adam_l2(optim.step_decay_schedule(cfg.optim.lr, 1), cfg.optim.weight_decay)
     shapes = jax.eval_shape(
         lambda: create_train_state(model, optimizer, jax.random.key(0), (8, 32, 32, 3), cfg.queue_size, 8)

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from jax.extend.core import jaxprs_in_params
 
-from cvtcl_jax.models import S3D, ContrastiveEncoder, conv, load_torchvision_s3d, pooling, to_torchvision_s3d
+from cvtcl_jax.models import (
+    S3D,
+    ContrastiveEncoder,
+    ProjectionHead,
+    conv,
+    load_torchvision_s3d,
+    pooling,
+    to_torchvision_s3d,
+)
 from cvtcl_jax.models.s3d import feature_map_size
 from tests.s3d_reference import CASES, random_torchvision_state, reference_input
 
@@ -246,9 +254,9 @@ def test_conv_lowerings_give_the_same_network():
 @pytest.mark.parametrize(
     "window, strides, pad",
     [
-        ((3, 3, 3), (1, 1, 1), (1, 1, 1)),
+        pytest.param((3, 3, 3), (1, 1, 1), (1, 1, 1), marks=pytest.mark.slow),
         ((1, 3, 3), (1, 2, 2), (0, 1, 1)),
-        ((3, 3, 3), (2, 2, 2), (1, 1, 1)),
+        pytest.param((3, 3, 3), (2, 2, 2), (1, 1, 1), marks=pytest.mark.slow),
         ((2, 2, 2), (2, 2, 2), (0, 0, 0)),
     ],
     ids=["mixed-branch3", "stem", "pool-4", "pool-5"],
@@ -371,11 +379,25 @@ def test_bad_inputs_give_clear_errors(torchvision_state):
         load_torchvision_s3d(broken)
 
 
+def test_projection_head_gives_unit_vectors_and_the_encoder_its_shapes():
+    head = ProjectionHead(hidden_dim=32, out_dim=16)
+    feats = jnp.asarray(np.random.default_rng(2).standard_normal((5, 128)), jnp.float32)
+    z = jax.jit(head.apply)(head.init(jax.random.key(0), feats), feats)
+    np.testing.assert_allclose(jnp.linalg.norm(z, axis=-1), 1.0, rtol=1e-5)
+    model = ContrastiveEncoder(width_multiplier=0.125, num_mixed_4=1, head_hidden_dim=32, embed_dim=16)
+    x = jax.ShapeDtypeStruct((3, 8, 32, 32, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    assert set(variables["params"]) == {"backbone", "head"} and set(variables["batch_stats"]) == {"backbone"}
+    feats, z = jax.eval_shape(model.apply, variables, x)
+    assert feats.shape == (3, 128) and z.shape == (3, 16)
+
+
+@pytest.mark.slow
 def test_encoder_embeddings_are_unit_vectors():
     model = ContrastiveEncoder(width_multiplier=0.125, num_mixed_4=1, head_hidden_dim=32, embed_dim=16)
     x = jnp.asarray(np.random.default_rng(2).standard_normal((3, 8, 32, 32, 3)), jnp.float32)
-    variables = model.init(jax.random.key(0), x)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
     assert set(variables["params"]) == {"backbone", "head"}
-    feats, z = model.apply(variables, x)
+    feats, z = jax.jit(model.apply)(variables, x)
     assert feats.shape == (3, 128) and z.shape == (3, 16)
     np.testing.assert_allclose(jnp.linalg.norm(z, axis=-1), 1.0, rtol=1e-5)

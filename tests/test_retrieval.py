@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cvtcl_jax.retrieval import centre, fuse, ranking, recall_at_k, single_clip_features, video_features
+from cvtcl_jax.eval.retrieval import centre, fuse, ranking, recall_at_k, single_clip_features, video_features
 
 
 def test_separated_classes_give_full_recall():
@@ -91,7 +91,7 @@ def test_ranking_orders_by_cosine_similarity():
 
 
 def test_neighbour_picture_frames_hits_green_and_misses_red():
-    from cvtcl_jax.eval_pictures import GREEN, RED, WHITE, neighbour_grid
+    from cvtcl_jax.eval.pictures import GREEN, RED, WHITE, neighbour_grid
 
     frames = {i: np.full((20, 30, 3), 10 * i, np.uint8) for i in range(5)}
     grid = neighbour_grid(

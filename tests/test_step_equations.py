@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cvtcl_jax.sharding import make_mesh, state_sharding
-from cvtcl_jax.state import FrozenEncoder
+from cvtcl_jax.sharding import make_mesh
+from cvtcl_jax.state import FrozenEncoder, state_sharding
 from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step
 from tests import tiny
 

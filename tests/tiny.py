@@ -8,8 +8,7 @@ import numpy as np
 
 from cvtcl_jax import optim
 from cvtcl_jax.models import ContrastiveEncoder
-from cvtcl_jax.sharding import state_sharding
-from cvtcl_jax.state import create_train_state
+from cvtcl_jax.state import create_train_state, state_sharding
 
 BATCH, FRAMES, SIZE, SEGMENTS, SEG_LEN, QUEUE = 16, 8, 32, 2, 8, 64
 VIDEO_LEN, CANVAS = 32, 40

@@ -8,7 +8,7 @@ from configs import default, demo
 
 def get_config():
     cfg = demo.get_config()
-    cfg.mode = "pretrain"
+    cfg.mode = "init"
     del cfg["demo"]
     # The paper's augmentations (the demo's are milder), colour in tf.data as in the demo, so the
     # tests run every augmentation, blur and brightness/contrast jitter included.
@@ -25,7 +25,7 @@ def get_config():
     return cfg
 
 
-def run_config(data_dir, mode: str = "pretrain", **train):
+def run_config(data_dir, mode: str = "init", **train):
     """The tiny config for `mode` on the data at data_dir, with train.* overrides."""
     cfg = get_config()
     cfg.mode = mode

@@ -3,6 +3,7 @@
   dataset_info   metadata.json of a prepared dataset, per-host shard assignment   (no TensorFlow)
   clip_spec      ClipSpec: clip and LTCL segment geometry                         (no TensorFlow)
   random_batches random uint8 batches of the pipeline's shapes, for benchmarks    (no TensorFlow)
+  records        the stored format: one SequenceExample per video, its writer and parser
   sampling       frame indices (clips, segments, dense evaluation clips)
   augment        per-clip augmentations, flow-aware flips
   device_augment the colour augmentations in JAX, on the accelerators (data.aug.on_device) (no TensorFlow)

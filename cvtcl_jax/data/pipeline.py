@@ -43,7 +43,7 @@ from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import DatasetError, DatasetInfo, host_shards
 from cvtcl_jax.data.device_augment import SUFFIX as COLOR_SUFFIX
 from cvtcl_jax.data.device_augment import WINDOW_SUFFIX
-from data_prep.records import FLOW_KEY, RGB_KEY
+from cvtcl_jax.data.records import FLOW_KEY, RGB_KEY
 
 _FEATURE_KEY = {"rgb": RGB_KEY, "flow": FLOW_KEY}
 # Finished training batches held ready on the host: a fixed count, so the host's memory is bounded

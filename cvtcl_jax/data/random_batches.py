@@ -70,13 +70,3 @@ def random_pretrain_batch(
             out["other_key_window"] = out["key_window"].copy()
             out["other_key_window"][:, device_augment.WIN_FLOW] = 1
     return out
-
-
-def empty_eval_batch(local_batch: int, spec: ClipSpec, views) -> dict:
-    """An evaluation batch with every row masked out, for hosts that ran out of data first."""
-    t, s = spec.num_frames, spec.crop_size
-    out = {view: np.zeros((local_batch, t, s, s, 3), np.uint8) for view in views}
-    for key in ("video_index", "label", "clip_start", "crop"):
-        out[key] = np.zeros(local_batch, np.int32)
-    out["mask"] = np.zeros(local_batch, bool)
-    return out

@@ -1,6 +1,16 @@
-"""Networks: the S3D backbone, the projection head and torchvision weight conversion."""
+"""Networks.
 
-from cvtcl_jax.models.heads import ContrastiveEncoder, ProjectionHead, l2_normalize
+s3d                  the S3D backbone (torchvision's), feature_map_size
+contrastive_encoder  ContrastiveEncoder f + g: S3D and the projection head
+builders             the networks of a config's `model` section, the backbone's variables
+batchnorm            BatchNorm over groups of clips (the paper's per-GPU statistics)
+conv, pooling        the 3D convolutions and max pooling, with their faster lowerings
+preprocess           uint8 frames -> ImageNet-normalised floats
+torchvision_weights  conversion to and from torchvision's `s3d` state dict
+"""
+
+from cvtcl_jax.models.builders import backbone_from_config, backbone_variables, encoder_from_config
+from cvtcl_jax.models.contrastive_encoder import ContrastiveEncoder, ProjectionHead, l2_normalize
 from cvtcl_jax.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
 from cvtcl_jax.models.s3d import S3D
 from cvtcl_jax.models.torchvision_weights import load_torchvision_s3d, to_torchvision_s3d
@@ -9,6 +19,9 @@ __all__ = [
     "S3D",
     "ContrastiveEncoder",
     "ProjectionHead",
+    "backbone_from_config",
+    "backbone_variables",
+    "encoder_from_config",
     "l2_normalize",
     "normalize_frames",
     "IMAGENET_MEAN",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -57,18 +56,6 @@ class ContrastiveEncoder(nn.Module):
     remat: bool = False  # S3D.remat: recompute activations in the backward pass to save memory
     pool_grad: str = DEFAULT_POOL_GRAD  # S3D.pool_grad: how max pooling is computed and differentiated
     conv_lowering: str = "fold"  # S3D.conv_lowering: 2D convs and matmuls, or 3D convs
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> ContrastiveEncoder:
-        """From a mapping of this class's fields, `dtype` given as a name ('bfloat16')."""
-        fields = dict(cfg)
-        for key in ("dtype", "param_dtype"):
-            if isinstance(fields.get(key), str):
-                fields[key] = jnp.dtype(fields[key])
-        unknown = set(fields) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}")
-        return cls(**fields)
 
     def setup(self):
         self.backbone = S3D(

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import jax
 import numpy as np
 import tensorflow as tf
+
+from cvtcl_jax.data import pipeline
+from cvtcl_jax.eval import retrieval
 
 WHITE, GREEN, RED = (255, 255, 255), (40, 200, 40), (220, 40, 40)
 
@@ -48,3 +52,23 @@ def neighbour_grid(
         ]
         rows.append(np.concatenate(tiles, axis=1))
     return np.concatenate(rows, axis=0)
+
+
+def write_neighbours(run, view: str, sets: dict, k: int = 3) -> None:
+    """Figure 4 style, to the run's TensorBoard: `eval.num_pictures` queries spread over the test set
+    with their top-k. run: an EvalRun; sets: retrieval's query/gallery features, videos, labels."""
+    n = min(run.config.eval.num_pictures, len(sets["query"]))
+    if n <= 0 or jax.process_index() > 0:
+        return
+    rows = np.linspace(0, len(sets["query"]) - 1, n).round().astype(int)
+    order = retrieval.ranking(sets["query"][rows], sets["gallery"])[:, :k]
+    queries = sets["query_videos"][rows]
+    neighbours = sets["gallery_videos"][order]
+    same = sets["gallery_labels"][order] == sets["query_labels"][rows][:, None]
+    # RGB frames are the readable picture for either view when the data has them.
+    shown = "rgb" if "rgb" in run.info.views else view
+    split = run.config.data.split
+    q_frames = pipeline.middle_frames(run.info, split, "test", shown, queries)
+    g_frames = pipeline.middle_frames(run.info, split, "train", shown, neighbours.ravel())
+    grid = neighbour_grid(queries.tolist(), neighbours.tolist(), same.tolist(), q_frames, g_frames)
+    run.writer.write_images(0, {f"retrieval/{view}/nearest_neighbours": grid[None]})

@@ -1,9 +1,8 @@
-"""Classifiers on the backbone (docs/method.md §6): the linear probe and finetuning, their steps and metrics.
+"""Classifiers on the backbone (docs/method.md §6): the linear probe and finetuning, their optimisers
+and training step, and the probe's fit on cached features. Their accuracy: eval/accuracy.py.
 
   LinearHead      frozen feature (B, F) -> L2 normalise -> BN -> linear -> (B, C) logits
   FinetuneModel   clips (B, T, H, W, 3) -> S3D (trained) -> dropout -> linear -> (B, C) logits
-
-Test predictions average the softmax over every dense clip (and crop) of a video.
 """
 
 from __future__ import annotations
@@ -196,29 +195,3 @@ def head_probabilities(num_classes: int, variables: dict, features: np.ndarray) 
         variables, jnp.asarray(features, jnp.float32)
     )
     return np.asarray(jax.nn.softmax(logits))
-
-
-def video_predictions(probs: np.ndarray, video_index: np.ndarray, labels: np.ndarray):
-    """Per-video class probabilities: the mean of the softmax of every clip / crop row.
-
-    probs: (N, C); video_index, labels: (N,). Returns (videos (V,) sorted, labels (V,), probs (V, C)).
-    """
-    videos, inverse = np.unique(video_index, return_inverse=True)
-    sums = np.zeros((len(videos), probs.shape[1]), np.float64)
-    counts = np.zeros(len(videos), np.float64)
-    np.add.at(sums, inverse, probs.astype(np.float64))
-    np.add.at(counts, inverse, 1.0)
-    video_labels = np.zeros(len(videos), np.int64)
-    video_labels[inverse] = labels
-    return videos, video_labels, sums / counts[:, None]
-
-
-def accuracy(probs: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str, float]:
-    """{'top1': .., 'top5': ..} in percent: the label among the k most probable classes (k <= C)."""
-    if len(probs) == 0:
-        raise ValueError("accuracy of an empty set of videos")
-    order = np.argsort(-probs, axis=1, kind="stable")
-    return {
-        f"top{k}": float(100.0 * np.mean((order[:, : min(k, probs.shape[1])] == labels[:, None]).any(1)))
-        for k in ks
-    }

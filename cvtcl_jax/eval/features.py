@@ -6,39 +6,19 @@ so each host ends with every real row exactly once, whatever the number of hosts
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.models import S3D, normalize_frames
-from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD
 from cvtcl_jax.sharding import batch_sharding, replicated, shard_batch
 
 META_KEYS = ("video_index", "label", "clip_start", "crop", "mask")
 ROW_KEYS = ("features", "video_index", "label", "clip_start", "crop")
-
-
-def backbone_from_config(model_cfg: Mapping) -> S3D:
-    """The S3D of a ContrastiveEncoder config (its `backbone` variables apply to it)."""
-    dtype = model_cfg.get("dtype", "float32")
-    return S3D(
-        width_multiplier=model_cfg["width_multiplier"],
-        num_mixed_4=model_cfg["num_mixed_4"],
-        bn_group_size=model_cfg.get("bn_group_size"),
-        dtype=jax.numpy.dtype(dtype),
-        # Only matter where the backbone is trained (finetuning).
-        remat=model_cfg.get("remat", False),
-        pool_grad=model_cfg.get("pool_grad", DEFAULT_POOL_GRAD),
-        conv_lowering=model_cfg.get("conv_lowering", "fold"),
-    )
-
-
-def backbone_variables(encoder: Mapping) -> dict:
-    """{'params', 'batch_stats'} of the backbone inside a ContrastiveEncoder's variables."""
-    return {"params": encoder["params"]["backbone"], "batch_stats": encoder["batch_stats"]["backbone"]}
 
 
 def sharded_batch_fn(fn: Callable, mesh: Mesh) -> Callable:
@@ -56,6 +36,16 @@ def make_feature_fn(backbone: S3D, mesh: Mesh) -> Callable:
         return backbone.apply(variables, normalize_frames(clips), train=False).astype(jax.numpy.float32)
 
     return sharded_batch_fn(features, mesh)
+
+
+def empty_batch(local_batch: int, spec: ClipSpec, views) -> dict:
+    """An evaluation batch with every row masked out, for hosts that ran out of data first."""
+    t, s = spec.num_frames, spec.crop_size
+    out = {view: np.zeros((local_batch, t, s, s, 3), np.uint8) for view in views}
+    for key in ("video_index", "label", "clip_start", "crop"):
+        out[key] = np.zeros(local_batch, np.int32)
+    out["mask"] = np.zeros(local_batch, bool)
+    return out
 
 
 def _synced(batches: Iterator[dict], empty: dict) -> Iterator[dict]:
@@ -80,7 +70,7 @@ def extract(
     """Runs `feature_fn` (per-row outputs: features, or class probabilities) over evaluation
     batches of one view.
 
-    empty: an all-masked batch of the same shapes (`random_batches.empty_eval_batch`), fed by
+    empty: an all-masked batch of the same shapes (`empty_batch`), fed by
     hosts that finished early. Returns the real rows of all hosts: {'features' (N, F),
     'video_index', 'label', 'clip_start', 'crop' (N,)} (ROW_KEYS).
     """

@@ -12,6 +12,7 @@ S3D variables {'params', 'batch_stats'}.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import zlib
 from collections.abc import Mapping
@@ -22,8 +23,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from cvtcl_jax import checkpoints
-from cvtcl_jax.features import backbone_from_config, backbone_variables
-from cvtcl_jax.models import S3D, ContrastiveEncoder
+from cvtcl_jax.models import S3D, backbone_from_config, backbone_variables, encoder_from_config
 
 RANDOM = "random"
 
@@ -120,13 +120,15 @@ def load(desc: Mapping, seed: int = 0) -> Backbone:
     if desc["kind"] == RANDOM:
         t, s = clip
         key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(desc["view"].encode()))
-        variables = backbone_from_config(model_cfg).init(key, jnp.zeros((1, t, s, s, 3)), train=False)
+        # One compiled program instead of every op of the network dispatched on its own.
+        init = functools.partial(backbone_from_config(model_cfg).init, train=False)
+        variables = jax.jit(init)(key, jnp.zeros((1, t, s, s, 3)))
     elif desc["kind"] == "export":
         template = _backbone_template(model_cfg, clip)
         with ocp.StandardCheckpointer() as ckpt:
             variables = ckpt.restore(Path(desc["path"]) / "params", template)
     else:
-        model = ContrastiveEncoder.from_config(model_cfg)
+        model = encoder_from_config(model_cfg)
         t, s = clip
         shapes = jax.eval_shape(
             lambda: model.init(jax.random.key(0), jnp.zeros((1, t, s, s, 3)), train=False)

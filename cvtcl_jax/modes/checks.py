@@ -1,4 +1,5 @@
-"""Checks of a config against the devices, the data and earlier stages, before any work starts.
+"""Checks of a config against the devices, the data and earlier stages, before any work starts:
+the pieces each mode's check (beside its runner) is made of.
 
 Every failure is a ConfigError whose message names the value seen and what to change.
 """
@@ -13,6 +14,7 @@ from cvtcl_jax import checkpoints
 from cvtcl_jax.data.augment import AugmentConfig, check_eval_crops
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import VIEWS, DatasetError, load_dataset_info
+from cvtcl_jax.eval.run import EVAL_VIEWS, source_descriptions, views_of
 from cvtcl_jax.models.conv import CONV_LOWERINGS
 from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD, POOL_GRADS
 from cvtcl_jax.models.s3d import feature_map_size
@@ -81,7 +83,7 @@ def check_data(config, views) -> None:
     """The dataset exists, has the split, the views and at least one global batch of videos."""
     if not config.data.dir:
         raise ConfigError(
-            "data.dir is empty: set --config.data.dir to the --out_dir of `python -m data_prep.build` "
+            "data.dir is unset: set --config.data.dir to the --out_dir of `python -m data_prep.build` "
             "(or run configs/demo.py, which makes its own data)"
         )
     info = _wrap(load_dataset_info, config.data.dir)
@@ -137,7 +139,7 @@ def check_training(config) -> None:
 def check_stage_source(path: str, key: str, view: str | None, model_cfg=None) -> dict:
     """A workdir written by a finished (or running) stage; its view and model must match."""
     if not path:
-        raise ConfigError(f"{key} is empty: set it to the workdir of the stage to start from")
+        raise ConfigError(f"{key} is unset: set it to the workdir of the stage to start from")
     if not Path(path).is_dir():
         raise ConfigError(f"{key}={path} does not exist: set it to the workdir of a trained stage")
     info = _wrap(checkpoints.stage_info, path, prefix=f"{key}: ")
@@ -156,8 +158,6 @@ def check_stage_source(path: str, key: str, view: str | None, model_cfg=None) ->
 
 def check_evaluation(config, protocol: str) -> dict:
     """An evaluation config (retrieval / linear_probe / finetune); returns the sources' descriptions."""
-    from cvtcl_jax.evaluation import EVAL_VIEWS, source_descriptions, views_of
-
     ec = config.eval
     if ec.view not in EVAL_VIEWS:
         raise ConfigError(f"eval.view={ec.view!r}; use one of {EVAL_VIEWS}")
@@ -179,7 +179,7 @@ def check_evaluation(config, protocol: str) -> dict:
         _wrap(feature_map_size, t, s, s, prefix=f"{view} evaluation clip ({t}x{s}x{s}): ")
     if not d.dir:
         raise ConfigError(
-            "data.dir is empty: set --config.data.dir to the --out_dir of `python -m data_prep.build`"
+            "data.dir is unset: set --config.data.dir to the --out_dir of `python -m data_prep.build`"
         )
     info = _wrap(load_dataset_info, d.dir)
     _wrap(info.check_views, views_of(ec.view))

@@ -1,0 +1,316 @@
+"""The evaluation protocols of docs/method.md §6 from any encoder: retrieval, linear probe, finetuning.
+
+Each protocol evaluates the view `eval.view` ('rgb', 'flow' or 'two_stream') of the encoders named
+by `eval.rgb_source` / `eval.flow_source` (a stage workdir, an export directory or 'random', see
+eval/sources.py) on `data.dir` (UCF101 or HMDB51 prepared by data_prep), split `data.split`.
+What a run leaves in its workdir: eval/run.py.
+
+Two-stream: retrieval averages the two views' normalised video features; the classifiers average
+the two views' per-video softmax. Every view is also reported on its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from cvtcl_jax import checkpoints, optim
+from cvtcl_jax.data import pipeline
+from cvtcl_jax.eval import accuracy, classifier, features, pictures, retrieval
+from cvtcl_jax.eval.classifier import FinetuneModel, LinearHead
+from cvtcl_jax.eval.run import TWO_STREAM, EvalRun, summary_line, views_and_fused, views_of
+from cvtcl_jax.models import normalize_frames
+from cvtcl_jax.sharding import replicated
+from cvtcl_jax.training.inputs import device_batches
+from cvtcl_jax.training.loop import Loop
+
+# ---------------------------------------------------------------------- retrieval
+
+
+def _retrieval_sets(train: dict, test: dict, coclr: bool, seed: int) -> dict:
+    """Query (test) and gallery (train) video features of one view."""
+    qv, ql, q = retrieval.video_features(test["features"], test["video_index"], test["label"])
+    if coclr:
+        gv, gl, g = retrieval.single_clip_features(
+            train["features"], train["video_index"], train["label"], seed
+        )
+        q, g = retrieval.centre(q), retrieval.centre(g)
+    else:
+        gv, gl, g = retrieval.video_features(train["features"], train["video_index"], train["label"])
+    return {
+        "query_videos": qv,
+        "query_labels": ql,
+        "query": q,
+        "gallery_videos": gv,
+        "gallery_labels": gl,
+        "gallery": g,
+    }
+
+
+def _fused_sets(a: dict, b: dict) -> dict:
+    for key in ("query_videos", "gallery_videos"):
+        if not np.array_equal(a[key], b[key]):
+            raise ValueError(
+                "two-stream retrieval needs both views of the same videos; the view features differ"
+            )
+    return {
+        **a,
+        "query": retrieval.fuse(a["query"], b["query"]),
+        "gallery": retrieval.fuse(a["gallery"], b["gallery"]),
+    }
+
+
+def _retrieval(run: EvalRun, config) -> dict:
+    """R@1/5/10/20 of test videos querying train videos (docs/method.md §6); {view: result record}."""
+    coclr = bool(config.eval.coclr_protocol)
+    sets = {}
+    for view in views_of(config.eval.view):
+        backbone = run.load(view)
+        train = run.clip_features(backbone, "train", "center")
+        test = run.clip_features(backbone, "test", "center")
+        sets[view] = _retrieval_sets(train, test, coclr, config.seed)
+    if config.eval.view == TWO_STREAM:
+        sets[TWO_STREAM] = _fused_sets(sets["rgb"], sets["flow"])
+    settings = {
+        "protocol": "coclr" if coclr else "dense",
+        "crops": "center",
+        **run.clip_settings(),
+    }
+    results = {}
+    for view in views_and_fused(config.eval.view):
+        s = sets[view]
+        metrics = retrieval.recall_at_k(s["query"], s["query_labels"], s["gallery"], s["gallery_labels"])
+        results[view] = run.write_result("retrieval", view, metrics, settings)
+    pictures.write_neighbours(run, config.eval.view, sets[config.eval.view])
+    run.writer.flush()
+    logging.info(summary_line("retrieval", results))
+    return results
+
+
+# ---------------------------------------------------------------------- classifiers
+
+
+def _fit_cached_head(run: EvalRun, view: str, train: dict) -> tuple[dict, int]:
+    """The linear probe on cached features (see classifier.fit_linear_head); its curves to TB."""
+    lc = run.config.linear
+
+    def log(epoch, metrics):
+        run.writer.write_scalars(epoch, {f"linear_probe/{view}/train/{k}": v for k, v in metrics.items()})
+
+    return classifier.fit_linear_head(
+        train["features"],
+        train["label"],
+        run.info.num_classes,
+        epochs=lc.epochs,
+        lr=lc.lr,
+        momentum=lc.momentum,
+        weight_decay=lc.weight_decay,
+        decay_epochs=lc.decay_epochs,
+        batch=run.config.global_batch,
+        seed=run.config.seed,
+        log=log,
+    )
+
+
+def _train_on_clips(
+    run: EvalRun,
+    protocol: str,
+    view: str,
+    apply: Callable,
+    variables: dict,
+    optimizer_fn: Callable,
+    lr: float,
+    decay_epochs,
+    epochs: int,
+    frozen: Callable | None = None,
+    frozen_variables=None,
+) -> tuple[classifier.ClassifierState, int]:
+    """Trains a classifier on augmented clips of the train videos through the training loop,
+    checkpointed in WORKDIR/<protocol>_<view>/ (a restarted run resumes there; a finished one is
+    restored without building its step or input). Returns (state, steps)."""
+    config = run.config
+    tc = config.train
+    run_dir = run.workdir / f"{protocol}_{view}"
+    steps_per_epoch = run.info.subset(config.data.split, "train").num_videos // config.global_batch
+    total = epochs * steps_per_epoch
+    schedule = optim.step_decay_schedule(lr, steps_per_epoch, decay_epochs)
+    optimizer = optimizer_fn(schedule)
+    rep = replicated(run.mesh)
+    state = jax.device_put(classifier.create_state(variables, optimizer, config.seed), rep)
+    with checkpoints.manager(
+        run_dir, keep=tc.keep_checkpoints, item_names=checkpoints.CLASSIFIER_ITEMS
+    ) as mngr:
+        progress = {}
+        if mngr.latest_step() is not None:
+            state, progress = checkpoints.restore_classifier(mngr, state)
+            logging.info("resumed %s of %s at batch %d", protocol, view, progress["batches"])
+        start = int(progress.get("batches", 0))
+        if start >= total:
+            return state, total
+
+        seed = (config.seed * 1_000_003 + zlib.crc32(f"{protocol}_{view}".encode())) % 2**31
+        batches = device_batches(
+            config, run.info, run.mesh, pipeline.labelled_clip_dataset, run.spec(view), seed, start, view=view
+        )
+        step_fn = jax.jit(
+            classifier.make_train_step(apply, optimizer, schedule, frozen),
+            donate_argnums=0,
+            out_shardings=(rep, rep),
+        )
+        extra = () if frozen is None else (jax.device_put(frozen_variables, rep),)
+        loop = Loop(
+            name=f"{protocol} {view}",
+            step=lambda state, batch: step_fn(state, batch[view], batch["label"], *extra),
+            save=checkpoints.save_classifier,
+            mngr=mngr,
+            writer=run.writer,
+            total=total,
+            steps_per_epoch=steps_per_epoch,
+            log_every=tc.log_every_steps,
+            checkpoint_every=tc.checkpoint_every_steps,
+            prefix=f"{protocol}/{view}/train/",
+            fix=f"Lower its lr (now {lr}),",
+        )
+        state, _ = loop.run(state, batches, start, progress)
+    return state, total
+
+
+def _classifier_results(run: EvalRun, protocol: str, per_view: dict, settings: dict, steps: int) -> dict:
+    """Writes each view's (and the fused) video-level accuracy; per_view: {view: (videos, labels, probs)}."""
+    if run.config.eval.view == TWO_STREAM:
+        (va, la, pa), (vb, _, pb) = per_view["rgb"], per_view["flow"]
+        if not np.array_equal(va, vb):
+            raise ValueError("two-stream fusion needs predictions for the same test videos in both views")
+        per_view[TWO_STREAM] = (va, la, (pa + pb) / 2)
+    results = {}
+    for view, (videos, labels, probs) in per_view.items():
+        metrics = accuracy.accuracy(probs, labels)
+        results[view] = run.write_result(protocol, view, metrics, settings, steps)
+        if jax.process_index() == 0:
+            np.savez(
+                run.workdir / f"{protocol}_{view}_predictions.npz", videos=videos, labels=labels, probs=probs
+            )
+    run.writer.flush()
+    logging.info(summary_line(protocol, results))
+    return results
+
+
+def _linear_probe(run: EvalRun, config) -> dict:
+    """Frozen backbone -> L2 norm -> BN -> linear, SGD (docs/method.md §6); test: softmax averaged
+    per video."""
+    lc = config.linear
+    crops = config.data.eval_crops
+    per_view = {}
+    steps = 0
+    for view in views_of(config.eval.view):
+        backbone = run.load(view)
+        head = LinearHead(run.info.num_classes)
+        if lc.cached:
+            variables, steps = _fit_cached_head(run, view, run.clip_features(backbone, "train", "center"))
+        else:
+            module = backbone.module
+            dim = module.out_features
+            init = head.init(jax.random.key(config.seed), jnp.zeros((1, dim)), train=False)
+
+            def frozen(bb_vars, clips, module=module):
+                return module.apply(bb_vars, normalize_frames(clips), train=False).astype(jnp.float32)
+
+            state, steps = _train_on_clips(
+                run,
+                "linear_probe",
+                view,
+                head.apply,
+                init,
+                lambda s: classifier.sgd_l2(s, lc.momentum, lc.weight_decay),
+                lc.lr,
+                lc.decay_epochs,
+                lc.epochs,
+                frozen=frozen,
+                frozen_variables=backbone.variables,
+            )
+            variables = {"params": state.params, "batch_stats": state.batch_stats}
+        test = run.clip_features(backbone, "test", crops)
+        probs = classifier.head_probabilities(
+            run.info.num_classes, jax.device_get(variables), test["features"]
+        )
+        per_view[view] = accuracy.video_predictions(probs, test["video_index"], test["label"])
+    settings = {
+        "variant": "cached features (dense centre clips, no augmentation)"
+        if lc.cached
+        else "augmented clips",
+        "epochs": int(lc.epochs),
+        "lr": float(lc.lr),
+        "momentum": float(lc.momentum),
+        "weight_decay": float(lc.weight_decay),
+        "decay_epochs": list(lc.decay_epochs),
+        "batch": int(config.global_batch),
+        "test_crops": crops,
+        **run.clip_settings(),
+    }
+    return _classifier_results(run, "linear_probe", per_view, settings, steps)
+
+
+def _finetune(run: EvalRun, config) -> dict:
+    """The whole network with dropout before the classifier, Adam, backbone lr x mult (docs/method.md §6)."""
+    fc = config.finetune
+    crops = config.data.eval_crops
+    per_view = {}
+    steps = 0
+    for view in views_of(config.eval.view):
+        backbone = run.load(view)
+        # BN over the whole global batch (not the pretraining's groups): same result on any device count.
+        module = backbone.module.clone(bn_group_size=None)
+        model = FinetuneModel(module, run.info.num_classes, fc.dropout)
+        t, s = run.clip(view)
+        clip = jnp.zeros((1, t, s, s, 3), jnp.uint8)
+        init = jax.jit(functools.partial(model.init, train=False))(jax.random.key(config.seed), clip)
+        variables = {
+            "params": {**init["params"], "backbone": backbone.variables["params"]},
+            "batch_stats": {"backbone": backbone.variables["batch_stats"]},
+        }
+        state, steps = _train_on_clips(
+            run,
+            "finetune",
+            view,
+            model.apply,
+            variables,
+            lambda sch: classifier.finetune_optimizer(sch, fc.weight_decay, fc.backbone_lr_mult),
+            fc.lr,
+            fc.decay_epochs,
+            fc.epochs,
+        )
+
+        def probs_fn(v, clips, model=model):
+            return jax.nn.softmax(model.apply(v, clips, train=False))
+
+        fn = features.sharded_batch_fn(probs_fn, run.mesh)
+        rows = run.eval_rows(
+            fn, {"params": state.params, "batch_stats": state.batch_stats}, view, "test", crops
+        )
+        per_view[view] = accuracy.video_predictions(rows["features"], rows["video_index"], rows["label"])
+    settings = {
+        "epochs": int(fc.epochs),
+        "lr": float(fc.lr),
+        "backbone_lr_mult": float(fc.backbone_lr_mult),
+        "weight_decay": float(fc.weight_decay),
+        "dropout": float(fc.dropout),
+        "decay_epochs": list(fc.decay_epochs),
+        "batch": int(config.global_batch),
+        "augmentation": dict(config.data.aug),
+        "test_crops": crops,
+        **run.clip_settings(),
+    }
+    return _classifier_results(run, "finetune", per_view, settings, steps)
+
+
+def run_protocol(protocol: str, config, workdir) -> dict:
+    """Runs `protocol` ('retrieval', 'linear_probe', 'finetune') in `workdir`; {view: result record}."""
+    body = {"retrieval": _retrieval, "linear_probe": _linear_probe, "finetune": _finetune}[protocol]
+    with EvalRun.create(config, workdir) as run:
+        return body(run, config)

@@ -1,0 +1,57 @@
+"""The held-out check a pretraining stage runs every train.retrieval_every_epochs: R@k of test
+videos querying train videos with the backbone's features (docs/method.md §6, centre crops)."""
+
+from __future__ import annotations
+
+import jax
+
+from cvtcl_jax.data import pipeline
+from cvtcl_jax.data.dataset_info import load_dataset_info
+from cvtcl_jax.eval import features, retrieval
+from cvtcl_jax.models import backbone_from_config, backbone_variables
+from cvtcl_jax.sharding import make_mesh
+from cvtcl_jax.training.stage import clip_spec
+
+
+class RetrievalCheck:
+    """(query encoder variables) -> {'R@1', 'R@5', 'R@10', 'R@20'} on `view` of config.data.
+
+    The mesh and the jitted feature function are built at the first call and reused, so a stage
+    compiles the extraction once. train.retrieval_max_videos (None: all) limits each subset.
+    """
+
+    def __init__(self, config, view: str):
+        self.config, self.view = config, view
+        self._mesh = self._fn = self._info = None
+
+    def __call__(self, encoder_variables: dict) -> dict:
+        config, view = self.config, self.view
+        if self._fn is None:
+            self._mesh = make_mesh()
+            self._fn = features.make_feature_fn(backbone_from_config(config.model), self._mesh)
+            self._info = load_dataset_info(config.data.dir)
+        variables = backbone_variables(encoder_variables)
+        spec = clip_spec(config, ltcl=False)
+        local_batch = config.global_batch // jax.process_count()
+        sets = {}
+        for subset in ("train", "test"):
+            ds = pipeline.eval_dataset(
+                self._info,
+                split=config.data.split,
+                subset=subset,
+                views=(view,),
+                local_batch=local_batch,
+                spec=spec,
+                stride=config.data.eval_stride,
+                crops="center",
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+                threads=config.data.threads,
+                max_videos=config.train.retrieval_max_videos,
+            )
+            empty = features.empty_batch(local_batch, spec, (view,))
+            rows = features.extract(self._fn, variables, ds.as_numpy_iterator(), self._mesh, view, empty)
+            sets[subset] = retrieval.video_features(rows["features"], rows["video_index"], rows["label"])
+        _, train_labels, train_feats = sets["train"]
+        _, test_labels, test_feats = sets["test"]
+        return retrieval.recall_at_k(test_feats, test_labels, train_feats, train_labels)

@@ -1,0 +1,47 @@
+"""Networks from a config's `model` section (a mapping; dtypes given by name, e.g. 'bfloat16').
+
+The one place that turns config values into modules, so training, evaluation and export build
+the same networks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+from cvtcl_jax.models.contrastive_encoder import ContrastiveEncoder
+from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD
+from cvtcl_jax.models.s3d import S3D
+
+
+def encoder_from_config(model_cfg: Mapping[str, Any]) -> ContrastiveEncoder:
+    """The contrastive encoder f + g; ValueError naming any key it does not have."""
+    fields = dict(model_cfg)
+    for key in ("dtype", "param_dtype"):
+        if isinstance(fields.get(key), str):
+            fields[key] = jnp.dtype(fields[key])
+    unknown = set(fields) - set(ContrastiveEncoder.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown model config keys {sorted(unknown)}")
+    return ContrastiveEncoder(**fields)
+
+
+def backbone_from_config(model_cfg: Mapping[str, Any]) -> S3D:
+    """The S3D of the encoder of `model_cfg` (the encoder's `backbone` variables apply to it)."""
+    return S3D(
+        width_multiplier=model_cfg["width_multiplier"],
+        num_mixed_4=model_cfg["num_mixed_4"],
+        bn_group_size=model_cfg.get("bn_group_size"),
+        dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
+        # Only matter where the backbone is trained (finetuning).
+        remat=model_cfg.get("remat", False),
+        pool_grad=model_cfg.get("pool_grad", DEFAULT_POOL_GRAD),
+        conv_lowering=model_cfg.get("conv_lowering", "fold"),
+    )
+
+
+def backbone_variables(encoder: Mapping) -> dict:
+    """{'params', 'batch_stats'} of the backbone inside a ContrastiveEncoder's variables."""
+    return {"params": encoder["params"]["backbone"], "batch_stats": encoder["batch_stats"]["backbone"]}

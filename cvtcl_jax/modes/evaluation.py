@@ -1,0 +1,119 @@
+"""The evaluation modes (retrieval, linear_probe, finetune) and the schedule's evaluation table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+from absl import logging
+
+from cvtcl_jax.eval.protocols import run_protocol
+from cvtcl_jax.eval.run import EVAL_VIEWS, TWO_STREAM, finished_results, summary_line
+from cvtcl_jax.modes import checks
+from cvtcl_jax.modes.checks import ConfigError
+
+EVAL_STAGES = ("random_init", "init", "cotrain")
+TABLE_METRICS = {"retrieval": ("R@1", "R@5"), "linear_probe": ("top1",), "finetune": ("top1",)}
+
+
+def protocol_check(protocol: str):
+    def check(config) -> None:
+        checks.check_evaluation(config, protocol)
+
+    return check
+
+
+def protocol_runner(protocol: str):
+    def run(config, workdir) -> dict:
+        results = run_protocol(protocol, config, workdir)
+        if jax.process_index() == 0:
+            print(summary_line(protocol, results), flush=True)
+        return results
+
+    return run
+
+
+def check_eval_names(config) -> None:
+    """schedule.eval_stages and eval_protocols name known stages and protocols."""
+    s = config.schedule
+    unknown = [x for x in s.eval_stages if x not in EVAL_STAGES]
+    unknown += [x for x in s.eval_protocols if x not in TABLE_METRICS]
+    if unknown:
+        raise ConfigError(
+            f"schedule.eval_stages / eval_protocols name {unknown}; stages are {EVAL_STAGES}, protocols "
+            f"{tuple(TABLE_METRICS)} (empty tuples skip the evaluation)"
+        )
+
+
+def check_schedule_evaluation(config) -> None:
+    """The evaluation modes' checks on the schedule's data, with a stand-in (random) source."""
+    check_eval_names(config)
+    if config.schedule.eval_stages and config.schedule.eval_protocols:
+        cfg = config.copy_and_resolve_references()
+        cfg.eval.update(view=TWO_STREAM, rgb_source="random", flow_source="random")
+        for protocol in config.schedule.eval_protocols:
+            checks.check_evaluation(cfg, protocol)
+
+
+def stage_sources(config, workdir: str | Path) -> dict[str, dict[str, str]]:
+    """{eval stage: {view: source}} for the schedule's encoders (cotrain = the last cycle)."""
+    wd = Path(workdir)
+    out = {
+        "random_init": {"rgb": "random", "flow": "random"},
+        "init": {v: str(wd / f"init_{v}") for v in ("rgb", "flow")},
+    }
+    cycles = config.schedule.cotrain_cycles
+    if cycles:
+        out["cotrain"] = {v: str(wd / f"cotrain{cycles}_{v}") for v in ("rgb", "flow")}
+    return out
+
+
+def evaluate_stages(config, workdir: str | Path) -> dict:
+    """Every protocol of schedule.eval_protocols on both views and two-stream, for each of
+    schedule.eval_stages, in WORKDIR/eval/<stage>/ (an evaluation already done is read back).
+    Returns the table {view: {stage: {'R@1', 'R@5', 'linear_top1', ...}}} (percent)."""
+    sources = stage_sources(config, workdir)
+    table: dict = {view: {} for view in EVAL_VIEWS}
+    for stage in config.schedule.eval_stages:
+        if stage not in sources:
+            logging.info("no %s stage to evaluate (schedule.cotrain_cycles=0)", stage)
+            continue
+        cfg = config.copy_and_resolve_references()
+        with cfg.unlocked():
+            cfg.eval.view = TWO_STREAM
+            cfg.eval.rgb_source = sources[stage]["rgb"]
+            cfg.eval.flow_source = sources[stage]["flow"]
+        for protocol in config.schedule.eval_protocols:
+            cfg.mode = protocol
+            checks.check_evaluation(cfg, protocol)
+            stage_dir = Path(workdir) / "eval" / stage
+            results = finished_results(cfg, stage_dir, protocol)
+            if results is None:
+                results = run_protocol(protocol, cfg, stage_dir)
+            else:
+                logging.info("%s of the %s encoders is done; not repeating it", protocol, stage)
+            for view, record in results.items():
+                row = table[view].setdefault(stage, {})
+                for metric in TABLE_METRICS[protocol]:
+                    name = metric if protocol == "retrieval" else f"{protocol.split('_')[0]}_{metric}"
+                    row[name] = round(record["metrics"][metric], 2)
+    return table
+
+
+def format_table(table: dict) -> str:
+    """The evaluation table as aligned text, one row per (view, stage)."""
+    columns = sorted(
+        {k for stages in table.values() for row in stages.values() for k in row}, key=_column_order
+    )
+    lines = [f"{'view':<12}{'stage':<13}" + "".join(f"{c:>13}" for c in columns)]
+    for view, stages in table.items():
+        for stage, row in stages.items():
+            lines.append(
+                f"{view:<12}{stage:<13}" + "".join(f"{row.get(c, float('nan')):>13.1f}" for c in columns)
+            )
+    return "\n".join(lines)
+
+
+def _column_order(name: str):
+    order = ["R@1", "R@5", "linear_top1", "finetune_top1"]
+    return order.index(name) if name in order else len(order)

@@ -1,0 +1,140 @@
+"""The training modes: one stage (init, cotrain), the paper's whole schedule, and export.
+
+Stage names: `init_<view>` for initialization, `cotrain<cycle>_<view>` for co-training (the
+cotrain mode's single run is `cotrain_<view>`); each stage trains in WORKDIR/<stage name> under
+the schedule, in WORKDIR itself under the init and cotrain modes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+
+from cvtcl_jax import checkpoints
+from cvtcl_jax.eval.training_check import RetrievalCheck
+from cvtcl_jax.export import export_stage
+from cvtcl_jax.modes import checks, evaluation
+from cvtcl_jax.modes.checks import ConfigError
+from cvtcl_jax.training.stage import Stage, other_view, train_stage
+
+
+def _train(config, workdir, stage: Stage) -> dict:
+    return train_stage(config, workdir, stage, evaluate=RetrievalCheck(config, stage.view))
+
+
+def init_stage(config, view: str) -> Stage:
+    """Initialization of `view`: alpha * InfoNCE + beta * LTCL (docs/method.md §3)."""
+    return Stage(f"init_{view}", view, config.schedule.init_epochs, tuple(config.optim.decay_epochs))
+
+
+def cotrain_stage(config, name: str, view: str, init_from: str, other_from: str) -> Stage:
+    """A co-training run of `view` with the other view frozen: alpha * L_RF + beta * LTCL (the
+    cotrain mode's, and each of the schedule's). Its LTCL weight is decided here, by the view
+    trained: the RGB run keeps contrast.beta, the flow run takes schedule.cotrain_flow_beta
+    (docs/method.md §3: LTCL on the RGB co-training run only)."""
+    s = config.schedule
+    return Stage(
+        name,
+        view,
+        s.cotrain_epochs,
+        tuple(s.cotrain_decay_epochs),
+        other_view=other_view(view),
+        init_from=init_from,
+        other_from=other_from,
+        key_from=config.train.key_from,
+        other_encoder=config.train.other_encoder,
+        beta=None if view == "rgb" else s.cotrain_flow_beta,
+        lr=s.cotrain_lr,
+    )
+
+
+def check_init(config) -> None:
+    checks.check_view(config.train.view)
+    checks.check_training(config)
+    checks.check_data(config, (config.train.view,))
+
+
+def check_cotrain(config) -> None:
+    view = config.train.view
+    checks.check_view(view)
+    checks.check_training(config)
+    checks.check_data(config, (view, other_view(view)))
+    checks.check_stage_source(config.train.init_from, "train.init_from", view, config.model)
+    checks.check_stage_source(config.train.other_from, "train.other_from", other_view(view), config.model)
+
+
+def check_export(config) -> None:
+    checks.check_encoder_item(config.export.encoder, "export.encoder")
+    checks.check_stage_source(config.export.source, "export.source", None)
+
+
+def run_init(config, workdir) -> dict:
+    return _train(config, workdir, init_stage(config, config.train.view))
+
+
+def run_cotrain(config, workdir) -> dict:
+    view, tc = config.train.view, config.train
+    return _train(
+        config, workdir, cotrain_stage(config, f"cotrain_{view}", view, tc.init_from, tc.other_from)
+    )
+
+
+def run_export(config, workdir) -> dict:
+    return export_stage(config.export.source, workdir, config.export.encoder)
+
+
+def schedule_stages(config, workdir: str | Path) -> list[Stage]:
+    """init RGB, init flow, then per cycle co-training of RGB (flow frozen) and of flow (RGB frozen)."""
+    wd = Path(workdir)
+    stages = [init_stage(config, v) for v in ("rgb", "flow")]
+    last = {"rgb": str(wd / "init_rgb"), "flow": str(wd / "init_flow")}
+    for cycle in range(1, config.schedule.cotrain_cycles + 1):
+        for view in ("rgb", "flow"):
+            name = f"cotrain{cycle}_{view}"
+            stages.append(cotrain_stage(config, name, view, last[view], last[other_view(view)]))
+            last[view] = str(wd / name)
+    return stages
+
+
+def check_schedule(config) -> None:
+    checks.check_training(config)
+    checks.check_data(config, ("rgb", "flow"))
+    if config.schedule.cotrain_cycles < 0 or config.schedule.init_epochs < 1:
+        raise ConfigError("schedule.init_epochs must be >= 1 and schedule.cotrain_cycles >= 0")
+    evaluation.check_schedule_evaluation(config)
+
+
+def _export_once(source: Path, out_dir: Path, encoder: str) -> dict:
+    """Exports unless out_dir already holds this very checkpoint's export (a re-run)."""
+    manifest = out_dir / "manifest.json"
+    if manifest.is_file():
+        done = json.loads(manifest.read_text())
+        step = checkpoints.stage_info(source)["step"]
+        src = done["source"]
+        if (src["workdir"], src["batch"], src["encoder"]) == (str(Path(source).absolute()), step, encoder):
+            return done
+    return export_stage(source, out_dir, encoder)
+
+
+def run_schedule(config, workdir) -> dict:
+    """Every stage in its own sub-workdir (finished ones are skipped), both views exported, then
+    the evaluation table of schedule.eval_stages x schedule.eval_protocols."""
+    wd = Path(workdir)
+    results = {}
+    stages = schedule_stages(config, wd)
+    for stage in stages:
+        results[stage.name] = _train(config, wd / stage.name, stage)  # returns at once when finished
+    last = {stage.view: wd / stage.name for stage in stages}  # each view's latest stage
+    for view, path in last.items():
+        _export_once(path, wd / "export" / view, config.export.encoder)
+    summary = {"stages": results, "exports": {v: str(wd / "export" / v) for v in last}}
+    if config.schedule.eval_stages and config.schedule.eval_protocols:
+        summary["evaluation"] = evaluation.evaluate_stages(config, wd)
+    if jax.process_index() == 0:
+        (wd / "schedule.json").write_text(json.dumps(summary, indent=1))
+        if "evaluation" in summary:
+            print(f"evaluation on {config.data.dir} split {config.data.split}:", flush=True)
+            print(evaluation.format_table(summary["evaluation"]), flush=True)
+    return summary

@@ -1,0 +1,279 @@
+"""One training stage: initialization or co-training of one view, in its own workdir.
+
+A stage lives in WORKDIR (TensorBoard events, checkpoints/, metrics.json); started again with the
+same config it resumes from its last checkpoint, and a finished stage returns its summary before
+anything is built or compiled. The batches run through the one loop (training/loop.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from clu import metric_writers
+
+from cvtcl_jax import checkpoints, optim
+from cvtcl_jax.data import pipeline
+from cvtcl_jax.data.clip_spec import ClipSpec
+from cvtcl_jax.data.dataset_info import load_dataset_info
+from cvtcl_jax.models import encoder_from_config
+from cvtcl_jax.sharding import make_mesh
+from cvtcl_jax.state import FrozenEncoder, create_train_state, state_sharding
+from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step
+from cvtcl_jax.training.inputs import device_batches
+from cvtcl_jax.training.loop import Loop
+
+# A held-out check run during training: the query encoder's variables {'params', 'batch_stats'}
+# -> {metric: value}. The modes pass the evaluation's retrieval (eval/training_check.py).
+Evaluator = Callable[[dict], dict]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One training run of one view.
+
+    init_from: workdir of this view's previous stage, whose encoders it starts from (co-training).
+    other_from: workdir of the other view's stage, whose network ranks the queue (co-training).
+    key_from: the item of init_from the key encoder starts from: 'encoder' (a copy of the query
+      encoder, as CoCLR) or 'ema_encoder' (the previous stage's key encoder).
+    other_encoder: the item of other_from that ranks: 'encoder' (the query network, as CoCLR's
+      sampler) or 'ema_encoder' (the key network).
+    beta: overrides config.contrast.beta (the flow co-training run uses 0, docs/method.md §3).
+    lr: overrides config.optim.lr (schedule.cotrain_lr for the co-training runs).
+    """
+
+    name: str
+    view: str
+    epochs: int
+    decay_epochs: tuple[float, ...] = ()
+    other_view: str | None = None
+    init_from: str | None = None
+    other_from: str | None = None
+    key_from: str = "encoder"
+    other_encoder: str = "encoder"
+    beta: float | None = None
+    lr: float | None = None
+
+    @property
+    def cotrain(self) -> bool:
+        return self.other_view is not None
+
+
+def other_view(view: str) -> str:
+    return "flow" if view == "rgb" else "rgb"
+
+
+def clip_spec(config, ltcl: bool = True) -> ClipSpec:
+    d = config.data
+    return ClipSpec(d.num_frames, d.crop_size, d.num_segments if ltcl else 0, d.segment_len)
+
+
+def contrast_config(config, beta: float | None = None) -> ContrastConfig:
+    fields = dict(config.contrast)
+    if beta is not None:
+        fields["beta"] = beta
+    return ContrastConfig(**fields)
+
+
+def _stage_seed(config, stage: Stage) -> int:
+    return (int(config.seed) * 1_000_003 + zlib.crc32(stage.name.encode())) % 2**31
+
+
+def _flat_hparams(config) -> dict:
+    out = {}
+
+    def walk(prefix, node):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(key + ".", v)
+            else:
+                out[key] = v if isinstance(v, int | float | str | bool) else str(v)
+
+    walk("", checkpoints.config_json(config))
+    return out
+
+
+def _encoder_template(state) -> dict:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def cotrain_start(state, stage: Stage):
+    """A co-training stage's first state and frozen network. -> (state, FrozenEncoder).
+
+    The trained view's query encoder is init_from's `encoder`; its key encoder init_from's
+    `stage.key_from` item; optimiser and queue stay fresh. The frozen network is other_from's
+    `stage.other_encoder` item. `state` (fresh, sharded) fixes the structure and placement.
+    """
+    template = _encoder_template(state)
+    enc = checkpoints.restore_encoder(stage.init_from, template, "encoder")
+    key = checkpoints.restore_encoder(stage.init_from, template, stage.key_from)
+    state = state.replace(
+        params=enc["params"],
+        batch_stats=enc["batch_stats"],
+        ema_params=jax.tree.map(jnp.copy, key["params"]),
+        ema_batch_stats=jax.tree.map(jnp.copy, key["batch_stats"]),
+    )
+    return state, frozen_encoder(state, stage)
+
+
+def frozen_encoder(state, stage: Stage) -> FrozenEncoder:
+    """The other view's network of a co-training stage, restored into `state`'s placement."""
+    return FrozenEncoder(
+        **checkpoints.restore_encoder(stage.other_from, _encoder_template(state), stage.other_encoder)
+    )
+
+
+def finished_summary(workdir: str | Path) -> dict | None:
+    """The summary of a stage in `workdir` that has run to its end, or None; reads metadata only."""
+    workdir = Path(workdir)
+    try:
+        info = checkpoints.stage_info(workdir)
+    except checkpoints.CheckpointError:
+        return None
+    if not info["progress"].get("done"):
+        return None
+    if (workdir / "metrics.json").is_file():
+        return json.loads((workdir / "metrics.json").read_text())
+    p = info["progress"]
+    return {
+        "stage": p.get("stage"),
+        "view": p.get("view"),
+        "batches": info["step"],
+        "retrieval": p.get("retrieval"),
+    }
+
+
+def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator | None = None) -> dict:
+    """Trains `stage` in `workdir` to its last epoch (resuming if checkpoints exist).
+
+    evaluate: the held-out check run every train.retrieval_every_epochs (0: never) and at the end.
+    Returns the summary also written to WORKDIR/metrics.json.
+    """
+    done = finished_summary(workdir)
+    if done is not None:
+        logging.info("stage %s in %s is finished; not training it again", stage.name, workdir)
+        return done
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tc = config.train
+
+    # ------------------------------------------------------------------ set-up
+    mesh = make_mesh()
+    info = load_dataset_info(config.data.dir)
+    steps_per_epoch = info.subset(config.data.split, "train").num_videos // config.global_batch
+    total = stage.epochs * steps_per_epoch
+    model = encoder_from_config(config.model)
+    ccfg = contrast_config(config, stage.beta)
+    spec = clip_spec(config, ltcl=ccfg.use_ltcl)
+    base_lr = stage.lr or config.optim.lr
+    lr_key = "schedule.cotrain_lr" if stage.lr else "optim.lr"
+    schedule = optim.step_decay_schedule(
+        base_lr, steps_per_epoch, stage.decay_epochs, config.optim.decay_factor
+    )
+    optimizer = optim.adam_l2(schedule, config.optim.weight_decay)
+    clip_shape = (spec.num_frames, spec.crop_size, spec.crop_size, 3)
+    seed = _stage_seed(config, stage)
+
+    def init(rng):
+        return create_train_state(model, optimizer, rng, clip_shape, config.queue_size, config.global_batch)
+
+    shapes = jax.eval_shape(init, jax.random.key(seed))
+    state = jax.jit(init, out_shardings=state_sharding(mesh, shapes))(jax.random.key(seed))
+    logging.info(
+        "stage %s: %s view%s, %d epochs x %d steps of %d clips, %d processes, %d devices",
+        stage.name,
+        stage.view,
+        f" (other view {stage.other_view} frozen)" if stage.cotrain else "",
+        stage.epochs,
+        steps_per_epoch,
+        config.global_batch,
+        jax.process_count(),
+        jax.device_count(),
+    )
+
+    with contextlib.ExitStack() as stack:
+        mngr = stack.enter_context(checkpoints.manager(workdir, keep=tc.keep_checkpoints))
+        writer = stack.enter_context(
+            contextlib.closing(
+                metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+            )
+        )
+
+        # -------------------------------------------------------------- restore
+        progress = {"stage": stage.name, "view": stage.view}
+        frozen = ()
+        if mngr.latest_step() is not None:
+            state, progress = checkpoints.restore_state(mngr, state)
+            logging.info("resumed %s from its checkpoint at batch %d", stage.name, progress["batches"])
+            if stage.cotrain:
+                frozen = (frozen_encoder(state, stage),)
+        else:
+            writer.write_hparams(_flat_hparams(config))
+            if stage.cotrain:
+                state, other = cotrain_start(state, stage)
+                frozen = (other,)
+                logging.info(
+                    "%s starts from the encoders of %s (key encoder from its %s); %s's %s ranks",
+                    stage.name,
+                    stage.init_from,
+                    stage.key_from,
+                    stage.other_from,
+                    stage.other_encoder,
+                )
+        start = int(progress.get("batches", 0))
+
+        # -------------------------------------------------------------- step and input
+        step_fn = jit_train_step(
+            make_train_step(model, ccfg, optimizer, schedule, other_model=model if stage.cotrain else None),
+            mesh,
+            shapes,
+            cotrain=stage.cotrain,
+        )
+        views = (stage.view, stage.other_view) if stage.cotrain else (stage.view,)
+        batches = device_batches(
+            config, info, mesh, pipeline.pretrain_dataset, spec, seed, start, views=views
+        )
+
+        # -------------------------------------------------------------- loop
+        config_json = checkpoints.config_json(config)
+        loop = Loop(
+            name=stage.name,
+            step=lambda state, batch: step_fn(state, batch, *frozen),
+            save=lambda mngr, n, state, progress: checkpoints.save(mngr, n, state, config_json, progress),
+            mngr=mngr,
+            writer=writer,
+            total=total,
+            steps_per_epoch=steps_per_epoch,
+            log_every=tc.log_every_steps,
+            checkpoint_every=tc.checkpoint_every_steps,
+            clips_per_batch=config.global_batch,
+            evaluate=None
+            if evaluate is None or not tc.retrieval_every_epochs
+            else lambda state: evaluate(_encoder_template(state)),
+            evaluate_every=tc.retrieval_every_epochs * steps_per_epoch,
+            fix=f"Lower {lr_key} (now {base_lr}) or raise contrast.tau,",
+        )
+        _, progress = loop.run(state, batches, start, progress)
+
+    result = {
+        "stage": stage.name,
+        "view": stage.view,
+        "other_view": stage.other_view,
+        "batches": total,
+        "epochs": stage.epochs,
+        "final": progress.get("final", {}),
+        "retrieval": progress.get("retrieval", []),
+        "padded_videos": progress["padded_videos"],
+        "checkpoint": str(workdir / checkpoints.CHECKPOINT_DIR / str(total)),
+    }
+    if jax.process_index() == 0:
+        (workdir / "metrics.json").write_text(json.dumps(result, indent=1))
+    return result
