@@ -65,7 +65,6 @@ class EvalRun:
     info: DatasetInfo
     mesh: object
     writer: metric_writers.MetricWriter
-    local_batch: int
     sources: dict
     _fns: dict = dataclasses.field(default_factory=dict)
 
@@ -79,7 +78,6 @@ class EvalRun:
             load_dataset_info(config.data.dir),
             make_mesh(),
             metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0),
-            config.global_batch // jax.process_count(),
             source_descriptions(config),
         )
 
@@ -122,24 +120,9 @@ class EvalRun:
 
     def eval_rows(self, fn: Callable, variables, view: str, subset: str, crops: str) -> dict:
         """fn over every dense clip (x crop) of `subset`: {'features', 'video_index', 'label', ...}."""
-        d = self.config.data
-        spec = self.spec(view)
-        ds = pipeline.eval_dataset(
-            self.info,
-            split=d.split,
-            subset=subset,
-            views=(view,),
-            local_batch=self.local_batch,
-            spec=spec,
-            stride=d.eval_stride,
-            crops=crops,
-            ten_crop_scale=d.ten_crop_scale,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            threads=d.threads,
+        return dataset_rows(
+            fn, variables, self.config, self.info, self.mesh, view, subset, self.spec(view), crops
         )
-        empty = features.empty_batch(self.local_batch, spec, (view,))
-        return features.extract(fn, variables, ds.as_numpy_iterator(), self.mesh, view, empty)
 
     def clip_features(self, backbone: sources.Backbone, subset: str, crops: str) -> dict:
         """Backbone features of every dense clip of `subset`, cached in WORKDIR/features/."""
@@ -199,6 +182,42 @@ class EvalRun:
             path = self.workdir / f"{protocol}_{self.info.dataset}_split{self.config.data.split}_{view}.json"
             path.write_text(json.dumps(record, indent=1))
         return record
+
+
+def dataset_rows(
+    fn: Callable,
+    variables,
+    config,
+    info,
+    mesh,
+    view: str,
+    subset: str,
+    spec: ClipSpec,
+    crops: str,
+    max_videos=None,
+) -> dict:
+    """fn (per-row outputs) over every dense clip (x crop) of `subset` of `view`, with config.data's
+    evaluation settings, gathered from every host: {'features', 'video_index', 'label', ...}.
+    max_videos: at most that many videos of each host (None: all)."""
+    d = config.data
+    local_batch = config.global_batch // jax.process_count()
+    ds = pipeline.eval_dataset(
+        info,
+        split=d.split,
+        subset=subset,
+        views=(view,),
+        local_batch=local_batch,
+        spec=spec,
+        stride=d.eval_stride,
+        crops=crops,
+        ten_crop_scale=d.ten_crop_scale,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        threads=d.threads,
+        max_videos=max_videos,
+    )
+    empty = features.empty_batch(local_batch, spec, (view,))
+    return features.extract(fn, variables, ds.as_numpy_iterator(), mesh, view, empty)
 
 
 def run_key(config, protocol: str) -> dict:

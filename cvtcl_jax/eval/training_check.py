@@ -3,11 +3,9 @@ videos querying train videos with the backbone's features (docs/method.md §6, c
 
 from __future__ import annotations
 
-import jax
-
-from cvtcl_jax.data import pipeline
 from cvtcl_jax.data.dataset_info import load_dataset_info
 from cvtcl_jax.eval import features, retrieval
+from cvtcl_jax.eval.run import dataset_rows
 from cvtcl_jax.models import backbone_from_config, backbone_variables
 from cvtcl_jax.sharding import make_mesh
 from cvtcl_jax.training.stage import clip_spec
@@ -32,25 +30,20 @@ class RetrievalCheck:
             self._info = load_dataset_info(config.data.dir)
         variables = backbone_variables(encoder_variables)
         spec = clip_spec(config, ltcl=False)
-        local_batch = config.global_batch // jax.process_count()
         sets = {}
         for subset in ("train", "test"):
-            ds = pipeline.eval_dataset(
+            rows = dataset_rows(
+                self._fn,
+                variables,
+                config,
                 self._info,
-                split=config.data.split,
-                subset=subset,
-                views=(view,),
-                local_batch=local_batch,
-                spec=spec,
-                stride=config.data.eval_stride,
-                crops="center",
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
-                threads=config.data.threads,
-                max_videos=config.train.retrieval_max_videos,
+                self._mesh,
+                view,
+                subset,
+                spec,
+                "center",
+                config.train.retrieval_max_videos,
             )
-            empty = features.empty_batch(local_batch, spec, (view,))
-            rows = features.extract(self._fn, variables, ds.as_numpy_iterator(), self._mesh, view, empty)
             sets[subset] = retrieval.video_features(rows["features"], rows["video_index"], rows["label"])
         _, train_labels, train_feats = sets["train"]
         _, test_labels, test_feats = sets["test"]

@@ -86,6 +86,7 @@ class Loop:
         window: list[dict] = []
         pending = None  # the previous step's (batch number, metrics), checked while the next runs
         last_log = (start, time.perf_counter())
+        final: dict = {}  # the last window's means
         for i in range(start, self.total):
             batch = next(batches)
             padded = batch.pop("padded", None)
@@ -107,7 +108,7 @@ class Loop:
                 window.append(self._checked(*pending))
                 pending = None
             if log_now:
-                last_log = self._log(n, window, last_log, progress)
+                final, last_log = self._log(n, window, last_log, progress), (n, time.perf_counter())
                 window = []
             if evaluate_now:
                 with report.timed(self.evaluation_name):
@@ -120,12 +121,13 @@ class Loop:
             if save_now:
                 progress.update(epoch=n / self.steps_per_epoch, done=last)
                 with report.timed("checkpoint"):
-                    self.save(self.mngr, n, state, {k: v for k, v in progress.items() if k != "final"})
+                    self.save(self.mngr, n, state, progress)
         self.mngr.wait_until_finished()
         self.writer.flush()
-        return state, progress
+        return state, {**progress, "final": final}
 
-    def _log(self, n: int, window: list[dict], last_log: tuple[int, float], progress: dict):
+    def _log(self, n: int, window: list[dict], last_log: tuple[int, float], progress: dict) -> dict:
+        """Writes and logs the window's means with throughput, ETA and epoch; returns them."""
         now = time.perf_counter()
         rate = (n - last_log[0]) / max(now - last_log[1], 1e-9)
         means = {k: float(np.mean([w[k] for w in window])) for k in window[-1]}
@@ -148,5 +150,4 @@ class Loop:
             rate,
             means["eta_minutes"],
         )
-        progress["final"] = means
-        return n, now
+        return means
