@@ -5,7 +5,7 @@
 
 Without --data_dir it writes a stand-in dataset first: 24 videos of 150 frames at 171x128 (UCF101's
 320x240 with the short side at 128), textured moving objects as RGB JPEGs and smooth flow fields
-as flow JPEGs, in data_prep's record format. Each sample is what the init / co-training step
+as flow JPEGs, as a TFDS dataset with data_prep's features. Each sample is what the init / co-training step
 eats: query and key clips of 32 frames, the anchor and 4 segments of 8 frames, all 128x128 with
 the full augmentation (co-training adds the flow key clip). Prints one JSON line per (mode,
 on_device, threads): samples/s and samples/s per thread (the tf.data pool is capped at
@@ -33,22 +33,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
-from cvtcl_jax.data import device_augment, pipeline  # noqa: E402
+from cvtcl_jax.data import device_augment, pipeline, records  # noqa: E402
 from cvtcl_jax.data.augment import AugmentConfig  # noqa: E402
 from cvtcl_jax.data.clip_spec import ClipSpec  # noqa: E402
 from cvtcl_jax.data.dataset_info import load_dataset_info  # noqa: E402
-from cvtcl_jax.data.records import VideoRecord  # noqa: E402
 from cvtcl_jax.sharding import make_mesh, shard_batch  # noqa: E402
 from data_prep import synthetic, video  # noqa: E402
-from data_prep.build import _write_tfrecord  # noqa: E402
 
 HEIGHT, WIDTH = 128, 171
+STANDIN = "standin_videos/split1"
 
 
 def write_standin(root: Path, num_videos: int, num_frames: int) -> None:
     rng = np.random.default_rng(0)
     motions = list(synthetic.MOTIONS.values())
-    records = []
+    examples = []
     for v in range(num_videos):
         appearance = (synthetic.texture(rng, HEIGHT, WIDTH, 120), synthetic.texture(rng, HEIGHT, WIDTH, 90))
         frames = synthetic.render_clip(rng, motions[v % len(motions)], appearance, num_frames, HEIGHT, WIDTH)
@@ -57,24 +56,21 @@ def write_standin(root: Path, num_videos: int, num_frames: int) -> None:
         for _ in range(num_frames - 1):
             field = synthetic.texture(rng, HEIGHT, WIDTH, 0)[..., :2] / 12.0
             flows.append(video.encode_flow_jpeg(video.quantize_flow(field.astype(np.float32)), 90))
-        rec = VideoRecord(f"v{v}", "c", 0, f"s{v}", v, v, 25.0, HEIGHT, WIDTH, rgb, flows)
-        records.append(rec.to_proto_bytes())
-    (root / "split1").mkdir(parents=True)
-    shards = []
-    for s in range(4):
-        name = f"split1/train-{s:05d}-of-00004.tfrecord"
-        _write_tfrecord(root / name, records[s::4])
-        shards.append(name)
-    train = {"num_videos": num_videos, "shards": shards, "max_frame_size": [HEIGHT, WIDTH]}
-    meta = {"classes": ["c"], "views": ["rgb", "flow"], "splits": {"split1": {"train": train}}}
-    (root / "metadata.json").write_text(json.dumps(meta))
+        examples.append(
+            dict(
+                video_id=f"v{v}", label=0, source=f"s{v}", source_id=v, video_index=v, fps=25.0, height=HEIGHT
+            )
+            | dict(width=WIDTH, num_frames=num_frames, num_flow=num_frames - 1, rgb=rgb, flow=flows)
+        )
+    features = records.video_features(["c"])
+    meta = {"max_frame_size": {"train": [HEIGHT, WIDTH]}}
+    records.write_dataset(root, STANDIN, features, {"train": examples}, -(-num_videos // 4), meta)
 
 
 def measure(info, views, aug: AugmentConfig, threads: int, batches: int, batch: int) -> tuple[float, dict]:
     """(samples/s, the last batch)."""
     ds = pipeline.pretrain_dataset(
         info,
-        split=1,
         subset="train",
         views=views,
         local_batch=batch,
@@ -119,7 +115,8 @@ def main():
     p.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     p.add_argument("--batches", type=int, default=12)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--data_dir", default=None)
+    p.add_argument("--data_dir", default=None, help="a TFDS data_dir (default: write a stand-in)")
+    p.add_argument("--name", default=None, help="with --data_dir: the dataset, e.g. cvtcl_ucf101/split1")
     p.add_argument(
         "--on_device", nargs="+", choices=device_augment.ON_DEVICE, default=list(device_augment.ON_DEVICE)
     )
@@ -129,7 +126,7 @@ def main():
         root = Path(args.data_dir) if args.data_dir else Path(tmp)
         if not args.data_dir:
             write_standin(root, 24, 150)
-        info = load_dataset_info(root)
+        info = load_dataset_info(root, args.name or STANDIN)
         modes = (("init (rgb)", ("rgb",)), ("cotrain (rgb + flow)", ("rgb", "flow")))
         for (mode, views), on_device in itertools.product(modes, args.on_device):
             aug = AugmentConfig(on_device=on_device)

@@ -56,12 +56,12 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.queue_size = 2048  # a multiple of the global batch
     cfg.global_batch = 64
 
-    # Data (docs/method.md §5): a data_prep output directory, clips of T x crop^2, LTCL segments
-    # (S of L frames).
+    # Data (docs/method.md §5): a TFDS dataset built by data_prep, clips of T x crop^2, LTCL
+    # segments (S of L frames).
     cfg.data = ml_collections.ConfigDict(
         dict(
-            dir=placeholder(str),  # the --out_dir of `python -m data_prep.build` (holds metadata.json)
-            split=1,
+            dir=placeholder(str),  # the TFDS data_dir: the --out_dir of `python -m data_prep.build`
+            name=placeholder(str),  # the TFDS dataset <builder>/<config>, e.g. cvtcl_ucf101/split1
             num_frames=32,
             crop_size=128,
             num_segments=4,
@@ -114,7 +114,7 @@ def get_config() -> ml_collections.ConfigDict:
             cotrain_lr=placeholder(float),
             cotrain_flow_beta=0.0,  # docs/method.md §3: LTCL on the RGB co-training run only
             # Evaluation at the end: of which encoders (random_init, init, cotrain = the last
-            # cycle) and with which protocols (retrieval, linear_probe, finetune), on data.dir.
+            # cycle) and with which protocols (retrieval, linear_probe, finetune), on data.name.
             eval_stages=("cotrain",),
             eval_protocols=("retrieval", "linear_probe"),
         )

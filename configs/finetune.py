@@ -3,7 +3,8 @@ backbone at x0.1, wd 1e-3; training clips augmented as in pretraining; the linea
 protocol (softmax averaged over dense clips, centre or ten crops).
 
     python main.py --config=configs/finetune.py:rgb --workdir=runs/eval/finetune_hmdb_rgb \
-        --config.data.dir=data/hmdb51 --config.eval.rgb_source=runs/export/rgb \
+        --config.data.dir=data \
+        --config.data.name=cvtcl_hmdb51/split1 --config.eval.rgb_source=runs/export/rgb \
         --config.finetune.epochs=100
 
 `:two_stream` finetunes both views and averages their softmax. An interrupted run resumes from

@@ -1,6 +1,7 @@
 """Initialization of the RGB view: InfoNCE + LTCL for schedule.init_epochs (300) epochs.
 
-python main.py --config=configs/init_rgb.py --workdir=runs/init_rgb --config.data.dir=data/ucf101
+python main.py --config=configs/init_rgb.py --workdir=runs/init_rgb --config.data.dir=data \
+    --config.data.name=cvtcl_ucf101/split1
 """
 
 from configs import default

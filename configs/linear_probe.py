@@ -4,14 +4,15 @@ dense clips of each video (centre crop; `--config.data.eval_crops=ten` for ten c
 epoch is reported.
 
     python main.py --config=configs/linear_probe.py:rgb --workdir=runs/eval/linear_ucf_rgb \
-        --config.data.dir=data/ucf101 --config.eval.rgb_source=runs/export/rgb
+        --config.data.dir=data --config.data.name=cvtcl_ucf101/split1 --config.eval.rgb_source=runs/export/rgb
 
 Two-stream (`:two_stream`) trains a probe per view and averages their softmax. The fast variant
 for sweeps trains on cached features of the dense centre clips (no augmentation); re-runs in the
 same workdir reuse the cache, so only the classifier is trained:
 
     python main.py --config=configs/linear_probe.py:flow --workdir=runs/eval/linear_sweep \
-        --config.data.dir=data/ucf101 --config.eval.flow_source=runs/export/flow \
+        --config.data.dir=data \
+        --config.data.name=cvtcl_ucf101/split1 --config.eval.flow_source=runs/export/flow \
         --config.linear.cached=True --config.linear.lr=0.05
 """
 

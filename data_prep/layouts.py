@@ -1,12 +1,15 @@
-"""Reading the raw dataset layouts into a list of videos with labels, sources and splits.
+"""Reading a raw dataset layout (UCF101, HMDB51, Kinetics, a folder) into the videos of one split
+list, with their labels, sources and subsets: `LAYOUTS[dataset](raw_dir, split) -> Layout`.
 
-Everything here is checked before any video is decoded: a missing split file, a class that the
-class list does not know, or a video named in a split list but absent raises `LayoutError` with
-what is wrong and how to fix it.
+Everything here is checked before any video is decoded: a missing split file or annotation CSV, a
+class that the class list does not know, or a video named in a split list but absent raises
+`LayoutError` with what is wrong and how to fix it (Kinetics' absent videos, which every copy has,
+are set aside in `Layout.missing` instead).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import os
 import re
@@ -31,12 +34,13 @@ class Video:
 
 @dataclasses.dataclass
 class Layout:
-    """Videos of a dataset (sorted by `rel`), its classes, and split -> subset -> video ids."""
+    """One split of a dataset: its videos (sorted by `rel`), classes, and subset -> video ids."""
 
     dataset: str
     classes: list[str]
     videos: list[Video]
-    splits: dict[str, dict[str, list[str]]]  # {"split1": {"train": [video_id, ...], "test": [...]}}
+    subsets: dict[str, list[str]]  # {"train": [video_id, ...], "test": [...]} (TFDS split names)
+    missing: list[str] = dataclasses.field(default_factory=list)  # listed, absent (Kinetics only)
 
     def source_ids(self) -> dict[str, int]:
         """Source name -> unique integer, in sorted order of source names."""
@@ -52,10 +56,10 @@ def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _finish(dataset, classes, raw_root: Path, listed: dict[str, dict[str, list[str]]], source_of) -> Layout:
+def _finish(dataset, classes, raw_root: Path, listed: dict[str, list[str]], source_of) -> Layout:
     """Checks every listed video exists and belongs to a known class; builds the Layout."""
     label = {c: i for i, c in enumerate(classes)}
-    rels = sorted({rel for subsets in listed.values() for names in subsets.values() for rel in names})
+    rels = sorted({rel for names in listed.values() for rel in names})
     unknown = sorted({rel.split("/")[0] for rel in rels if rel.split("/")[0] not in label})
     if unknown:
         raise _missing(
@@ -75,36 +79,34 @@ def _finish(dataset, classes, raw_root: Path, listed: dict[str, dict[str, list[s
         cls, name = rel.split("/", 1)
         stem = os.path.splitext(os.path.basename(name))[0]
         videos.append(Video(str(raw_root / rel), rel, stem, cls, label[cls], source_of(cls, stem)))
+    return _layout(dataset, classes, videos, listed, [])
+
+
+def _layout(dataset, classes, videos: list[Video], listed: dict[str, list[str]], missing) -> Layout:
     ids = {v.rel: v.video_id for v in videos}
     if len(set(ids.values())) != len(ids):
         raise LayoutError("two videos share a file name; video ids must be unique")
-    splits = {
-        split: {subset: sorted(ids[r] for r in names) for subset, names in subsets.items()}
-        for split, subsets in listed.items()
-    }
-    return Layout(dataset, classes, videos, splits)
+    subsets = {subset: sorted(ids[r] for r in names) for subset, names in listed.items()}
+    return Layout(dataset, classes, videos, subsets, sorted(missing))
 
 
-def ucf101(raw_dir: str, splits: list[int]) -> Layout:
+def ucf101(raw_dir: str, split: int) -> Layout:
     """UCF101 as distributed: UCF-101/<Class>/v_<Class>_gXX_cYY.avi and ucfTrainTestlist/."""
     raw = Path(raw_dir)
     video_root, lists = raw / "UCF-101", raw / "ucfTrainTestlist"
     for needed in (video_root, lists / "classInd.txt"):
         if not needed.exists():
             raise LayoutError(
-                f"{needed} not found; --raw_dir must hold UCF-101/ (the videos) and "
+                f"{needed} not found; the raw directory must hold UCF-101/ (the videos) and "
                 "ucfTrainTestlist/ (classInd.txt, trainlist0N.txt, testlist0N.txt) as distributed"
             )
     classes = [line.split()[1] for line in _read_lines(lists / "classInd.txt")]
     listed = {}
-    for n in splits:
-        subsets = {}
-        for subset in ("train", "test"):
-            path = lists / f"{subset}list{n:02d}.txt"
-            if not path.is_file():
-                raise LayoutError(f"split file {path} is missing; it ships in ucfTrainTestlist/")
-            subsets[subset] = [line.split()[0] for line in _read_lines(path)]
-        listed[f"split{n}"] = subsets
+    for subset in ("train", "test"):
+        path = lists / f"{subset}list{split:02d}.txt"
+        if not path.is_file():
+            raise LayoutError(f"split file {path} is missing; it ships in ucfTrainTestlist/")
+        listed[subset] = [line.split()[0] for line in _read_lines(path)]
 
     def source_of(cls, stem):
         match = re.match(r"v_.+_g(\d+)_c\d+$", stem)
@@ -115,36 +117,35 @@ def ucf101(raw_dir: str, splits: list[int]) -> Layout:
     return _finish("ucf101", classes, video_root, listed, source_of)
 
 
-def hmdb51(raw_dir: str, splits: list[int]) -> Layout:
+def hmdb51(raw_dir: str, split: int) -> Layout:
     """HMDB51: <class>/<name>.avi and <class>_test_splitN.txt files (1 train, 2 test, 0 unused).
 
-    The split files may sit anywhere under --raw_dir (e.g. testTrainMulti_7030_splits/).
+    The split files may sit anywhere under the raw directory (e.g. testTrainMulti_7030_splits/).
     """
     raw = Path(raw_dir)
     classes = sorted(p.name for p in raw.iterdir() if p.is_dir() and any(p.glob("*.avi")))
     if not classes:
         raise LayoutError(f"no <class>/*.avi folders under {raw}; extract the HMDB51 class archives there")
     split_files = {p.name: p for p in raw.rglob("*_test_split[0-9].txt")}
-    listed = {}
-    for n in splits:
-        subsets = {"train": [], "test": []}
-        missing = [f"{c}_test_split{n}.txt" for c in classes if f"{c}_test_split{n}.txt" not in split_files]
-        if missing:
-            raise _missing(
-                f"HMDB51 split files for split {n} are missing",
-                missing,
-                "Extract test_train_splits.rar (testTrainMulti_7030_splits/) under --raw_dir.",
-            )
-        for cls in classes:
-            for line in _read_lines(split_files[f"{cls}_test_split{n}.txt"]):
-                name, tag = line.split()[:2]
-                if tag in ("1", "2"):
-                    subsets["train" if tag == "1" else "test"].append(f"{cls}/{name}")
-        listed[f"split{n}"] = subsets
+    missing = [
+        f"{c}_test_split{split}.txt" for c in classes if f"{c}_test_split{split}.txt" not in split_files
+    ]
+    if missing:
+        raise _missing(
+            f"HMDB51 split files for split {split} are missing",
+            missing,
+            "Extract test_train_splits.rar (testTrainMulti_7030_splits/) under the raw directory.",
+        )
+    listed = {"train": [], "test": []}
+    for cls in classes:
+        for line in _read_lines(split_files[f"{cls}_test_split{split}.txt"]):
+            name, tag = line.split()[:2]
+            if tag in ("1", "2"):
+                listed["train" if tag == "1" else "test"].append(f"{cls}/{name}")
     return _finish("hmdb51", classes, raw, listed, lambda cls, stem: f"{cls}/{stem}")
 
 
-def folder(raw_dir: str, splits: list[int]) -> Layout:
+def folder(raw_dir: str, split: int) -> Layout:
     """Your own data: <class>/<video file> plus splits/trainlist0N.txt and splits/testlist0N.txt.
 
     Split lines name `<class>/<file>` (anything after a space is ignored, as in UCF101's lists).
@@ -161,15 +162,62 @@ def folder(raw_dir: str, splits: list[int]) -> Layout:
     if not classes:
         raise LayoutError(f"no <class>/<video> folders under {raw}")
     listed = {}
-    for n in splits:
-        subsets = {}
-        for subset in ("train", "test"):
-            path = raw / "splits" / f"{subset}list{n:02d}.txt"
-            if not path.is_file():
-                raise LayoutError(f"split file {path} is missing; list '<class>/<file>' lines in it")
-            subsets[subset] = [line.split()[0] for line in _read_lines(path)]
-        listed[f"split{n}"] = subsets
+    for subset in ("train", "test"):
+        path = raw / "splits" / f"{subset}list{split:02d}.txt"
+        if not path.is_file():
+            raise LayoutError(f"split file {path} is missing; list '<class>/<file>' lines in it")
+        listed[subset] = [line.split()[0] for line in _read_lines(path)]
     return _finish("folder", classes, raw, listed, lambda cls, stem: f"{cls}/{stem}")
 
 
-LAYOUTS = {"ucf101": ucf101, "hmdb51": hmdb51, "folder": folder}
+KINETICS_SUBSETS = {"train": "train", "val": "validation"}  # folder and CSV name -> TFDS split
+
+
+def kinetics(raw_dir: str, split: int | None = None) -> Layout:
+    """Kinetics-400/600/700 as the public downloader lays it out: <subset>/<youtube_id>_<start:06d>_
+    <end:06d>.mp4 for subset train and val, labelled by annotations/<subset>.csv (columns label,
+    youtube_id, time_start, time_end, ...). The test folder has no public labels and is not read.
+
+    Classes are the sorted labels of both CSVs; the source is the YouTube video (clips cut from
+    one video are siblings). A CSV row whose video is absent (every copy of Kinetics lacks some)
+    is set aside in `Layout.missing`, not an error.
+    """
+    del split  # Kinetics has one split
+    raw = Path(raw_dir)
+    rows = {}
+    for folder_name in KINETICS_SUBSETS:
+        path = raw / "annotations" / f"{folder_name}.csv"
+        if not path.is_file():
+            raise LayoutError(
+                f"{path} not found; the raw directory must hold annotations/train.csv and "
+                "annotations/val.csv, and the videos under train/ and val/, as the Kinetics downloader "
+                "lays them out"
+            )
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            need = {"label", "youtube_id", "time_start", "time_end"}
+            if not need <= set(reader.fieldnames or ()):
+                raise LayoutError(f"{path} lacks the columns {sorted(need - set(reader.fieldnames or ()))}")
+            rows[folder_name] = list(reader)
+    classes = sorted({row["label"] for subset_rows in rows.values() for row in subset_rows})
+    label = {c: i for i, c in enumerate(classes)}
+    videos, listed, missing = [], {}, []
+    for folder_name, subset in KINETICS_SUBSETS.items():
+        listed[subset] = []
+        for row in rows[folder_name]:
+            stem = (
+                f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
+            )
+            rel = f"{folder_name}/{stem}.mp4"
+            if not (raw / rel).is_file():
+                missing.append(rel)
+                continue
+            videos.append(
+                Video(str(raw / rel), rel, stem, row["label"], label[row["label"]], row["youtube_id"])
+            )
+            listed[subset].append(rel)
+    videos.sort(key=lambda v: v.rel)
+    return _layout("kinetics", classes, videos, listed, missing)
+
+
+LAYOUTS = {"ucf101": ucf101, "hmdb51": hmdb51, "folder": folder, "kinetics": kinetics}

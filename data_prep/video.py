@@ -1,6 +1,10 @@
-"""Decoding a video, resizing its frames and computing quantised TV-L1 flow (docs/method.md §5)."""
+"""One video: decoding, resizing, quantised TV-L1 flow, JPEG encoding (docs/method.md §5), and
+the whole preparation of one video as a pool or Beam worker runs it."""
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 import cv2
 import numpy as np
@@ -111,3 +115,59 @@ def process_video(path: str, short_side: int, jpeg_quality: int, with_flow: bool
     rgb, gray, fps, size = decode_video(path, short_side, jpeg_quality)
     flows = encode_flows(tvl1_flows(gray), size, jpeg_quality) if with_flow else []
     return rgb, flows, fps, size
+
+
+@dataclasses.dataclass(frozen=True)
+class Preparation:
+    """How to prepare a video (picklable: it travels to pool and Beam workers) and where its
+    dataset's per-video cache lives."""
+
+    cache_dir: str
+    short_side: int
+    jpeg_quality: int
+    flow_backend: str | None  # "opencv" or "jax"; None: RGB only
+    flow_batch: int  # JAX flow pairs per batch
+    flow_bucket: int  # JAX flow buffers: each side rounded up to a multiple
+
+
+@dataclasses.dataclass
+class PreparedVideo:
+    """One video's stored content: JPEG frames, flow JPEGs, frame rate and stored size."""
+
+    rgb: list[bytes]
+    flows: list[bytes]
+    fps: float
+    size: tuple[int, int]
+
+
+def failure_reason(e: Exception) -> str:
+    """The reason reported for a video whose preparation raised `e`."""
+    if isinstance(e, VideoError):
+        return str(e)
+    # A decoder crash on a corrupt file must not stop the other videos.
+    return f"failed: {type(e).__name__}: {e}"
+
+
+@functools.cache
+def _flow_batcher(batch_size: int, multiple: int):
+    """One batcher per process, so its compiled programs are reused across videos."""
+    from cvtcl_jax.flow.batching import FlowBatcher
+
+    return FlowBatcher(batch_size=batch_size, multiple=multiple)
+
+
+def compute_video(path: str, prep: Preparation) -> PreparedVideo:
+    """Decode, resize, flow and encode one video (raises VideoError for an unusable one). The JAX
+    backend batches the pairs of this one video (the local command batches across videos)."""
+    if prep.flow_backend != "jax":
+        return PreparedVideo(
+            *process_video(path, prep.short_side, prep.jpeg_quality, prep.flow_backend is not None)
+        )
+    rgb, gray, fps, size = decode_video(path, prep.short_side, prep.jpeg_quality)
+    batcher = _flow_batcher(prep.flow_batch, prep.flow_bucket)
+    for i in range(len(gray) - 1):
+        batcher.add(i, gray[i], gray[i + 1])
+    batcher.flush()
+    flows = dict(batcher.results(wait=True))
+    quantized = [quantize_flow(flows[i]) for i in range(len(gray) - 1)]
+    return PreparedVideo(rgb, encode_flows(quantized, size, prep.jpeg_quality), fps, size)

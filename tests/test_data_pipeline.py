@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,7 @@ from cvtcl_jax.data.dataset_info import DatasetError, host_shards, load_dataset_
 from cvtcl_jax.data.random_batches import random_pretrain_batch
 from cvtcl_jax.models import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
 from cvtcl_jax.sharding import batch_sharding, make_mesh, prefetch_to_mesh, shard_batch
-from tests.pattern_records import frame_number, write_pattern_dataset
+from tests.pattern_records import PATTERN_NAME, frame_number, write_pattern_dataset
 
 # Video lengths (frames). Flow has n - 1 frames, so with flow videos 1 and 5 (10, 14 frames) are
 # shorter than the 16 a sample needs and get looped.
@@ -32,7 +31,7 @@ NO_COLOR = AugmentConfig(color_jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.
 def info(tmp_path_factory):
     root = tmp_path_factory.mktemp("pattern")
     write_pattern_dataset(root, LENGTHS)
-    return load_dataset_info(root)
+    return load_dataset_info(root, PATTERN_NAME)
 
 
 def _train_videos():
@@ -51,7 +50,6 @@ def _batches(ds, n):
 def _pretrain(info, views=("rgb",), aug=NO_COLOR, seed=0, local_batch=4, **kw):
     return pipeline.pretrain_dataset(
         info,
-        split=1,
         subset="train",
         views=views,
         local_batch=local_batch,
@@ -245,7 +243,7 @@ def test_on_device_batches_carry_colour_parameters_and_colour_like_the_pipeline(
         assert np.abs(raw[key].astype(int) - cpu[key].astype(int)).mean() > 3  # colour was left out
     (clip_batch,) = _batches(
         pipeline.labelled_clip_dataset(
-            info, split=1, subset="train", view="rgb", local_batch=4, spec=SPEC, aug=on_device, seed=0
+            info, subset="train", view="rgb", local_batch=4, spec=SPEC, aug=on_device, seed=0
         ),
         1,
     )
@@ -301,7 +299,7 @@ def mixed_info(tmp_path_factory):
     """The pattern set with two train videos of other frame sizes (one smaller, one taller)."""
     root = tmp_path_factory.mktemp("mixed")
     write_pattern_dataset(root, LENGTHS, sizes={0: (20, 28), 3: (40, 24)})
-    return load_dataset_info(root)
+    return load_dataset_info(root, PATTERN_NAME)
 
 
 @pytest.mark.parametrize("colour", [True, False])
@@ -316,7 +314,7 @@ def test_resize_on_device_gives_the_tf_data_batches(mixed_info, colour):
     (cpu,) = _batches(_pretrain(mixed_info, views=views, aug=base, local_batch=8), 1)
     resize = dataclasses.replace(base, on_device="resize")
     (raw,) = _batches(_pretrain(mixed_info, views=views, aug=resize, local_batch=8), 1)
-    assert mixed_info.subset(1, "train").max_frame_size == (40, 32)
+    assert mixed_info.subset("train").max_frame_size == (40, 32)
     assert raw["query"].shape == (8, SPEC.num_frames, 40, 32, 3) and "anchor" not in raw
     assert raw["segments"].shape == (8, SPEC.num_segments, SPEC.segment_len, 40, 32, 3)
     assert raw["query_window"].shape == (8, device_augment.WINDOW_PARAMS)
@@ -351,13 +349,13 @@ def test_resize_on_device_gives_the_tf_data_batches(mixed_info, colour):
         assert diff.max() <= 4 and diff.mean() < 0.2, (name, diff.max(), diff.mean())
     (clips,) = _batches(
         pipeline.labelled_clip_dataset(
-            mixed_info, split=1, subset="train", view="rgb", local_batch=8, spec=SPEC, aug=resize, seed=0
+            mixed_info, subset="train", view="rgb", local_batch=8, spec=SPEC, aug=resize, seed=0
         ),
         1,
     )
     (cpu_clips,) = _batches(
         pipeline.labelled_clip_dataset(
-            mixed_info, split=1, subset="train", view="rgb", local_batch=8, spec=SPEC, aug=base, seed=0
+            mixed_info, subset="train", view="rgb", local_batch=8, spec=SPEC, aug=base, seed=0
         ),
         1,
     )
@@ -368,14 +366,11 @@ def test_resize_on_device_gives_the_tf_data_batches(mixed_info, colour):
 
 
 def test_resize_on_device_needs_the_largest_frame_in_the_metadata(tmp_path):
-    meta = write_pattern_dataset(tmp_path, LENGTHS[:6])
-    for subset in meta["splits"]["split1"].values():
-        del subset["max_frame_size"]  # metadata.json of a data_prep run before it was recorded
-    (tmp_path / "metadata.json").write_text(json.dumps(meta))
-    old = load_dataset_info(tmp_path)
-    _pretrain(old, aug=NO_COLOR)  # the other paths do not need it
-    with pytest.raises(DatasetError, match="run the same `python -m data_prep.build` command again"):
-        _pretrain(old, aug=dataclasses.replace(NO_COLOR, on_device="resize"))
+    write_pattern_dataset(tmp_path, LENGTHS[:6], metadata=False)  # a TFDS dataset not built by data_prep
+    other = load_dataset_info(tmp_path, PATTERN_NAME)
+    _pretrain(other, aug=NO_COLOR)  # the other paths do not need it
+    with pytest.raises(DatasetError, match="set --config.data.aug.on_device=color"):
+        _pretrain(other, aug=dataclasses.replace(NO_COLOR, on_device="resize"))
 
 
 # ---------------------------------------------------------------- pretraining samples
@@ -465,7 +460,7 @@ def test_every_video_once_per_epoch(info):
 
 
 def test_hosts_read_disjoint_shards(info):
-    subset = info.subset(1, "train")
+    subset = info.subset("train")
     parts = [host_shards(subset, i, 2)[0] for i in range(2)]
     assert not set(parts[0]) & set(parts[1]) and sorted(parts[0] + parts[1]) == sorted(subset.shards)
     videos = []
@@ -473,16 +468,22 @@ def test_hosts_read_disjoint_shards(info):
         ds = _pretrain(info, local_batch=2, process_index=i, process_count=2)
         videos.append({int(v) for b in _batches(ds, 6) for v in _video_number(b["query"])})
     assert not videos[0] & videos[1] and videos[0] | videos[1] == set(_train_videos())
-    with pytest.raises(DatasetError, match="smaller --videos_per_shard"):
+    with pytest.raises(DatasetError, match="--num_shards of at least the host count"):
         host_shards(subset, 0, len(subset.shards) + 1)
 
 
 def test_bad_requests_name_the_problem(info, tmp_path):
-    with pytest.raises(DatasetError, match="metadata.json does not exist"):
-        load_dataset_info(tmp_path / "nowhere")
-    with pytest.raises(DatasetError, match="no split 2"):
-        info.subset(2, "train")
-    rgb_only = load_dataset_info(info.root)
+    with pytest.raises(DatasetError, match=f"no dataset {PATTERN_NAME} in .* holds none"):
+        load_dataset_info(tmp_path / "nowhere", PATTERN_NAME)
+    with pytest.raises(
+        DatasetError, match=r"no dataset cvtcl_ucf101/split1 .* holds \['pattern_videos/split1'\]"
+    ):
+        load_dataset_info(info.data_dir, "cvtcl_ucf101/split1")
+    with pytest.raises(DatasetError, match="must be <builder>/<config>"):
+        load_dataset_info(info.data_dir, "pattern_videos")
+    with pytest.raises(DatasetError, match="no 'validation' split; it has \\['test', 'train'\\]"):
+        info.subset("validation")
+    rgb_only = load_dataset_info(info.data_dir, PATTERN_NAME)
     object.__setattr__(rgb_only, "views", ("rgb",))
     with pytest.raises(DatasetError, match="without --no_flow"):
         _pretrain(rgb_only, views=("rgb", "flow"))
@@ -493,7 +494,7 @@ def test_bad_requests_name_the_problem(info, tmp_path):
 
 def _eval_rows(info, crops="center", views=("rgb",), local_batch=8):
     ds = pipeline.eval_dataset(
-        info, split=1, subset="test", views=views, local_batch=local_batch, spec=SPEC, stride=8, crops=crops
+        info, subset="test", views=views, local_batch=local_batch, spec=SPEC, stride=8, crops=crops
     )
     batches = list(ds.as_numpy_iterator())
     assert all(b["mask"].shape == (local_batch,) for b in batches)
@@ -535,9 +536,7 @@ def test_ten_crops_are_five_windows_and_their_flips(info):
 
 def test_eval_rejects_unknown_crops(info):
     with pytest.raises(ValueError, match="eval crops"):
-        pipeline.eval_dataset(
-            info, split=1, subset="test", views=("rgb",), local_batch=4, spec=SPEC, crops="five"
-        )
+        pipeline.eval_dataset(info, subset="test", views=("rgb",), local_batch=4, spec=SPEC, crops="five")
 
 
 # ---------------------------------------------------------------- to the devices

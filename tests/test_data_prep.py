@@ -1,6 +1,8 @@
-"""data_prep end to end: the real command on tiny AVIs in the official layouts."""
+"""data_prep end to end: the TFDS builders and the real command on tiny AVIs in the official layouts."""
 
-import json
+import csv
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,11 +13,14 @@ import cv2
 import numpy as np
 import pytest
 
-from cvtcl_jax.data.records import read_records
+from cvtcl_jax.data.dataset_info import load_dataset_info
+from cvtcl_jax.data.records import read_examples
 from data_prep import layouts, synthetic
-from data_prep.video import dequantize_flow, process_video
+from data_prep.builders import dataset_name
+from data_prep.video import dequantize_flow, process_video, read_frames
 
 ROOT = Path(__file__).resolve().parents[1]
+UCF = dataset_name("ucf101", 1, short_side=32)  # cvtcl_ucf101/split1_32px_q90
 
 
 def build(raw, out, *extra, dataset="ucf101", check=True):
@@ -34,9 +39,16 @@ def build(raw, out, *extra, dataset="ucf101", check=True):
     return proc
 
 
-def records_of(out, split, subset):
-    meta = json.loads((Path(out) / "metadata.json").read_text())
-    return read_records(str(Path(out) / s) for s in meta["splits"][split][subset]["shards"])
+def examples_of(out, name, subset):
+    """The examples of one split of a built dataset, frames as JPEG bytes."""
+    info = load_dataset_info(out, name)
+    return read_examples(info.subset(subset).shards, info.features)
+
+
+def metadata_of(out, name) -> dict:
+    import tensorflow_datasets as tfds
+
+    return dict(tfds.builder(name, data_dir=str(out)).info.metadata)
 
 
 def tiny_video(path, frames=5, size=(32, 40), seed=0):
@@ -58,37 +70,52 @@ def ucf_raw(tmp_path_factory):
 
 
 def test_ucf101_records_match_the_inputs(ucf_raw, tmp_path):
-    build(ucf_raw, tmp_path, "--splits=1,2")
-    meta = json.loads((tmp_path / "metadata.json").read_text())
-    assert meta["classes"] == ["MoveRight", "MoveLeft"] and meta["num_videos"] == 6
-    assert meta["failures"] == [] and meta["views"] == ["rgb", "flow"]
-    assert meta["parameters"]["short_side"] == 32
+    proc = build(ucf_raw, tmp_path, "--splits=1,2")
+    assert f"--config.data.name={UCF}" in proc.stdout
     lists = ucf_raw / "ucfTrainTestlist"
     for split in (1, 2):
+        name = dataset_name("ucf101", split, short_side=32)
+        info = load_dataset_info(tmp_path, name)
+        meta = metadata_of(tmp_path, name)
+        assert info.classes == ("MoveRight", "MoveLeft") and meta["num_listed"] == 6
+        assert meta["failures"] == [] and info.views == ("rgb", "flow")
+        assert meta["parameters"]["short_side"] == 32 and meta["dataset"] == "ucf101"
         for subset in ("train", "test"):
             listed = [
                 ln.split()[0] for ln in (lists / f"{subset}list{split:02d}.txt").read_text().splitlines()
             ]
-            recs = records_of(tmp_path, f"split{split}", subset)
+            recs = examples_of(tmp_path, name, subset)
             assert sorted(r["video_id"] for r in recs) == sorted(Path(x).stem for x in listed)
-            assert meta["splits"][f"split{split}"][subset]["num_videos"] == len(listed)
+            assert info.subset(subset).num_videos == len(listed)
             for r in recs:
-                assert r["label"] == ["MoveRight", "MoveLeft"].index(r["class_name"])
-                assert r["class_name"] in r["video_id"]
-                assert (r["num_frames"], r["num_flow"]) == (6, 5) == (len(r["frames"]), len(r["flows"]))
+                class_name = info.classes[r["label"]]
+                assert class_name in r["video_id"]
+                assert (r["num_frames"], r["num_flow"]) == (6, 5) == (len(r["rgb"]), len(r["flow"]))
                 assert (r["height"], r["width"]) == (32, 40)
-                assert r["source"] == r["class_name"] + "_g" + r["video_id"].split("_g")[1][:2]
+                assert r["source"] == class_name + "_g" + r["video_id"].split("_g")[1][:2]
     # Split 1 tests on group 1 of each class; source ids are unique per (class, group).
-    recs = records_of(tmp_path, "split1", "test") + records_of(tmp_path, "split1", "train")
-    assert {r["video_id"] for r in records_of(tmp_path, "split1", "test")} == {
+    recs = examples_of(tmp_path, UCF, "test") + examples_of(tmp_path, UCF, "train")
+    assert {r["video_id"] for r in examples_of(tmp_path, UCF, "test")} == {
         "v_MoveRight_g01_c01",
         "v_MoveLeft_g01_c01",
     }
     assert len({r["source_id"] for r in recs}) == 6
+    assert sorted(r["video_index"] for r in recs) == list(range(6))
+    # The stored frames are the raw video's (to JPEG's rounding, a few levels on these sharp
+    # textures), frame for frame: far closer to their own than to another video's.
+    raw = {}
+    for r in recs:
+        path = ucf_raw / "UCF-101" / info.classes[r["label"]] / f"{r['video_id']}.avi"
+        raw[r["video_id"]] = read_frames(str(path))[0]
+    for r in recs:
+        for i, jpeg in enumerate(r["rgb"]):
+            stored = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).astype(int)
+            error = {vid: np.abs(stored - frames[i].astype(int)).mean() for vid, frames in raw.items()}
+            own = error.pop(r["video_id"])
+            assert own < 6 and own < min(error.values()) / 3, (r["video_id"], i, own, error)
 
 
-def test_hmdb51_layout(tmp_path):
-    raw = tmp_path / "raw"
+def _hmdb_raw(raw: Path, corrupt: str | None = None) -> Path:
     for cls in ("brush_hair", "cartwheel"):
         lines = []
         for i, tag in enumerate((1, 1, 2, 0)):
@@ -97,17 +124,33 @@ def test_hmdb51_layout(tmp_path):
         split_dir = raw / "testTrainMulti_7030_splits"
         split_dir.mkdir(parents=True, exist_ok=True)
         (split_dir / f"{cls}_test_split1.txt").write_text("\n".join(lines) + "\n")
-    build(raw, tmp_path / "out", dataset="hmdb51")
-    train = records_of(tmp_path / "out", "split1", "train")
-    test = records_of(tmp_path / "out", "split1", "test")
-    assert sorted(r["video_id"] for r in train) == [
-        "brush_hair_0",
-        "brush_hair_1",
-        "cartwheel_0",
-        "cartwheel_1",
-    ]
+    if corrupt:
+        (raw / corrupt).write_bytes(b"not a video" * 100)
+    return raw
+
+
+def test_hmdb51_layout_with_the_tfds_command(tmp_path):
+    """`tfds build` itself (one process, Beam's default runner) on an HMDB51 layout with a corrupt
+    video: it is skipped and listed, the others are stored."""
+    raw = _hmdb_raw(tmp_path / "raw", corrupt="cartwheel/cartwheel_1.avi")
+    # The console script pip installed beside this interpreter (or on the PATH).
+    tfds = shutil.which("tfds", path=str(Path(sys.executable).parent)) or shutil.which("tfds")
+    assert tfds, "the `tfds` command of tensorflow-datasets is not installed"
+    cmd = [tfds, "build", "cvtcl_hmdb51", "--imports=data_prep.builders", "--config=split1"]
+    cmd += [f"--manual_dir={raw}", f"--data_dir={tmp_path / 'out'}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # as the README runs it: PYTHONPATH=. tfds build ...
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = examples_of(tmp_path / "out", "cvtcl_hmdb51/split1", "train")
+    test = examples_of(tmp_path / "out", "cvtcl_hmdb51/split1", "test")
+    assert sorted(r["video_id"] for r in train) == ["brush_hair_0", "brush_hair_1", "cartwheel_0"]
     assert sorted((r["video_id"], r["label"]) for r in test) == [("brush_hair_2", 0), ("cartwheel_2", 1)]
-    assert all(r["num_frames"] == 5 for r in train + test)
+    assert all(r["num_frames"] == 5 and (r["height"], r["width"]) == (128, 160) for r in train + test)
+    meta = metadata_of(tmp_path / "out", "cvtcl_hmdb51/split1")
+    assert [(f["video_id"], f["reason"].split(":")[0]) for f in meta["failures"]] == [
+        ("cartwheel_1", "unreadable")
+    ]
+    assert meta["num_prepared"] == 5 and meta["num_per_split"] == {"train": 3, "test": 2}
 
 
 def test_folder_layout(tmp_path):
@@ -120,16 +163,129 @@ def test_folder_layout(tmp_path):
     (raw / "splits" / "trainlist01.txt").write_text("a/a0.avi\nb/b0.avi\n")
     (raw / "splits" / "testlist01.txt").write_text("a/a1.avi\nb/b1.avi\n")
     build(raw, tmp_path / "out", "--no_flow", dataset="folder")
-    test = records_of(tmp_path / "out", "split1", "test")
-    assert sorted((r["video_id"], r["label"], r["num_flow"]) for r in test) == [("a1", 0, 0), ("b1", 1, 0)]
-    # The largest stored frame of each subset (on-device resizing pads to it), from the records.
-    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    name = dataset_name("folder", 1, short_side=32, flow=False)
+    assert name == "cvtcl_folder/split1_32px_q90_rgb"
+    test = examples_of(tmp_path / "out", name, "test")
+    assert sorted((r["video_id"], r["label"], r["num_flow"], "flow" in r) for r in test) == [
+        ("a1", 0, 0, False),
+        ("b1", 1, 0, False),
+    ]
+    info = load_dataset_info(tmp_path / "out", name)
+    assert info.views == ("rgb",)
+    # The largest stored frame of each split (on-device resizing pads to it), from the records.
     for subset in ("train", "test"):
-        recs = records_of(tmp_path / "out", "split1", subset)
-        largest = [max(r["height"] for r in recs), max(r["width"] for r in recs)]
-        assert meta["splits"]["split1"][subset]["max_frame_size"] == largest
-    assert meta["splits"]["split1"]["train"]["max_frame_size"] == [48, 40]
-    assert meta["splits"]["split1"]["test"]["max_frame_size"] == [32, 64]
+        recs = examples_of(tmp_path / "out", name, subset)
+        largest = (max(r["height"] for r in recs), max(r["width"] for r in recs))
+        assert info.subset(subset).max_frame_size == largest
+    assert info.subset("train").max_frame_size == (48, 40)
+    assert info.subset("test").max_frame_size == (32, 64)
+
+
+def _kinetics_raw(raw: Path) -> Path:
+    """Two classes, train and val CSVs as the downloader writes them, two listed videos absent."""
+    (raw / "annotations").mkdir(parents=True)
+    rows = {
+        "train": [
+            ("juggling balls", "aaa", 0, 10),
+            ("juggling balls", "bbb", 5, 15),
+            ("abseiling", "aaa", 20, 30),
+        ],
+        "val": [("abseiling", "ccc", 1, 11), ("juggling balls", "ddd", 0, 10)],
+    }
+    absent = {("train", "bbb"), ("val", "ddd")}
+    for subset, items in rows.items():
+        with (raw / "annotations" / f"{subset}.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["label", "youtube_id", "time_start", "time_end", "split"])
+            for i, (label, yid, start, end) in enumerate(items):
+                writer.writerow([label, yid, start, end, subset])
+                if (subset, yid) not in absent:
+                    tiny_video(raw / subset / f"{yid}_{start:06d}_{end:06d}.mp4", seed=i)
+    return raw
+
+
+def test_kinetics_layout_lists_missing_videos(tmp_path):
+    raw = _kinetics_raw(tmp_path / "raw")
+    proc = build(raw, tmp_path / "out", dataset="kinetics", check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 video(s) listed in the annotations are missing" in proc.stdout
+    name = dataset_name("kinetics", short_side=32)
+    assert name == "cvtcl_kinetics/k400_32px_q90"
+    info = load_dataset_info(tmp_path / "out", name)
+    assert info.classes == ("abseiling", "juggling balls") and set(info.subsets) == {"train", "validation"}
+    train = examples_of(tmp_path / "out", name, "train")
+    val = examples_of(tmp_path / "out", name, "validation")
+    assert sorted((r["video_id"], r["label"], r["source"]) for r in train) == [
+        ("aaa_000000_000010", 1, "aaa"),
+        ("aaa_000020_000030", 0, "aaa"),
+    ]
+    assert len({r["source_id"] for r in train}) == 1  # two clips of one YouTube video are siblings
+    assert [(r["video_id"], r["label"]) for r in val] == [("ccc_000001_000011", 0)]
+    meta = metadata_of(tmp_path / "out", name)
+    assert meta["missing"] == ["train/bbb_000005_000015.mp4", "val/ddd_000000_000010.mp4"]
+    assert meta["num_listed"] == 5 and meta["failures"] == []
+    # A layout error still stops the build before any work: the annotations are not optional.
+    (raw / "annotations" / "val.csv").unlink()
+    proc = build(raw, tmp_path / "again", dataset="kinetics", check=False)
+    assert proc.returncode == 2 and "annotations/val.csv not found" in proc.stderr
+
+
+def test_local_beam_runs_never_fetch_a_runner():
+    """Beam's DirectRunner would download its Prism runner binary at run time; local builds run on
+    the FnApiRunner instead (with their worker options), cluster runners stay as chosen."""
+    import tensorflow_datasets as tfds
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from data_prep.builders import offline_runner
+
+    workers = PipelineOptions(["--runner=DirectRunner", "--direct_num_workers=2"])
+    for options in (None, PipelineOptions([]), workers):
+        config = offline_runner(tfds.download.DownloadConfig(beam_options=options))
+        assert isinstance(config.beam_runner, FnApiRunner) and config.beam_options is options
+    dataflow = tfds.download.DownloadConfig(beam_options=PipelineOptions(["--runner=DataflowRunner"]))
+    assert offline_runner(dataflow) is dataflow
+
+
+def _beam_build(raw, data_dir, beam_options=None):
+    """The builder's download_and_prepare with TFDS's manual_dir, as `tfds build` runs it."""
+    import tensorflow_datasets as tfds
+
+    from data_prep.builders import CvtclUcf101, config_for
+
+    builder = CvtclUcf101(config=config_for("split1", 1, short_side=32), data_dir=str(data_dir))
+    download = tfds.download.DownloadConfig(manual_dir=str(raw), beam_options=beam_options)
+    builder.download_and_prepare(download_config=download)
+    return builder
+
+
+@pytest.mark.slow
+def test_beam_with_two_local_workers_builds_what_one_process_builds(ucf_raw, tmp_path):
+    """The builder's Beam pipeline on the DirectRunner with 2 worker processes and in this process:
+    the same examples (per video id), the corrupt video reported both ways."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    raw = tmp_path / "raw"
+    subprocess.run(["cp", "-r", str(ucf_raw), str(raw)], check=True)
+    (raw / "UCF-101" / "MoveLeft" / "v_MoveLeft_g02_c01.avi").write_bytes(b"not a video" * 100)
+    one = _beam_build(raw, tmp_path / "one", PipelineOptions([]))
+    workers = PipelineOptions(
+        ["--runner=DirectRunner", "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    )
+    two = _beam_build(raw, tmp_path / "two", workers)
+    for subset, count in (("train", 3), ("test", 2)):
+        a, b = (
+            {r["video_id"]: r for r in examples_of(d, UCF, subset)}
+            for d in (tmp_path / "one", tmp_path / "two")
+        )
+        assert len(a) == count and a.keys() == b.keys()
+        for vid in a:
+            assert {k: v for k, v in a[vid].items()} == {k: v for k, v in b[vid].items()}, vid
+    for builder in (one, two):
+        failures = builder.info.metadata["failures"]
+        assert [f["video_id"] for f in failures] == ["v_MoveLeft_g02_c01"] and "unreadable" in failures[0][
+            "reason"
+        ]
 
 
 @pytest.mark.parametrize("velocity", [(2, 0), (-2, 0), (0, 1)])
@@ -167,13 +323,14 @@ def test_bad_videos_are_skipped_and_reported(ucf_raw, tmp_path):
     proc = build(raw, tmp_path / "out", check=False)
     assert proc.returncode == 1
     assert "v_MoveLeft_g02_c01" in proc.stderr and "v_MoveLeft_g03_c01" in proc.stderr
-    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    meta = metadata_of(tmp_path / "out", UCF)
     reasons = {f["video_id"]: f["reason"] for f in meta["failures"]}
     assert "unreadable" in reasons["v_MoveLeft_g02_c01"]
     assert "one frame" in reasons["v_MoveLeft_g03_c01"]
-    ids = {r["video_id"] for s in ("train", "test") for r in records_of(tmp_path / "out", "split1", s)}
+    ids = {r["video_id"] for s in ("train", "test") for r in examples_of(tmp_path / "out", UCF, s)}
     assert len(ids) == 4 and not ids & set(reasons)
-    assert build(raw, tmp_path / "out", "--allow_failures", check=False).returncode == 0
+    proc = build(raw, tmp_path / "out", "--allow_failures", check=False)
+    assert proc.returncode == 0 and "v_MoveLeft_g02_c01" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -193,30 +350,28 @@ def test_layout_errors_stop_before_any_work(ucf_raw, tmp_path, breakage, message
     subprocess.run(breakage, shell=True, cwd=raw, check=True)
     proc = build(raw, tmp_path / "out", check=False)
     assert proc.returncode == 2 and message in proc.stderr
-    assert not (tmp_path / "out").exists()
+    assert not list((tmp_path / "out").rglob("*.json")), "nothing is prepared or cached"
 
 
 @pytest.mark.slow
 def test_jax_flow_backend_stores_what_the_opencv_backend_stores(ucf_raw, tmp_path):
-    """Same records but for the flow JPEGs, whose flows agree within the bounds of OpenCV's."""
+    """Same examples but for the flow JPEGs, whose flows agree within the bounds of OpenCV's."""
     import tensorflow as tf
 
     build(ucf_raw, tmp_path / "cv", "--flow_backend=opencv")
     # A budget below one video: no decode starts while a video waits for its flow; none waits forever.
     build(ucf_raw, tmp_path / "jax", "--flow_backend=jax", "--flow_batch=4", "--flow_memory_gib=1e-6")
-    meta = {b: json.loads((tmp_path / b / "metadata.json").read_text()) for b in ("cv", "jax")}
+    meta = {b: metadata_of(tmp_path / b, UCF) for b in ("cv", "jax")}
     assert meta["cv"]["parameters"]["flow"]["backend"] == "opencv"
     assert meta["jax"]["parameters"]["flow"]["backend"] == "jax"
-    assert meta["cv"]["splits"] == meta["jax"]["splits"]
+    assert meta["cv"]["max_frame_size"] == meta["jax"]["max_frame_size"]
     epe = []
     for subset in ("train", "test"):
-        cv, jx = records_of(tmp_path / "cv", "split1", subset), records_of(tmp_path / "jax", "split1", subset)
+        cv, jx = examples_of(tmp_path / "cv", UCF, subset), examples_of(tmp_path / "jax", UCF, subset)
         for a, b in zip(cv, jx, strict=True):
-            assert {k: v for k, v in a.items() if k != "flows"} == {
-                k: v for k, v in b.items() if k != "flows"
-            }
-            assert len(a["flows"]) == len(b["flows"]) == a["num_frames"] - 1
-            for fa, fb in zip(a["flows"], b["flows"], strict=True):
+            assert {k: v for k, v in a.items() if k != "flow"} == {k: v for k, v in b.items() if k != "flow"}
+            assert len(a["flow"]) == len(b["flow"]) == a["num_frames"] - 1
+            for fa, fb in zip(a["flow"], b["flow"], strict=True):
                 fa, fb = (tf.io.decode_jpeg(f, dct_method="INTEGER_ACCURATE").numpy() for f in (fa, fb))
                 assert fa.shape == fb.shape == (32, 40, 3)
                 epe.append(
@@ -224,14 +379,17 @@ def test_jax_flow_backend_stores_what_the_opencv_backend_stores(ucf_raw, tmp_pat
                 )
     epe = np.concatenate([e.ravel() for e in epe])
     assert epe.mean() <= 0.1 and np.percentile(epe, 99) <= 1.0, (epe.mean(), np.percentile(epe, 99))
-    # A work directory started with one backend is not finished with another.
-    proc = build(ucf_raw, tmp_path / "jax", "--flow_backend=opencv", check=False)
-    assert proc.returncode == 2 and "--flow_backend=jax" in proc.stderr
+    # Each backend caches its videos apart, so a cache is never finished by another backend.
+    caches = tmp_path / "jax" / "downloads" / "cvtcl_video_cache" / "cvtcl_ucf101"
+    assert [p.name for p in caches.iterdir()] == ["32px_q90_jax"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["opencv", "jax"])
-def test_interrupted_build_resumes_to_the_same_records(tmp_path, backend):
+def test_interrupted_build_resumes_to_the_same_dataset(tmp_path, backend):
+    """Killed mid-run and run again: the same examples in the same shards and order as a build
+    that was not interrupted (not the same bytes: protobuf writes an example's feature map in an
+    order that varies from process to process)."""
     raw = synthetic.generate(
         tmp_path / "raw", num_classes=2, groups=6, clips_per_group=1, num_frames=12, height=32, width=40
     )
@@ -241,26 +399,33 @@ def test_interrupted_build_resumes_to_the_same_records(tmp_path, backend):
     rng = np.random.default_rng(0)
     look = tuple(synthetic.texture(rng, 128, 160, rng.uniform(40, 215, 3)) for _ in range(2))
     frames = synthetic.render_clip(rng, synthetic.MOTIONS["MoveLeft"], look, 48, 128, 160)
-    synthetic.write_avi(Path(layouts.ucf101(str(raw), [1]).videos[2].path), frames)
+    synthetic.write_avi(Path(layouts.ucf101(str(raw), 1).videos[2].path), frames)
     flags = [f"--flow_backend={backend}", "--flow_batch=4"]
     build(raw, tmp_path / "whole", *flags)
     cmd = [sys.executable, "-m", "data_prep.build", "--dataset=ucf101", f"--raw_dir={raw}", *flags]
     cmd += [f"--out_dir={tmp_path / 'resumed'}", "--workers=1", "--quiet", "--short_side=32"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    work = tmp_path / "resumed" / "work"
+    cache = tmp_path / "resumed" / "downloads" / "cvtcl_video_cache"
     deadline = time.time() + 120
-    while time.time() < deadline and len(list(work.glob("*.tfrecord"))) < 2:
+    while time.time() < deadline and len(list(cache.rglob("*.json"))) < 2:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(list(work.glob("*.tfrecord")))
+    done = len(list(cache.rglob("*.json")))
     assert 2 <= done < 12, f"kill should land mid-run, {done} of 12 videos were done"
-    assert not (tmp_path / "resumed" / "metadata.json").exists()
-    build(raw, tmp_path / "resumed", *flags)
-    for shard in sorted((tmp_path / "whole").glob("split1/*.tfrecord")):
-        assert (
-            shard.read_bytes() == (tmp_path / "resumed" / shard.relative_to(tmp_path / "whole")).read_bytes()
-        )
+    assert not list((tmp_path / "resumed").glob("cvtcl_ucf101/*/*/dataset_info.json"))
+    resumed = build(raw, tmp_path / "resumed", *flags)
+    assert f"12 videos, {done} already prepared, {12 - done} to do" in resumed.stdout
+
+    def shards(out):
+        return sorted(p.relative_to(out) for p in (out / UCF).glob("*/*.tfrecord*"))
+
+    whole = shards(tmp_path / "whole")
+    assert len(whole) == 2 and shards(tmp_path / "resumed") == whole
+    features = load_dataset_info(tmp_path / "whole", UCF).features
+    for shard in whole:
+        expected = read_examples([tmp_path / "whole" / shard], features)
+        assert read_examples([tmp_path / "resumed" / shard], features) == expected
 
 
 def _read_avi(path):

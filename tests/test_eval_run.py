@@ -22,7 +22,7 @@ def test_clip_features_are_cached_per_key(data, tmp_path, monkeypatch):
     with run.EvalRun.create(cfg, tmp_path) as ev:
         backbone = ev.load("rgb")
         first = ev.clip_features(backbone, "test", "center")
-        test_videos = ev.info.subset(1, "test").num_videos
+        test_videos = ev.info.subset("test").num_videos
         assert len(set(first["video_index"].tolist())) == test_videos
         assert first["features"].shape == (len(first["label"]), backbone.module.out_features)
 
@@ -44,7 +44,7 @@ def test_results_are_read_back_only_for_the_same_evaluation(data, tmp_path):
     cfg = _config(data)
     with run.EvalRun.create(cfg, tmp_path) as ev:
         record = ev.write_result("retrieval", "rgb", {"R@1": 50.0}, {"crops": "center"})
-    saved = json.loads((tmp_path / "retrieval_pattern_split1_rgb.json").read_text())
+    saved = json.loads((tmp_path / "retrieval_pattern_videos_split1_rgb.json").read_text())
     assert saved == json.loads(json.dumps(record))
     assert saved["sources"]["rgb"]["kind"] == "random" and saved["config"] == run.run_key(cfg, "retrieval")
     assert run.finished_results(cfg, tmp_path, "retrieval") == {"rgb": saved}

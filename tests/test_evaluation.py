@@ -24,7 +24,7 @@ from cvtcl_jax.modes.checks import ConfigError
 from data_prep import build, synthetic
 from tests import tiny_config
 from tests.conftest import LENGTHS
-from tests.pattern_records import write_pattern_dataset
+from tests.pattern_records import PATTERN_NAME, write_pattern_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,8 +59,8 @@ def _events(workdir) -> tuple[set[str], set[str]]:
     return scalars, images
 
 
-def _metrics(workdir, protocol, view, dataset="pattern"):
-    return json.loads((Path(workdir) / f"{protocol}_{dataset}_split1_{view}.json").read_text())
+def _metrics(workdir, protocol, view, dataset="pattern_videos_split1"):
+    return json.loads((Path(workdir) / f"{protocol}_{dataset}_{view}.json").read_text())
 
 
 # ---------------------------------------------------------------------- the schedule's table
@@ -113,7 +113,7 @@ def test_retrieval_from_checkpoints_and_exports_agree_and_record_everything(
         )
     record = _metrics(tmp_path / "a", "retrieval", "two_stream")
     assert set(record["metrics"]) == {"R@1", "R@5", "R@10", "R@20"}
-    assert record["protocol"] == "retrieval" and record["dataset"] == "pattern" and record["split"] == 1
+    assert record["protocol"] == "retrieval" and record["dataset"] == PATTERN_NAME
     assert record["sources"]["rgb"]["batch"] == checkpoints.stage_info(wd / "cotrain1_rgb")["step"]
     assert record["settings"]["protocol"] == "dense" and record["date"].startswith("20")
     assert _metrics(tmp_path / "b", "retrieval", "flow")["sources"]["flow"]["kind"] == "export"
@@ -134,7 +134,7 @@ def test_padding_and_device_count_do_not_change_retrieval(two_class_data, tmp_pa
     cmd = _random_rgb_retrieval_command(two_class_data, tmp_path / "one")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert re.search(r"^retrieval pattern split 1: rgb R@1 [\d.]+ R@5", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^retrieval pattern_videos/split1: rgb R@1 [\d.]+ R@5", proc.stdout, re.M), proc.stdout
     one = _metrics(tmp_path / "one", "retrieval", "rgb")
     assert one["devices"] == 1 and eight["rgb"]["devices"] == 8
     assert eight["rgb"]["metrics"] == wide["rgb"]["metrics"] == one["metrics"]
@@ -157,7 +157,11 @@ def test_padding_and_device_count_do_not_change_retrieval(two_class_data, tmp_pa
 def _random_rgb_retrieval_command(data_dir, workdir) -> list[str]:
     """main.py's retrieval of a random-init RGB encoder with the tiny config's model and clips."""
     cmd = [sys.executable, "main.py", "--config=configs/retrieval.py:rgb", f"--workdir={workdir}"]
-    cmd += [f"--config.data.dir={data_dir}", "--config.eval.rgb_source=random"]
+    cmd += [
+        f"--config.data.dir={data_dir}",
+        f"--config.data.name={PATTERN_NAME}",
+        "--config.eval.rgb_source=random",
+    ]
     cmd += ["--config.global_batch=8", "--config.data.eval_stride=8"]  # the tiny config's stride
     cmd += [
         "--config.model.width_multiplier=0.25",

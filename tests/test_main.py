@@ -310,8 +310,9 @@ def _bad(data, tmp_path, change):
             lambda c, t: c.update(queue_size=20),
             "queue_size=20 must be a positive multiple of the global batch",
         ),
-        (lambda c, t: c.data.update(dir=str(t / "nowhere")), "no dataset at"),
-        (lambda c, t: c.data.update(dir=""), "set --config.data.dir"),
+        (lambda c, t: c.data.update(dir=str(t / "nowhere")), "no dataset pattern_videos/split1 in .*nowhere"),
+        (lambda c, t: c.data.update(dir=""), "data.dir is unset: set --config.data.dir"),
+        (lambda c, t: c.data.update(name=None), "data.name is unset.*e.g. cvtcl_ucf101/split1"),
         (lambda c, t: c.train.update(view="depth"), "train.view='depth' is not a view"),
         (
             lambda c, t: (
@@ -337,6 +338,7 @@ def _bad(data, tmp_path, change):
         "queue",
         "data-dir",
         "no-data-dir",
+        "no-data-name",
         "view",
         "checkpoint",
         "export",
@@ -363,11 +365,9 @@ def test_view_missing_from_the_data(tmp_path):
 
 
 def test_resize_on_device_needs_frame_sizes_in_the_metadata(tmp_path):
-    old = tmp_path / "old"
-    meta = write_pattern_dataset(old, LENGTHS)
-    del meta["splits"]["split1"]["train"]["max_frame_size"]  # written before data_prep recorded it
-    (old / "metadata.json").write_text(json.dumps(meta))
-    cfg = _config(old)
+    other = tmp_path / "other"
+    write_pattern_dataset(other, LENGTHS, metadata=False)  # a TFDS dataset not built by data_prep
+    cfg = _config(other)
     cfg.data.aug.on_device = "resize"
     with pytest.raises(ConfigError, match="does not record its largest frame size.*on_device=color"):
         modes.run(cfg, tmp_path / "run")

@@ -1,9 +1,12 @@
 """The demo's small S3D sized for 8 emulated devices and the pattern datasets of the tests.
 
-python main.py --config=tests/tiny_config.py --workdir=DIR --config.data.dir=DATA
+python main.py --config=tests/tiny_config.py --workdir=DIR --config.data.dir=DATA (a pattern dataset)
 """
 
+from pathlib import Path
+
 from configs import default, demo
+from tests.pattern_records import PATTERN_NAME
 
 
 def get_config():
@@ -17,7 +20,7 @@ def get_config():
     cfg.schedule.cotrain_lr = None  # optim.lr throughout, as the paper (the demo lowers co-training's)
     cfg.global_batch = 8
     cfg.queue_size = 16
-    cfg.data.update(shuffle_buffer=16, threads=2, prefetch=1)
+    cfg.data.update(shuffle_buffer=16, threads=2, prefetch=1, name=PATTERN_NAME)
     cfg.schedule.update(init_epochs=6, cotrain_cycles=1, cotrain_epochs=2, cotrain_decay_epochs=(1,))
     cfg.train.update(
         log_every_steps=1, checkpoint_every_steps=2, keep_checkpoints=3, retrieval_every_epochs=4
@@ -26,9 +29,12 @@ def get_config():
 
 
 def run_config(data_dir, mode: str = "init", **train):
-    """The tiny config for `mode` on the data at data_dir, with train.* overrides."""
+    """The tiny config for `mode` on the one dataset in the data_dir `data_dir` (a pattern set, or
+    a set data_prep built), with train.* overrides."""
     cfg = get_config()
     cfg.mode = mode
     cfg.data.dir = str(data_dir)
+    (name,) = {"/".join(p.parts[-4:-2]) for p in Path(data_dir).glob("*/*/*/dataset_info.json")}
+    cfg.data.name = name
     cfg.train.update(train)
     return cfg

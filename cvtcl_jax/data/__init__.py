@@ -1,9 +1,9 @@
 """Input data: the tf.data pipeline (the only TensorFlow user besides data_prep) and TF-free helpers.
 
-  dataset_info   metadata.json of a prepared dataset, per-host shard assignment   (no TensorFlow)
+  dataset_info   a prepared TFDS dataset's classes, splits and shards, per-host shard assignment
   clip_spec      ClipSpec: clip and LTCL segment geometry                         (no TensorFlow)
   random_batches random uint8 batches of the pipeline's shapes, for benchmarks    (no TensorFlow)
-  records        the stored format: one SequenceExample per video, its writer and parser
+  records        the stored format: the TFDS features of one video, their parser and a writer
   sampling       frame indices (clips, segments, dense evaluation clips)
   augment        per-clip augmentations, flow-aware flips
   device_augment the colour augmentations in JAX, on the accelerators (data.aug.on_device) (no TensorFlow)

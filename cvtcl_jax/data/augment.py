@@ -230,7 +230,7 @@ def pad_frames(frames, pad_hw: tuple[int, int]):
     tf.debugging.assert_less_equal(
         shape[1:3],
         tf.constant(pad_hw, tf.int32),
-        message="a frame is larger than the subset's largest stored frame (metadata.json)",
+        message="a frame is larger than the subset's largest stored frame (the dataset's metadata)",
     )
     x = tf.cond(
         tf.reduce_all(tf.equal(shape[1:3], pad_hw)),  # the common case, without a copy

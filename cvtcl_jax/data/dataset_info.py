@@ -1,41 +1,42 @@
-"""What a data_prep output directory holds (metadata.json), and which shards this host reads.
+"""What a prepared TFDS dataset holds (from TFDS's dataset info), and which shards this host reads.
 
-No TensorFlow here: configs are checked against the metadata before any work starts.
+A dataset is named as TFDS names it, `<builder>/<config>` (e.g. `cvtcl_ucf101/split1`), inside a
+TFDS data_dir; the builders are in data_prep/builders.py, but reading needs only the files (TFDS
+restores the features and splits from them), so this host does not need data_prep's code.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-VIEWS = ("rgb", "flow")
+from cvtcl_jax.data.records import VIEWS
+
+__all__ = ["VIEWS", "DatasetError", "DatasetInfo", "SubsetInfo", "host_shards", "load_dataset_info"]
 
 
 class DatasetError(ValueError):
-    """The dataset directory or the requested split / subset / view does not fit the request."""
+    """The dataset or the requested subset / view does not fit the request."""
 
 
 @dataclasses.dataclass(frozen=True)
 class SubsetInfo:
-    """One subset (train or test) of one split: absolute shard paths, video counts per shard, and
-    the largest stored frame (height, width) over its videos (None in metadata written before
-    data_prep recorded it)."""
+    """One TFDS split ('train', 'test', ...): absolute shard paths, video counts per shard, and the
+    largest stored frame (height, width) over its videos (None if the metadata lacks it)."""
 
     name: str
     shards: tuple[str, ...]
-    shard_sizes: tuple[int, ...] | None
+    shard_sizes: tuple[int, ...]
     num_videos: int
     max_frame_size: tuple[int, int] | None = None
 
     def require_max_frame_size(self) -> tuple[int, int]:
-        """max_frame_size, or a DatasetError that says how to get it (data.aug.on_device 'resize'
-        pads every shipped frame to it)."""
+        """max_frame_size, or a DatasetError that says how to do without it (data.aug.on_device
+        'resize' pads every shipped frame to it)."""
         if self.max_frame_size is None:
             raise DatasetError(
-                f"the metadata of the {self.name} subset does not record its largest frame size, which "
-                "data.aug.on_device='resize' needs; run the same `python -m data_prep.build` command "
-                "again (finished videos are skipped, only the shards and metadata.json are rewritten) "
+                f"the metadata of the {self.name} split does not record its largest frame size, which "
+                "data.aug.on_device='resize' needs; prepare the dataset with `python -m data_prep.build` "
                 "or set --config.data.aug.on_device=color"
             )
         return self.max_frame_size
@@ -43,32 +44,26 @@ class SubsetInfo:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    root: str
-    dataset: str
+    data_dir: str
+    name: str  # TFDS name with its config, e.g. cvtcl_ucf101/split1
     classes: tuple[str, ...]
     views: tuple[str, ...]
-    splits: dict
+    subsets: dict
+    features: object  # tfds.features.FeaturesDict, for the pipeline's parser
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def subset(self, split: int, subset: str) -> SubsetInfo:
-        key = f"split{split}"
-        if key not in self.splits:
-            raise DatasetError(
-                f"{self.root} has no split {split} (it has {sorted(self.splits)}); run data_prep.build "
-                f"with --splits={split} or choose one of those"
-            )
-        if subset not in self.splits[key]:
-            raise DatasetError(
-                f"split {split} of {self.root} has no subset {subset!r}: {sorted(self.splits[key])}"
-            )
-        entry = self.splits[key][subset]
-        shards = tuple(str(Path(self.root) / s) for s in entry["shards"])
-        sizes = tuple(entry["shard_sizes"]) if "shard_sizes" in entry else None
-        largest = tuple(entry["max_frame_size"]) if "max_frame_size" in entry else None
-        return SubsetInfo(subset, shards, sizes, int(entry["num_videos"]), largest)
+    @property
+    def key(self) -> str:
+        """The name as one word for file names: cvtcl_ucf101_split1."""
+        return self.name.replace("/", "_")
+
+    def subset(self, subset: str) -> SubsetInfo:
+        if subset not in self.subsets:
+            raise DatasetError(f"{self.name} has no {subset!r} split; it has {sorted(self.subsets)}")
+        return self.subsets[subset]
 
     def check_views(self, views) -> None:
         for view in views:
@@ -76,41 +71,68 @@ class DatasetInfo:
                 raise DatasetError(f"unknown view {view!r}; views are {VIEWS}")
             if view not in self.views:
                 raise DatasetError(
-                    f"{self.root} holds the views {list(self.views)}, not {view!r}; prepare the data "
+                    f"{self.name} holds the views {list(self.views)}, not {view!r}; prepare the data "
                     "again without --no_flow to train or evaluate on flow"
                 )
 
 
-def load_dataset_info(root: str | Path) -> DatasetInfo:
-    """Reads `root/metadata.json` written by `python -m data_prep.build`."""
-    path = Path(root) / "metadata.json"
-    if not path.is_file():
+def _prepared(data_dir: Path) -> list[str]:
+    """The `<builder>/<config>` names prepared under data_dir."""
+    return sorted({"/".join(p.parts[-4:-2]) for p in data_dir.glob("*/*/*/dataset_info.json")})
+
+
+def load_dataset_info(data_dir: str | Path | None, name: str | None) -> DatasetInfo:
+    """The TFDS dataset `name` (builder/config) in `data_dir`, read from its files alone."""
+    import tensorflow_datasets as tfds
+
+    if not data_dir or not name:
         raise DatasetError(
-            f"no dataset at {root}: {path} does not exist. Prepare one with "
-            "`python -m data_prep.build --dataset=ucf101 --raw_dir=... --out_dir=...` and point the "
-            "config's data.dir at its --out_dir"
+            "a dataset needs data.dir (the TFDS data_dir) and data.name (e.g. cvtcl_ucf101/split1)"
         )
-    meta = json.loads(path.read_text())
+    root = Path(data_dir)
+    if name.count("/") != 1:
+        raise DatasetError(f"dataset name {name!r} must be <builder>/<config>, e.g. cvtcl_ucf101/split1")
+    if not list(root.glob(f"{name}/*/dataset_info.json")):
+        have = _prepared(root) if root.is_dir() else []
+        raise DatasetError(
+            f"no dataset {name} in {root} (it holds {have or 'none'}). Prepare one with "
+            "`python -m data_prep.build --dataset=ucf101 --raw_dir=... --out_dir=DATA` (or `tfds build`) and "
+            "set data.dir to that data_dir and data.name to the <builder>/<config> it printed"
+        )
+    builder = tfds.builder(name, data_dir=str(root))
+    info = builder.info
+    meta = dict(info.metadata or {})
+    largest = meta.get("max_frame_size", {})
+    subsets = {}
+    for split, split_info in info.splits.items():
+        sizes = tuple(int(n) for n in split_info.shard_lengths)
+        subsets[split] = SubsetInfo(
+            name=split,
+            shards=tuple(str(Path(builder.data_dir) / f) for f in split_info.filenames),
+            shard_sizes=sizes,
+            num_videos=int(split_info.num_examples),
+            max_frame_size=tuple(largest[split]) if split in largest else None,
+        )
     return DatasetInfo(
-        root=str(Path(root)),
-        dataset=meta.get("dataset", "unknown"),
-        classes=tuple(meta["classes"]),
-        views=tuple(meta.get("views", ["rgb", "flow"])),
-        splits=meta["splits"],
+        data_dir=str(root),
+        name=name,
+        classes=tuple(info.features["label"].names),
+        views=tuple(v for v in VIEWS if v in info.features),
+        subsets=subsets,
+        features=info.features,
     )
 
 
-def host_shards(subset: SubsetInfo, process_index: int, process_count: int) -> tuple[list[str], int | None]:
-    """This host's shards (every process_count-th one) and its number of videos (None if unknown).
+def host_shards(subset: SubsetInfo, process_index: int, process_count: int) -> tuple[list[str], int]:
+    """This host's shards (every process_count-th one) and its number of videos.
 
     Disjoint over hosts and together all shards. Raises DatasetError when there are fewer shards
     than hosts, since a host without data would stall the others.
     """
     if len(subset.shards) < process_count:
         raise DatasetError(
-            f"the {subset.name} subset has {len(subset.shards)} shards for {process_count} hosts; every "
-            "host needs at least one. Prepare the data with a smaller --videos_per_shard"
+            f"the {subset.name} split has {len(subset.shards)} shards for {process_count} hosts; every "
+            "host needs at least one. Prepare the data with --num_shards of at least the host count"
         )
     files = list(subset.shards[process_index::process_count])
-    count = None if subset.shard_sizes is None else sum(subset.shard_sizes[process_index::process_count])
-    return files, count
+    return files, sum(subset.shard_sizes[process_index::process_count])

@@ -1,4 +1,4 @@
-"""tf.data pipelines from data_prep's TFRecords to host-local NumPy batches.
+"""tf.data pipelines from a prepared TFDS dataset's record files to host-local NumPy batches.
 
 Pretraining (`pretrain_dataset`): an endless, shuffled stream of samples, each with
 
@@ -37,37 +37,30 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from cvtcl_jax.data import augment, device_augment, sampling
+from cvtcl_jax.data import augment, device_augment, records, sampling
 from cvtcl_jax.data.augment import AugmentConfig
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import DatasetError, DatasetInfo, host_shards
 from cvtcl_jax.data.device_augment import SUFFIX as COLOR_SUFFIX
 from cvtcl_jax.data.device_augment import WINDOW_SUFFIX
-from cvtcl_jax.data.records import FLOW_KEY, RGB_KEY
 
-_FEATURE_KEY = {"rgb": RGB_KEY, "flow": FLOW_KEY}
 # Finished training batches held ready on the host: a fixed count, so the host's memory is bounded
 # by (HOST_PREFETCH + 1) batches plus the samples in flight (one per pool thread).
 HOST_PREFETCH = 2
-_CONTEXT = {
-    "label": tf.int64,
-    "source_id": tf.int64,
-    "video_index": tf.int64,
-    "num_frames": tf.int64,
-    "num_flow": tf.int64,
-    "height": tf.int64,
-    "width": tf.int64,
-}
+_CONTEXT = ("label", "source_id", "video_index", "num_frames", "num_flow", "height", "width")
 
 
-def _parse(raw, views):
-    context_spec = {k: tf.io.FixedLenFeature([], dt) for k, dt in _CONTEXT.items()}
-    sequence_spec = {_FEATURE_KEY[v]: tf.io.FixedLenSequenceFeature([], tf.string) for v in views}
-    context, sequence = tf.io.parse_single_sequence_example(raw, context_spec, sequence_spec)
-    context = {k: tf.cast(v, tf.int32) for k, v in context.items()}
+def _parse(info: DatasetInfo, raw, views):
+    """One serialized example -> (numbers, {view: (n,) JPEG bytes}, usable clip positions n).
+
+    The shards are read as record files (not through `tfds.as_dataset`) so that file order,
+    per-host sharding and the resume position stay ours; TFDS's features parse each record.
+    """
+    example = records.parser(info.features, (*_CONTEXT, *views))(raw)
+    context = {k: example[k] for k in _CONTEXT}
     # With flow, frame i's flow (between frames i and i + 1) must exist: n - 1 usable positions.
     n = context["num_flow"] if "flow" in views else context["num_frames"]
-    frames = {v: sequence[_FEATURE_KEY[v]] for v in views}
+    frames = {v: example[v] for v in views}
     return context, frames, n
 
 
@@ -153,12 +146,14 @@ def _whole_frames(frames, clips, pad_hw) -> dict:
     return out
 
 
-def pretrain_sample(raw, sample_seed, views, spec: ClipSpec, aug: AugmentConfig, pad_hw=None):
+def pretrain_sample(
+    info: DatasetInfo, raw, sample_seed, views, spec: ClipSpec, aug: AugmentConfig, pad_hw=None
+):
     """One raw record -> one pretraining sample (see the module docstring). views[0] is trained.
 
     pad_hw: (H, W) the subset's largest stored frame (on_device 'resize' pads every clip to it).
     """
-    context, frames, n = _parse(raw, views)
+    context, frames, n = _parse(info, raw, views)
     train, other = views[0], (views[1] if len(views) > 1 else None)
     h, w = context["height"], context["width"]
     s = tf.random.experimental.stateless_split(sample_seed, num=8)
@@ -188,9 +183,11 @@ def pretrain_sample(raw, sample_seed, views, spec: ClipSpec, aug: AugmentConfig,
     return out
 
 
-def labelled_clip_sample(raw, sample_seed, view: str, spec: ClipSpec, aug: AugmentConfig, pad_hw=None):
+def labelled_clip_sample(
+    info: DatasetInfo, raw, sample_seed, view: str, spec: ClipSpec, aug: AugmentConfig, pad_hw=None
+):
     """One raw record -> one augmented clip at a random position with its label (classifiers)."""
-    context, frames, n = _parse(raw, (view,))
+    context, frames, n = _parse(info, raw, (view,))
     s = tf.random.experimental.stateless_split(sample_seed, num=2)
     tf.debugging.assert_positive(n, message="a video without frames (or without flow) reached the pipeline")
     params = augment.draw_params(s[0], context["height"], context["width"], aug)
@@ -206,7 +203,6 @@ def labelled_clip_sample(raw, sample_seed, view: str, spec: ClipSpec, aug: Augme
 
 def _sample_stream(
     info: DatasetInfo,
-    split: int,
     subset: str,
     local_batch: int,
     seed: int,
@@ -220,11 +216,9 @@ def _sample_stream(
 ) -> tf.data.Dataset:
     """Endless batches of sample_fn(raw record, stateless seed) over shuffled epochs of this host's
     videos; `start_step` batches are skipped exactly (resume)."""
-    files, count = host_shards(info.subset(split, subset), process_index, process_count)
-    if count is None:  # metadata written before shard sizes were recorded: count once.
-        count = sum(1 for _ in tf.data.TFRecordDataset(files))
+    files, count = host_shards(info.subset(subset), process_index, process_count)
     if count == 0:
-        raise DatasetError(f"split {split} {subset} has no videos on host {process_index}")
+        raise DatasetError(f"the {subset} split of {info.name} has no videos on host {process_index}")
     host_seed = seed * 65_537 + process_index
     first = start_step * local_batch
     epoch0 = first // count
@@ -251,15 +245,14 @@ def _check_blur(aug: AugmentConfig, spec: ClipSpec) -> None:
         )
 
 
-def _pad_shape(info: DatasetInfo, split: int, subset: str, aug: AugmentConfig):
+def _pad_shape(info: DatasetInfo, subset: str, aug: AugmentConfig):
     """The static (H, W) every shipped frame is padded to with on_device 'resize', else None."""
-    return info.subset(split, subset).require_max_frame_size() if aug.on_device == "resize" else None
+    return info.subset(subset).require_max_frame_size() if aug.on_device == "resize" else None
 
 
 def pretrain_dataset(
     info: DatasetInfo,
     *,
-    split: int,
     subset: str,
     views: tuple[str, ...],
     local_batch: int,
@@ -280,12 +273,11 @@ def pretrain_dataset(
     """
     _check_views(info, views)
     _check_blur(aug, spec)
-    pad_hw = _pad_shape(info, split, subset, aug)
+    pad_hw = _pad_shape(info, subset, aug)
     if not 1 <= len(views) <= 2:
         raise DatasetError(f"pretraining takes one view or two (trained, other); got {views}")
     return _sample_stream(
         info,
-        split,
         subset,
         local_batch,
         seed,
@@ -295,14 +287,13 @@ def pretrain_dataset(
         shuffle_buffer,
         cycle_length,
         threads,
-        lambda raw, sample_seed: pretrain_sample(raw, sample_seed, views, spec, aug, pad_hw),
+        lambda raw, sample_seed: pretrain_sample(info, raw, sample_seed, views, spec, aug, pad_hw),
     )
 
 
 def labelled_clip_dataset(
     info: DatasetInfo,
     *,
-    split: int,
     subset: str,
     view: str,
     local_batch: int,
@@ -321,10 +312,9 @@ def labelled_clip_dataset(
     `pretrain_dataset`."""
     _check_views(info, (view,))
     _check_blur(aug, spec)
-    pad_hw = _pad_shape(info, split, subset, aug)
+    pad_hw = _pad_shape(info, subset, aug)
     return _sample_stream(
         info,
-        split,
         subset,
         local_batch,
         seed,
@@ -334,11 +324,11 @@ def labelled_clip_dataset(
         shuffle_buffer,
         cycle_length,
         threads,
-        lambda raw, sample_seed: labelled_clip_sample(raw, sample_seed, view, spec, aug, pad_hw),
+        lambda raw, sample_seed: labelled_clip_sample(info, raw, sample_seed, view, spec, aug, pad_hw),
     )
 
 
-def middle_frames(info: DatasetInfo, split: int, subset: str, view: str, video_indices) -> dict:
+def middle_frames(info: DatasetInfo, subset: str, view: str, video_indices) -> dict:
     """{video_index: (H, W, 3) uint8} the middle frame of each requested video (for pictures).
 
     The shards are read in parallel and filtered on the video index before any frame is decoded.
@@ -346,20 +336,19 @@ def middle_frames(info: DatasetInfo, split: int, subset: str, view: str, video_i
     _check_views(info, (view,))
     wanted = tf.constant(sorted({int(v) for v in video_indices}), tf.int32)
 
+    index_of = records.parser(info.features, ("video_index",))
+
     def is_wanted(raw):
-        context = tf.io.parse_single_sequence_example(
-            raw, {"video_index": tf.io.FixedLenFeature([], tf.int64)}
-        )[0]
-        return tf.reduce_any(tf.equal(tf.cast(context["video_index"], tf.int32), wanted))
+        return tf.reduce_any(tf.equal(index_of(raw)["video_index"], wanted))
 
     def middle(raw):
-        context, frames, _ = _parse(raw, (view,))
+        context, frames, _ = _parse(info, raw, (view,))
         jpegs = frames[view]
         return context["video_index"], tf.io.decode_jpeg(
             jpegs[tf.shape(jpegs)[0] // 2], channels=3, dct_method=augment.JPEG_DCT
         )
 
-    files = list(info.subset(split, subset).shards)
+    files = list(info.subset(subset).shards)
     ds = tf.data.Dataset.from_tensor_slices(files).interleave(
         tf.data.TFRecordDataset, cycle_length=min(8, len(files)), num_parallel_calls=tf.data.AUTOTUNE
     )
@@ -367,9 +356,9 @@ def middle_frames(info: DatasetInfo, split: int, subset: str, view: str, video_i
     return {int(index): frame for index, frame in ds.as_numpy_iterator()}
 
 
-def _eval_rows(raw, views, spec: ClipSpec, stride: int, crops: str, ten_crop_scale: float):
+def _eval_rows(info: DatasetInfo, raw, views, spec: ClipSpec, stride: int, crops: str, ten_crop_scale: float):
     """One raw record -> a dataset of rows, one per (dense clip, crop)."""
-    context, frames, n = _parse(raw, views)
+    context, frames, n = _parse(info, raw, views)
     h, w = context["height"], context["width"]
     starts = sampling.dense_clip_starts(n, spec.num_frames, stride)
     windows = augment.eval_windows(h, w, crops, ten_crop_scale)
@@ -428,7 +417,6 @@ def _pad_batch(batch, local_batch: int):
 def eval_dataset(
     info: DatasetInfo,
     *,
-    split: int,
     subset: str,
     views: tuple[str, ...],
     local_batch: int,
@@ -452,7 +440,7 @@ def eval_dataset(
     augment.check_eval_crops(crops, ten_crop_scale)
     if stride < 1:
         raise ValueError(f"eval stride must be >= 1; got {stride}")
-    files, _ = host_shards(info.subset(split, subset), process_index, process_count)
+    files, _ = host_shards(info.subset(subset), process_index, process_count)
     ds = tf.data.TFRecordDataset(files)
     if max_videos:  # round-robin over the shards: shards hold sorted videos, this spreads classes
         ds = tf.data.Dataset.from_tensor_slices(files).interleave(
@@ -460,7 +448,7 @@ def eval_dataset(
         )
         ds = ds.take(max_videos)
     ds = ds.interleave(
-        lambda raw: _eval_rows(raw, views, spec, stride, crops, ten_crop_scale),
+        lambda raw: _eval_rows(info, raw, views, spec, stride, crops, ten_crop_scale),
         cycle_length=4,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,

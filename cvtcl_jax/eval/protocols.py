@@ -2,7 +2,7 @@
 
 Each protocol evaluates the view `eval.view` ('rgb', 'flow' or 'two_stream') of the encoders named
 by `eval.rgb_source` / `eval.flow_source` (a stage workdir, an export directory or 'random', see
-eval/sources.py) on `data.dir` (UCF101 or HMDB51 prepared by data_prep), split `data.split`.
+eval/sources.py) on the dataset `data.name` in `data.dir` (UCF101 or HMDB51 as data_prep builds them).
 What a run leaves in its workdir: eval/run.py.
 
 Two-stream: retrieval averages the two views' normalised video features; the classifiers average
@@ -137,7 +137,7 @@ def _train_on_clips(
     config = run.config
     tc = config.train
     run_dir = run.workdir / f"{protocol}_{view}"
-    steps_per_epoch = run.info.subset(config.data.split, "train").num_videos // config.global_batch
+    steps_per_epoch = run.info.subset("train").num_videos // config.global_batch
     total = epochs * steps_per_epoch
     schedule = optim.step_decay_schedule(lr, steps_per_epoch, decay_epochs)
     optimizer = optimizer_fn(schedule)

@@ -2,7 +2,8 @@
 sources, the feature cache and the result files.
 
 WORKDIR of an evaluation:
-  <protocol>_<dataset>_split<k>_<view>.json   metrics, protocol settings, sources, dataset, date
+  <protocol>_<dataset>_<view>.json   metrics, protocol settings, sources, dataset, date (dataset:
+                                      data.name as one word, e.g. cvtcl_ucf101_split1)
   events.out.tfevents.*                        the same scalars (<protocol>/<view>/<metric>),
                                                retrieval pictures, classifier training curves
   features/                                    cached clip features (reused while the source,
@@ -75,7 +76,7 @@ class EvalRun:
         return cls(
             config,
             workdir,
-            load_dataset_info(config.data.dir),
+            load_dataset_info(config.data.dir, config.data.name),
             make_mesh(),
             metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0),
             source_descriptions(config),
@@ -130,8 +131,8 @@ class EvalRun:
         key = {
             "source": backbone.source,
             "seed": int(self.config.seed),
-            "data": str(Path(self.info.root).absolute()),
-            "split": int(d.split),
+            "data": str(Path(self.info.data_dir).absolute()),
+            "dataset": self.info.name,
             "subset": subset,
             "clip": list(self.clip(backbone.view)),
             "stride": int(d.eval_stride),
@@ -161,15 +162,14 @@ class EvalRun:
         return rows
 
     def write_result(self, protocol: str, view: str, metrics: dict, settings: dict, step: int = 0) -> dict:
-        """WORKDIR/<protocol>_<dataset>_split<k>_<view>.json and the scalars in TensorBoard."""
+        """WORKDIR/<protocol>_<dataset>_<view>.json and the scalars in TensorBoard."""
         record = {
             "protocol": protocol,
             "view": view,
             "metrics": metrics,
             "settings": settings,
-            "dataset": self.info.dataset,
-            "data_dir": str(Path(self.info.root).absolute()),
-            "split": int(self.config.data.split),
+            "dataset": self.info.name,
+            "data_dir": str(Path(self.info.data_dir).absolute()),
             "sources": {v: self.sources[v] for v in views_of(view)},
             "config": run_key(self.config, protocol),
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -179,7 +179,7 @@ class EvalRun:
         }
         self.writer.write_scalars(step, {f"{protocol}/{view}/{k}": v for k, v in metrics.items()})
         if jax.process_index() == 0:
-            path = self.workdir / f"{protocol}_{self.info.dataset}_split{self.config.data.split}_{view}.json"
+            path = self.workdir / f"{protocol}_{self.info.key}_{view}.json"
             path.write_text(json.dumps(record, indent=1))
         return record
 
@@ -203,7 +203,6 @@ def dataset_rows(
     local_batch = config.global_batch // jax.process_count()
     ds = pipeline.eval_dataset(
         info,
-        split=d.split,
         subset=subset,
         views=(view,),
         local_batch=local_batch,
@@ -232,12 +231,12 @@ def run_key(config, protocol: str) -> dict:
 def finished_results(config, workdir, protocol: str) -> dict | None:
     """The results of an earlier run of this very evaluation in `workdir` (same sources, data and
     settings), or None. The schedule uses it so a re-run does not evaluate again."""
-    info = load_dataset_info(config.data.dir)
+    info = load_dataset_info(config.data.dir, config.data.name)
     described = json.loads(json.dumps(source_descriptions(config)))
     key = run_key(config, protocol)
     out = {}
     for view in views_and_fused(config.eval.view):
-        path = Path(workdir) / f"{protocol}_{info.dataset}_split{config.data.split}_{view}.json"
+        path = Path(workdir) / f"{protocol}_{info.key}_{view}.json"
         if not path.is_file():
             return None
         record = json.loads(path.read_text())
@@ -256,4 +255,4 @@ def summary_line(protocol: str, results: dict) -> str:
     main = {"retrieval": ("R@1", "R@5", "R@10", "R@20")}.get(protocol, ("top1", "top5"))
     parts = [f"{view} " + " ".join(f"{k} {r['metrics'][k]:.1f}" for k in main) for view, r in results.items()]
     first = next(iter(results.values()))
-    return f"{protocol} {first['dataset']} split {first['split']}: " + "; ".join(parts)
+    return f"{protocol} {first['dataset']}: " + "; ".join(parts)

@@ -79,24 +79,31 @@ def check_model_and_data_shapes(config) -> None:
         raise ConfigError(f"data.eval_stride={d.eval_stride} must be >= 1")
 
 
+def dataset_info(d):
+    """The dataset named by data.dir and data.name, or a ConfigError that says how to get one."""
+    for key in ("dir", "name"):
+        if not d.get(key):
+            raise ConfigError(
+                f"data.{key} is unset: set --config.data.dir to the --out_dir of `python -m data_prep.build` "
+                "(a TFDS data_dir) and --config.data.name to the dataset it printed, e.g. "
+                "cvtcl_ucf101/split1 (or run configs/demo.py, which makes its own data)"
+            )
+    return _wrap(load_dataset_info, d.dir, d.name)
+
+
 def check_data(config, views) -> None:
-    """The dataset exists, has the split, the views and at least one global batch of videos."""
-    if not config.data.dir:
-        raise ConfigError(
-            "data.dir is unset: set --config.data.dir to the --out_dir of `python -m data_prep.build` "
-            "(or run configs/demo.py, which makes its own data)"
-        )
-    info = _wrap(load_dataset_info, config.data.dir)
+    """The dataset exists, has the views, a train split with at least one global batch of videos."""
+    info = dataset_info(config.data)
     _wrap(info.check_views, views)
-    train = _wrap(info.subset, config.data.split, "train")
+    train = _wrap(info.subset, "train")
     if train.num_videos < config.global_batch:
         raise ConfigError(
-            f"split {config.data.split} of {config.data.dir} has {train.num_videos} training videos, "
+            f"{info.name} in {config.data.dir} has {train.num_videos} training videos, "
             f"fewer than global_batch={config.global_batch}; lower the batch"
         )
     check_padded_windows(config, train)
     if config.train.retrieval_every_epochs > 0:  # the held-out retrieval check queries test videos
-        _wrap(info.subset, config.data.split, "test", prefix="train.retrieval_every_epochs > 0 needs it: ")
+        _wrap(info.subset, "test", prefix="train.retrieval_every_epochs > 0 needs it: ")
 
 
 def check_padded_windows(config, train) -> None:
@@ -177,14 +184,10 @@ def check_evaluation(config, protocol: str) -> dict:
     for view, desc in sources.items():
         t, s = desc["clip"] if ec.clip_from_source else (d.num_frames, d.crop_size)
         _wrap(feature_map_size, t, s, s, prefix=f"{view} evaluation clip ({t}x{s}x{s}): ")
-    if not d.dir:
-        raise ConfigError(
-            "data.dir is unset: set --config.data.dir to the --out_dir of `python -m data_prep.build`"
-        )
-    info = _wrap(load_dataset_info, d.dir)
+    info = dataset_info(d)
     _wrap(info.check_views, views_of(ec.view))
-    train = _wrap(info.subset, d.split, "train")
-    _wrap(info.subset, d.split, "test")
+    train = _wrap(info.subset, "train")
+    _wrap(info.subset, "test")
     if protocol == "linear_probe":
         lc = config.linear
         _check_numbers("linear", lc, positive=("epochs", "lr"), non_negative=("weight_decay",))
@@ -203,7 +206,7 @@ def check_evaluation(config, protocol: str) -> dict:
         check_padded_windows(config, train)
         if train.num_videos < b:
             raise ConfigError(
-                f"split {d.split} of {d.dir} has {train.num_videos} training videos, fewer than "
+                f"{info.name} in {d.dir} has {train.num_videos} training videos, fewer than "
                 f"global_batch={b} (one epoch); lower the batch"
             )
     return sources

@@ -135,6 +135,6 @@ def run_schedule(config, workdir) -> dict:
     if jax.process_index() == 0:
         (wd / "schedule.json").write_text(json.dumps(summary, indent=1))
         if "evaluation" in summary:
-            print(f"evaluation on {config.data.dir} split {config.data.split}:", flush=True)
+            print(f"evaluation on {config.data.name} in {config.data.dir}:", flush=True)
             print(evaluation.format_table(summary["evaluation"]), flush=True)
     return summary

@@ -26,7 +26,6 @@ def device_batches(
     d = config.data
     ds = dataset_fn(
         info,
-        split=d.split,
         subset="train",
         local_batch=config.global_batch // jax.process_count(),
         spec=spec,

@@ -167,8 +167,8 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
 
     # ------------------------------------------------------------------ set-up
     mesh = make_mesh()
-    info = load_dataset_info(config.data.dir)
-    steps_per_epoch = info.subset(config.data.split, "train").num_videos // config.global_batch
+    info = load_dataset_info(config.data.dir, config.data.name)
+    steps_per_epoch = info.subset("train").num_videos // config.global_batch
     total = stage.epochs * steps_per_epoch
     model = encoder_from_config(config.model)
     ccfg = contrast_config(config, stage.beta)
