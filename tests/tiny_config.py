@@ -3,9 +3,8 @@
 python main.py --config=tests/tiny_config.py --workdir=DIR --config.data.dir=DATA (a pattern dataset)
 """
 
-from pathlib import Path
-
 from configs import default, demo
+from cvtcl_jax.data.dataset_info import prepared_datasets
 from tests.pattern_records import PATTERN_NAME
 
 
@@ -30,11 +29,12 @@ def get_config():
 
 def run_config(data_dir, mode: str = "init", **train):
     """The tiny config for `mode` on the one dataset in the data_dir `data_dir` (a pattern set, or
-    a set data_prep built), with train.* overrides."""
+    a set data_prep built; the pattern name when it holds none), with train.* overrides."""
     cfg = get_config()
     cfg.mode = mode
     cfg.data.dir = str(data_dir)
-    (name,) = {"/".join(p.parts[-4:-2]) for p in Path(data_dir).glob("*/*/*/dataset_info.json")}
-    cfg.data.name = name
+    found = prepared_datasets(data_dir)
+    if len(found) == 1:  # else the pattern set's name (some tests pass a dir without data)
+        cfg.data.name = found[0]
     cfg.train.update(train)
     return cfg

@@ -12,7 +12,15 @@ from pathlib import Path
 
 from cvtcl_jax.data.records import VIEWS
 
-__all__ = ["VIEWS", "DatasetError", "DatasetInfo", "SubsetInfo", "host_shards", "load_dataset_info"]
+__all__ = [
+    "VIEWS",
+    "DatasetError",
+    "DatasetInfo",
+    "SubsetInfo",
+    "host_shards",
+    "load_dataset_info",
+    "prepared_datasets",
+]
 
 
 class DatasetError(ValueError):
@@ -76,9 +84,9 @@ class DatasetInfo:
                 )
 
 
-def _prepared(data_dir: Path) -> list[str]:
+def prepared_datasets(data_dir) -> list[str]:
     """The `<builder>/<config>` names prepared under data_dir."""
-    return sorted({"/".join(p.parts[-4:-2]) for p in data_dir.glob("*/*/*/dataset_info.json")})
+    return sorted({"/".join(p.parts[-4:-2]) for p in Path(data_dir).glob("*/*/*/dataset_info.json")})
 
 
 def load_dataset_info(data_dir: str | Path | None, name: str | None) -> DatasetInfo:
@@ -93,7 +101,7 @@ def load_dataset_info(data_dir: str | Path | None, name: str | None) -> DatasetI
     if name.count("/") != 1:
         raise DatasetError(f"dataset name {name!r} must be <builder>/<config>, e.g. cvtcl_ucf101/split1")
     if not list(root.glob(f"{name}/*/dataset_info.json")):
-        have = _prepared(root) if root.is_dir() else []
+        have = prepared_datasets(root) if root.is_dir() else []
         raise DatasetError(
             f"no dataset {name} in {root} (it holds {have or 'none'}). Prepare one with "
             "`python -m data_prep.build --dataset=ucf101 --raw_dir=... --out_dir=DATA` (or `tfds build`) and "
