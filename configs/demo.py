@@ -14,6 +14,7 @@ again resumes (finished stages are skipped).
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from configs import default
 
@@ -28,6 +29,9 @@ def get_config():
             # each look occurs in every class, so the look (most of the frame) says nothing of it
             # either. The class shows in the square's speed (what flow learns) and in its surface
             # pattern (what RGB learns: speed alone is beyond RGB in a CPU budget, see docs/demo.md).
+            set="synthetic",  # data_prep/synthetic.py; "motion": data_prep/motion_set.py
+            data_seed=0,  # the generator's seed (config.seed draws the training's randomness)
+            data_dir=placeholder(str),  # where the set is generated and prepared; None: the workdir
             kind="speed",
             shared_looks=True,
             patterns=True,

@@ -142,6 +142,20 @@ def test_groups(split: int, num_groups: int) -> set[int]:
     return {g for g in range(1, num_groups + 1) if (g - 1) * 3 // num_groups == split - 1}
 
 
+def write_ucf_lists(root: Path, classes: list[str], names: dict, groups: int) -> None:
+    """UCF101's list files under root/ucfTrainTestlist: classInd.txt and the train/test lists of
+    splits 1-3. names: {class: [(group, file name), ...]}."""
+    lists = root / "ucfTrainTestlist"
+    lists.mkdir(parents=True, exist_ok=True)
+    (lists / "classInd.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(classes)))
+    for split in (1, 2, 3):
+        tested = test_groups(split, groups)
+        train = [f"{c}/{n} {i + 1}\n" for i, c in enumerate(classes) for g, n in names[c] if g not in tested]
+        test = [f"{c}/{n}\n" for c in classes for g, n in names[c] if g in tested]
+        (lists / f"trainlist{split:02d}.txt").write_text("".join(train))
+        (lists / f"testlist{split:02d}.txt").write_text("".join(test))
+
+
 def generate(
     out_dir: str,
     num_classes: int = 6,
@@ -210,15 +224,7 @@ def generate(
                     ),
                 )
                 names[cls].append((g, name))
-    lists = root / "ucfTrainTestlist"
-    lists.mkdir(parents=True, exist_ok=True)
-    (lists / "classInd.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(classes)))
-    for split in (1, 2, 3):
-        tested = test_groups(split, groups)
-        train = [f"{c}/{n} {i + 1}\n" for i, c in enumerate(classes) for g, n in names[c] if g not in tested]
-        test = [f"{c}/{n}\n" for c in classes for g, n in names[c] if g in tested]
-        (lists / f"trainlist{split:02d}.txt").write_text("".join(train))
-        (lists / f"testlist{split:02d}.txt").write_text("".join(test))
+    write_ucf_lists(root, classes, names, groups)
     return root
 
 

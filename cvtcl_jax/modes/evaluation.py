@@ -8,7 +8,13 @@ import jax
 from absl import logging
 
 from cvtcl_jax.eval.protocols import run_protocol
-from cvtcl_jax.eval.run import EVAL_VIEWS, TWO_STREAM, finished_results, summary_line
+from cvtcl_jax.eval.run import (
+    TWO_STREAM,
+    finished_results,
+    summary_line,
+    views_and_fused,
+    views_of,
+)
 from cvtcl_jax.modes import checks
 from cvtcl_jax.modes.checks import ConfigError
 
@@ -68,21 +74,22 @@ def stage_sources(config, workdir: str | Path) -> dict[str, dict[str, str]]:
     return out
 
 
-def evaluate_stages(config, workdir: str | Path) -> dict:
-    """Every protocol of schedule.eval_protocols on both views and two-stream, for each of
-    schedule.eval_stages, in WORKDIR/eval/<stage>/ (an evaluation already done is read back).
-    Returns the table {view: {stage: {'R@1', 'R@5', 'linear_top1', ...}}} (percent)."""
+def evaluate_stages(config, workdir: str | Path, eval_view: str = TWO_STREAM) -> dict:
+    """Every protocol of schedule.eval_protocols on `eval_view` (two_stream: both views and their
+    fusion), for each of schedule.eval_stages, in WORKDIR/eval/<stage>/ (an evaluation already
+    done is read back). Returns the table {view: {stage: {'R@1', 'R@5', 'linear_top1', ...}}}
+    (percent)."""
     sources = stage_sources(config, workdir)
-    table: dict = {view: {} for view in EVAL_VIEWS}
+    table: dict = {view: {} for view in views_and_fused(eval_view)}
     for stage in config.schedule.eval_stages:
         if stage not in sources:
             logging.info("no %s stage to evaluate (schedule.cotrain_cycles=0)", stage)
             continue
         cfg = config.copy_and_resolve_references()
         with cfg.unlocked():
-            cfg.eval.view = TWO_STREAM
-            cfg.eval.rgb_source = sources[stage]["rgb"]
-            cfg.eval.flow_source = sources[stage]["flow"]
+            cfg.eval.view = eval_view
+            for view in views_of(eval_view):
+                cfg.eval[f"{view}_source"] = sources[stage][view]
         for protocol in config.schedule.eval_protocols:
             cfg.mode = protocol
             checks.check_evaluation(cfg, protocol)

@@ -1,0 +1,153 @@
+"""Does it learn motion? The fidelity benchmark over training seeds, next to its baselines.
+
+    python bench/fidelity.py --workdir=W [--seeds=0,1,2] [--train=schedule|init] [--views=flow]
+        [--config=configs/fidelity.py] [--config.key=value ...]
+
+Generates and prepares the config's generated set once (W/set; the data stay fixed, demo.data_seed),
+then for every training seed k trains in W/seed<k>:
+  --train=schedule   the config's whole schedule (init of both views, co-training), evaluated after
+                     random init, initialization and co-training, for RGB, flow and two-stream;
+  --train=init       initialization of --views only, evaluated after random init and after it
+                     (the quick test of one change to the recipe).
+Each seed sets config.seed (the networks' initialization, the augmentations, the clip order).
+The hand-made baseline (bench/flow_statistics.py: 8 numbers of each video's flow) is evaluated
+with the same retrieval and linear probe, its probe once per seed. Prints the table of mean and
+standard deviation over seeds (and every seed's row) and writes it to W/fidelity.json. A re-run
+resumes: finished stages and evaluations are read back. Compare changes in separate workdirs that
+share the set: --config.demo.data_dir=W0/set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FLAGS = flags.FLAGS
+
+BASELINE = "flow_statistics"
+TRAIN = ("schedule", "init")
+
+
+def summarize(per_seed: list[dict]) -> dict:
+    """[{view: {stage: {metric: value}}} per seed] -> {view: {stage: {metric: {mean, std, values}}}}
+    (std over seeds with ddof=1; 0 for one seed)."""
+    out: dict = {}
+    for view, stages in per_seed[0].items():
+        for stage, metrics in stages.items():
+            for metric in metrics:
+                values = [t[view][stage][metric] for t in per_seed]
+                std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                row = out.setdefault(view, {}).setdefault(stage, {})
+                row[metric] = {"mean": float(np.mean(values)), "std": std, "values": values}
+    return out
+
+
+def format_summary(summary: dict) -> str:
+    """Aligned rows 'view stage metric mean +- std (values)'."""
+    lines = [f"{'view':<12}{'stage':<17}" + "".join(f"{m:>22}" for m in ("R@1", "R@5", "linear_top1"))]
+    for view, stages in summary.items():
+        for stage, row in stages.items():
+            cells = "".join(
+                f"{row[m]['mean']:>14.1f} +- {row[m]['std']:<4.1f}" if m in row else f"{'':>22}"
+                for m in ("R@1", "R@5", "linear_top1")
+            )
+            lines.append(f"{view:<12}{stage:<17}{cells}")
+    return "\n".join(lines)
+
+
+def _seed_table(config, workdir: Path, train: str, views) -> dict:
+    """One seed's table {view: {stage: metrics}}: the schedule's, or the initialization of
+    `views` and its evaluation."""
+    from cvtcl_jax.eval.run import TWO_STREAM
+    from cvtcl_jax.modes import evaluation, training
+
+    if train == "schedule":
+        return training.run_schedule(config, workdir)["evaluation"]
+    for view in views:
+        cfg = config.copy_and_resolve_references()
+        cfg.train.view = view
+        training.run_init(cfg, workdir / f"init_{view}")
+    cfg = config.copy_and_resolve_references()
+    cfg.schedule.eval_stages = ("random_init", "init")
+    return evaluation.evaluate_stages(cfg, workdir, TWO_STREAM if len(views) == 2 else views[0])
+
+
+def benchmark(config, workdir, seeds, train: str = "schedule", views=("rgb", "flow")) -> dict:
+    """Prepares the config's set (demo.data_dir, or WORKDIR/set), trains and evaluates every seed
+    in WORKDIR/seed<k>, adds the baseline, and returns {'tables': [per seed], 'summary': ...,
+    'dataset': ...}; also written to WORKDIR/fidelity.json."""
+    from bench import flow_statistics
+    from cvtcl_jax.data.dataset_info import load_dataset_info
+    from cvtcl_jax.modes import demo
+
+    if train not in TRAIN or not views or not set(views) <= {"rgb", "flow"}:
+        raise ValueError(f"train must be one of {TRAIN} and views rgb, flow or both; got {train!r}, {views}")
+    wd = Path(workdir)
+    config = config.copy_and_resolve_references()
+    demo.check_demo(config)
+    data_dir, name = demo.prepare_data(config, Path(config.demo.data_dir or wd / "set"))
+    config.data.dir, config.data.name = data_dir, name
+    info = load_dataset_info(data_dir, name)
+    stats = {s: flow_statistics.subset_features(info, s) for s in ("train", "test")}
+    tables = []
+    for seed in seeds:
+        cfg = config.copy_and_resolve_references()
+        cfg.seed = int(seed)
+        table = _seed_table(cfg, wd / f"seed{seed}", train, list(views))
+        table.setdefault("flow", {})[BASELINE] = flow_statistics.evaluate(
+            stats["train"], stats["test"], info.num_classes, cfg.linear, cfg.global_batch, int(seed)
+        )
+        tables.append(table)
+        print(f"seed {seed}: {json.dumps(table)}", flush=True)
+    result = {
+        "dataset": {"dir": data_dir, "name": name, "set": config.demo.set},
+        "train": train,
+        "views": list(views),
+        "seeds": [int(s) for s in seeds],
+        "config": config.to_dict(),
+        "tables": tables,
+        "summary": summarize(tables),
+    }
+    (wd / "fidelity.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import jax
+    import tensorflow as tf
+
+    tf.config.set_visible_devices([], "GPU")
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(Path(FLAGS.workdir) / "jax_cache")
+    jax.config.update("jax_compilation_cache_dir", cache)
+    try:
+        result = benchmark(FLAGS.config, FLAGS.workdir, FLAGS.seeds, FLAGS.train, FLAGS.views)
+    except ValueError as e:
+        raise app.UsageError(str(e), exitcode=2) from e
+    print(f"{result['dataset']['set']} set, {FLAGS.train}, seeds {FLAGS.seeds} (mean +- std over seeds):")
+    print(format_summary(result["summary"]))
+
+
+def define_flags() -> None:
+    """The command's flags (defined here, not at import, so tests can import the module)."""
+    config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "fidelity.py"), "a demo-mode config")
+    flags.DEFINE_string("workdir", None, "the benchmark's directory", required=True)
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "training seeds")
+    flags.DEFINE_enum("train", "schedule", list(TRAIN), "the whole schedule, or initialization only")
+    flags.DEFINE_list("views", ["rgb", "flow"], "--train=init: the views initialized")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
