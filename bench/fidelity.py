@@ -52,15 +52,16 @@ def summarize(per_seed: list[dict]) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    """Aligned rows 'view stage metric mean +- std (values)'."""
-    lines = [f"{'view':<12}{'stage':<17}" + "".join(f"{m:>22}" for m in ("R@1", "R@5", "linear_top1"))]
+    """Aligned rows 'view stage metric mean +- std'."""
+    w = max([17] + [len(stage) + 2 for stages in summary.values() for stage in stages])
+    lines = [f"{'view':<12}{'stage':<{w}}" + "".join(f"{m:>22}" for m in ("R@1", "R@5", "linear_top1"))]
     for view, stages in summary.items():
         for stage, row in stages.items():
             cells = "".join(
                 f"{row[m]['mean']:>14.1f} +- {row[m]['std']:<4.1f}" if m in row else f"{'':>22}"
                 for m in ("R@1", "R@5", "linear_top1")
             )
-            lines.append(f"{view:<12}{stage:<17}{cells}")
+            lines.append(f"{view:<12}{stage:<{w}}{cells}")
     return "\n".join(lines)
 
 
@@ -81,22 +82,31 @@ def _seed_table(config, workdir: Path, train: str, views) -> dict:
     return evaluation.evaluate_stages(cfg, workdir, TWO_STREAM if len(views) == 2 else views[0])
 
 
+def prepare(config, workdir: Path):
+    """Checks the demo-mode config, generates and prepares its set once (demo.data_dir, or
+    WORKDIR/set) and returns (a copy of the config reading it, with demo.data_dir set so later
+    runs share the set; the set's DatasetInfo)."""
+    from cvtcl_jax.data import dataset_info
+    from cvtcl_jax.modes import demo
+
+    config = config.copy_and_resolve_references()
+    demo.check_demo(config)
+    config.demo.data_dir = str(config.demo.data_dir or Path(workdir) / "set")
+    data_dir, name = demo.prepare_data(config, Path(config.demo.data_dir))
+    config.data.dir, config.data.name = data_dir, name
+    return config, dataset_info.load_dataset_info(data_dir, name)
+
+
 def benchmark(config, workdir, seeds, train: str = "schedule", views=("rgb", "flow")) -> dict:
     """Prepares the config's set (demo.data_dir, or WORKDIR/set), trains and evaluates every seed
     in WORKDIR/seed<k>, adds the baseline, and returns {'tables': [per seed], 'summary': ...,
     'dataset': ...}; also written to WORKDIR/fidelity.json."""
     from bench import flow_statistics
-    from cvtcl_jax.data.dataset_info import load_dataset_info
-    from cvtcl_jax.modes import demo
 
     if train not in TRAIN or not views or not set(views) <= {"rgb", "flow"}:
         raise ValueError(f"train must be one of {TRAIN} and views rgb, flow or both; got {train!r}, {views}")
     wd = Path(workdir)
-    config = config.copy_and_resolve_references()
-    demo.check_demo(config)
-    data_dir, name = demo.prepare_data(config, Path(config.demo.data_dir or wd / "set"))
-    config.data.dir, config.data.name = data_dir, name
-    info = load_dataset_info(data_dir, name)
+    config, info = prepare(config, wd)
     stats = {s: flow_statistics.subset_features(info, s) for s in ("train", "test")}
     tables = []
     for seed in seeds:
@@ -109,7 +119,7 @@ def benchmark(config, workdir, seeds, train: str = "schedule", views=("rgb", "fl
         tables.append(table)
         print(f"seed {seed}: {json.dumps(table)}", flush=True)
     result = {
-        "dataset": {"dir": data_dir, "name": name, "set": config.demo.set},
+        "dataset": {"dir": config.data.dir, "name": config.data.name, "set": config.demo.set},
         "train": train,
         "views": list(views),
         "seeds": [int(s) for s in seeds],
@@ -121,7 +131,9 @@ def benchmark(config, workdir, seeds, train: str = "schedule", views=("rgb", "fl
     return result
 
 
-def main(argv) -> None:
+def start_command(argv, workdir: str) -> None:
+    """The benchmark commands' start: no stray arguments, TensorFlow off the accelerators, and a
+    persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, or WORKDIR/jax_cache)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -129,8 +141,12 @@ def main(argv) -> None:
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")
-    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(Path(FLAGS.workdir) / "jax_cache")
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(Path(workdir) / "jax_cache")
     jax.config.update("jax_compilation_cache_dir", cache)
+
+
+def main(argv) -> None:
+    start_command(argv, FLAGS.workdir)
     try:
         result = benchmark(FLAGS.config, FLAGS.workdir, FLAGS.seeds, FLAGS.train, FLAGS.views)
     except ValueError as e:

@@ -153,6 +153,7 @@ def test_learned_flow_beats_random_init_on_the_motion_set(tmp_path):
     cfg = fidelity_config.get_config()
     cfg.demo.update(groups=3, num_frames=24)
     cfg.schedule.init_epochs = 225  # 450 steps of 16 clips over 32 train videos
+    cfg.queue_size = 48  # the demo's, as measured
     cfg.train.retrieval_every_epochs = 0
     result = fidelity.benchmark(cfg, tmp_path, seeds=[0], train="init", views=["flow"])
     row = result["tables"][0]["flow"]

@@ -20,7 +20,8 @@ from cvtcl_jax.modes.checks import ConfigError
 from cvtcl_jax.training.stage import Stage, other_view, train_stage
 
 
-def _train(config, workdir, stage: Stage) -> dict:
+def run_stage(config, workdir, stage: Stage) -> dict:
+    """Trains one stage in `workdir` with the config's in-training retrieval check."""
     return train_stage(config, workdir, stage, evaluate=RetrievalCheck(config, stage.view))
 
 
@@ -71,12 +72,12 @@ def check_export(config) -> None:
 
 
 def run_init(config, workdir) -> dict:
-    return _train(config, workdir, init_stage(config, config.train.view))
+    return run_stage(config, workdir, init_stage(config, config.train.view))
 
 
 def run_cotrain(config, workdir) -> dict:
     view, tc = config.train.view, config.train
-    return _train(
+    return run_stage(
         config, workdir, cotrain_stage(config, f"cotrain_{view}", view, tc.init_from, tc.other_from)
     )
 
@@ -125,7 +126,7 @@ def run_schedule(config, workdir) -> dict:
     results = {}
     stages = schedule_stages(config, wd)
     for stage in stages:
-        results[stage.name] = _train(config, wd / stage.name, stage)  # returns at once when finished
+        results[stage.name] = run_stage(config, wd / stage.name, stage)  # returns at once when finished
     last = {stage.view: wd / stage.name for stage in stages}  # each view's latest stage
     for view, path in last.items():
         _export_once(path, wd / "export" / view, config.export.encoder)
