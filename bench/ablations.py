@@ -13,6 +13,8 @@ initialized once in W/table3/init/seed<k> (or taken from D/seed<k>/init_<view>, 
 bench/fidelity.py workdir trained with the same config), then for every K one co-training run of
 --views (default rgb, the paper's: RGB trained, flow frozen and ranking; the schedule's first
 cycle) in W/table3/k<K>/seed<k>, evaluated next to that view's random init and initialization.
+RGB learns on the demo's set, not on the motion set: docs/fidelity.md runs Table 3 with
+--config=configs/demo.py.
 
 Prints the table (mean +- std over the seeds, ddof 1) and writes it with every seed's numbers to
 W/table<N>.json. The set is prepared once (W/set, or --config.demo.data_dir); a re-run resumes.
