@@ -122,18 +122,18 @@ def table3(config, workdir, seeds, top_ks=(0, 1, 5), views=("rgb",), init_dir: s
 def _initialized(config, init: Path, init_dir: str | None, seed) -> Path:
     """INIT holding both views' initialized stages: trained there, or links to
     INIT_DIR/seed<k>/init_<view> (finished stages of this model)."""
-    from cvtcl_jax.modes import checks, training
+    from cvtcl_jax.modes import checks
     from cvtcl_jax.training.stage import finished_summary
 
-    for view in ("rgb", "flow"):
+    views = ("rgb", "flow")
+    if init_dir is None:
+        linked = [init / f"init_{v}" for v in views if (init / f"init_{v}").is_symlink()]
+        if linked:
+            raise ValueError(f"{linked[0]} links to {linked[0].resolve()}: pass that --init_dir again")
+        fidelity.initialize(config, init, views)
+        return init
+    for view in views:
         target = init / f"init_{view}"
-        if init_dir is None:
-            if target.is_symlink():
-                raise ValueError(f"{target} links to {target.resolve()}: pass that --init_dir again")
-            cfg = config.copy_and_resolve_references()
-            cfg.train.view = view
-            training.run_init(cfg, target)
-            continue
         source = (Path(init_dir) / f"seed{seed}" / f"init_{view}").resolve()
         checks.check_stage_source(str(source), "--init_dir", view, config.model)
         if finished_summary(source) is None:

@@ -65,6 +65,16 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def initialize(config, workdir: Path, views) -> None:
+    """Trains the initialization of each of `views` in WORKDIR/init_<view> (finished ones return)."""
+    from cvtcl_jax.modes import training
+
+    for view in views:
+        cfg = config.copy_and_resolve_references()
+        cfg.train.view = view
+        training.run_init(cfg, Path(workdir) / f"init_{view}")
+
+
 def _seed_table(config, workdir: Path, train: str, views) -> dict:
     """One seed's table {view: {stage: metrics}}: the schedule's, or the initialization of
     `views` and its evaluation."""
@@ -73,10 +83,7 @@ def _seed_table(config, workdir: Path, train: str, views) -> dict:
 
     if train == "schedule":
         return training.run_schedule(config, workdir)["evaluation"]
-    for view in views:
-        cfg = config.copy_and_resolve_references()
-        cfg.train.view = view
-        training.run_init(cfg, workdir / f"init_{view}")
+    initialize(config, workdir, views)
     cfg = config.copy_and_resolve_references()
     cfg.schedule.eval_stages = ("random_init", "init")
     return evaluation.evaluate_stages(cfg, workdir, TWO_STREAM if len(views) == 2 else views[0])
