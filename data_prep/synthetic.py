@@ -18,6 +18,15 @@ the class then shows in appearance as well as in motion, but in a small part of 
 untrained RGB features, dominated by the look, miss it while learned ones find it. The demo uses
 all three.
 
+`--kind=pattern` makes the classes the square's surface pattern alone (the four PATTERNS on a grey
+square), the square moving at a speed drawn per clip from SPEEDS, while the camera pans over one
+wide colourful background shared by every video: a video's look changes from frame to frame and
+its pattern does not. Untrained RGB features, dominated by the background, tell the classes
+apart little better than chance; features learned from temporal positives (two times of one
+video share the pattern, not the background) find the pattern. It is the RGB view's
+learned-vs-random check (tests/test_evaluation.py). Its flow says nothing of the class (any
+speed, any heading, over a moving background): the set is for the RGB view.
+
 Written as MJPG AVIs under RAW/UCF-101/<Class>/v_<Class>_gXX_cYY.avi with RAW/ucfTrainTestlist/
 (classInd.txt and train/test lists of splits 1-3; split n tests on the n-th third of the
 groups), so the real `python -m data_prep.build --dataset=ucf101` prepares it.
@@ -107,6 +116,13 @@ def render_speed_clip(rng, speed, appearance, num_frames, height, width, half_si
     if pattern is not None:
         obj_tex = np.clip(obj_tex + PATTERN_AMPLITUDE * pattern[..., None], 0, 255)
     half = (rng.uniform(0.18, 0.25) if half_size is None else half_size) * min(height, width)
+    return _moving_square(rng, speed, obj_tex, lambda t: background, half, num_frames, height, width)
+
+
+def _moving_square(rng, speed, obj_tex, background_at, half, num_frames, height, width):
+    """Frames (num_frames, H, W, 3) uint8 BGR: a square of half side `half` pixels, its texture
+    obj_tex (H, W, 3) moving with it, at `speed` in a heading drawn anew every HEADING_SEGMENT
+    frames, bouncing off the frame's edges, over background_at(t) (H, W, 3); noise of 2 levels."""
     x, y = rng.uniform(half, width - half), rng.uniform(half, height - half)
     yy, xx = np.mgrid[0:height, 0:width]
     frames = []
@@ -116,7 +132,7 @@ def render_speed_clip(rng, speed, appearance, num_frames, height, width, half_si
             vx, vy = speed * np.cos(angle), speed * np.sin(angle)
         inside = (np.abs(xx - x) < half) & (np.abs(yy - y) < half)
         shifted = np.roll(obj_tex, (int(round(y)), int(round(x))), axis=(0, 1))
-        frame = np.where(inside[..., None], shifted, background)
+        frame = np.where(inside[..., None], shifted, background_at(t))
         frames.append(np.clip(frame + rng.normal(0, 2, frame.shape), 0, 255).astype(np.uint8))
         if not half <= x + vx <= width - half:
             vx = -vx
@@ -124,6 +140,43 @@ def render_speed_clip(rng, speed, appearance, num_frames, height, width, half_si
             vy = -vy
         x, y = x + vx, y + vy
     return frames
+
+
+# kind 'pattern': the class names (PATTERNS in order), the panning camera's speed in pixels per
+# frame, and the shared background's size in frames and its colour blobs' size in pixels.
+PATTERN_CLASSES = ("Plain", "Checker", "Dots", "Grain")
+PAN_SPEED = 3.0
+WORLD_FRAMES = 4
+WORLD_BLOB = 12
+
+
+def pattern_world(rng, height: int, width: int) -> np.ndarray:
+    """(WORLD_FRAMES * H, WORLD_FRAMES * W, 3) float: the background every 'pattern' video pans over,
+    smooth blobs of saturated random colours, so a look changes as the camera moves."""
+    h, w = WORLD_FRAMES * height, WORLD_FRAMES * width
+    small = rng.uniform(20, 235, (h // WORLD_BLOB, w // WORLD_BLOB, 3))
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def render_pattern_clip(rng, world, pattern, num_frames, height, width, half_size):
+    """Frames (num_frames, H, W, 3) uint8 BGR of kind 'pattern': a grey square carrying `pattern`
+    ((H, W) in [-1, 1]) moves as render_speed_clip's at a speed drawn from SPEEDS, in front of
+    `world` seen through a window panning PAN_SPEED pixels per frame from a random start in a random
+    heading (wrapping around). half_size: the square's half side as a fraction of the short side."""
+    grey = 0.3 * texture(rng, height, width, 128.0) + 0.7 * 128.0
+    obj_tex = np.clip(grey + PATTERN_AMPLITUDE * pattern[..., None], 0, 255)
+    speed = rng.choice(list(SPEEDS.values()))
+    world_h, world_w = world.shape[:2]
+    ox, oy = rng.uniform(0, world_w), rng.uniform(0, world_h)
+    heading = rng.uniform(0, 2 * np.pi)
+    pan_x, pan_y = PAN_SPEED * np.cos(heading), PAN_SPEED * np.sin(heading)
+
+    def background_at(t):
+        shift = (-int(round(oy + pan_y * t)), -int(round(ox + pan_x * t)))
+        return np.roll(world, shift, axis=(0, 1))[:height, :width]
+
+    half = half_size * min(height, width)
+    return _moving_square(rng, speed, obj_tex, background_at, half, num_frames, height, width)
 
 
 def write_avi(path: Path, frames, fps: float = 25.0) -> None:
@@ -172,20 +225,26 @@ def generate(
 ) -> Path:
     """Writes the set under out_dir and returns out_dir as a Path.
 
-    kind: 'direction' (the classes of MOTIONS) or 'speed' (the classes of SPEEDS: speed is the
-    class, the heading changes every 8 frames, so the flow's direction says nothing of it).
+    kind: 'direction' (the classes of MOTIONS), 'speed' (the classes of SPEEDS: speed is the
+    class, the heading changes every 8 frames, so the flow's direction says nothing of it) or
+    'pattern' (the classes of PATTERN_CLASSES: the square's surface pattern is the class, the
+    camera pans over one shared background; looks and patterns are given, so shared_looks and
+    patterns do not apply).
     shared_looks: each group's look is drawn once and used by every class (and speed squares have
     one size), so appearance never tells the class; otherwise each (class, group) has its own.
     patterns: (kind 'speed') each class's square also carries its surface pattern (PATTERNS).
-    square_size: with shared_looks, the square's half side as a fraction of the frame's short side.
+    square_size: with shared_looks or kind 'pattern', the square's half side as a fraction of the
+    frame's short side.
     """
-    table = {"direction": MOTIONS, "speed": SPEEDS}.get(kind)
+    table = {"direction": MOTIONS, "speed": SPEEDS, "pattern": PATTERN_CLASSES}.get(kind)
     if table is None:
-        raise ValueError(f"kind must be 'direction' or 'speed', got {kind!r}")
+        raise ValueError(f"kind must be 'direction', 'speed' or 'pattern', got {kind!r}")
     if not 1 <= num_classes <= len(table):
         raise ValueError(f"num_classes must be in 1..{len(table)} for kind {kind!r}, got {num_classes}")
     if patterns and kind != "speed":
         raise ValueError(f"patterns mark the speed classes; use kind='speed' (got {kind!r})")
+    if kind == "pattern" and shared_looks:
+        raise ValueError("kind 'pattern' pans over one shared background; drop shared_looks")
     if not 0.05 <= square_size <= 0.45:
         raise ValueError(f"square_size must be in [0.05, 0.45] of the short side, got {square_size}")
     if groups < 3:
@@ -209,20 +268,24 @@ def generate(
     # The marks draw from their own generator, so the clips' draws match a set without them.
     mark_rng = np.random.default_rng(seed + 1)
     marks = {c: surface_pattern(PATTERNS[i], height, width, mark_rng) for i, c in enumerate(classes)}
-    marks = marks if patterns else {}
+    marks = marks if patterns or kind == "pattern" else {}
+    world = pattern_world(rng, height, width) if kind == "pattern" else None
+
+    def render(cls, appearance):
+        if kind == "direction":
+            return render_clip(rng, MOTIONS[cls], appearance, num_frames, height, width)
+        if kind == "speed":
+            return render_speed_clip(
+                rng, SPEEDS[cls], appearance, num_frames, height, width, half_size, marks.get(cls)
+            )
+        return render_pattern_clip(rng, world, marks[cls], num_frames, height, width, square_size)
+
     for cls in classes:
         for g in range(1, groups + 1):
-            appearance = shared[g] if shared_looks else look()
+            appearance = None if kind == "pattern" else (shared[g] if shared_looks else look())
             for c in range(1, clips_per_group + 1):
                 name = f"v_{cls}_g{g:02d}_c{c:02d}.avi"
-                write_avi(
-                    root / "UCF-101" / cls / name,
-                    render_clip(rng, MOTIONS[cls], appearance, num_frames, height, width)
-                    if kind == "direction"
-                    else render_speed_clip(
-                        rng, SPEEDS[cls], appearance, num_frames, height, width, half_size, marks.get(cls)
-                    ),
-                )
+                write_avi(root / "UCF-101" / cls / name, render(cls, appearance))
                 names[cls].append((g, name))
     write_ucf_lists(root, classes, names, groups)
     return root
@@ -238,10 +301,12 @@ def main(argv=None):
     p.add_argument("--height", type=int, default=64)
     p.add_argument("--width", type=int, default=80)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kind", choices=("direction", "speed"), default="direction")
+    p.add_argument("--kind", choices=("direction", "speed", "pattern"), default="direction")
     p.add_argument("--shared_looks", action="store_true", help="one look per group for every class")
     p.add_argument("--patterns", action="store_true", help="speed classes: a surface pattern per class")
-    p.add_argument("--square_size", type=float, default=0.22, help="shared looks: half side / short side")
+    p.add_argument(
+        "--square_size", type=float, default=0.22, help="shared looks or kind pattern: half side / short side"
+    )
     a = p.parse_args(argv)
     root = generate(
         a.out_dir,

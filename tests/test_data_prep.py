@@ -482,3 +482,33 @@ def test_patterns_mark_each_class_square_and_change_nothing_else(tmp_path):
                 assert frame.mean() > 0.1, (cls, frame.mean())
     with pytest.raises(ValueError, match="kind='speed'"):
         synthetic.generate(tmp_path / "bad", num_classes=2, kind="direction", patterns=True)
+
+
+def test_pattern_set_keeps_each_video_s_pattern_while_its_look_changes(tmp_path):
+    # The RGB check's set: the background a video shows changes from its first frames to its
+    # last (the camera pans), the square's pattern, its class, does not.
+    args = dict(num_classes=4, groups=3, clips_per_group=1, num_frames=16, kind="pattern", square_size=0.3)
+    raw = synthetic.generate(tmp_path, **args)
+    classes = (raw / "ucfTrainTestlist" / "classInd.txt").read_text().split()[1::2]
+    assert classes == list(synthetic.PATTERN_CLASSES)
+    for g in (1, 2, 3):
+        plain = _read_avi(raw / "UCF-101" / "Plain" / f"v_Plain_g{g:02d}_c01.avi")
+        # Most pixels are background: with a still camera their median change would be noise.
+        change = np.median(np.abs(plain[0] - plain[-1]))
+        assert change > 10, (g, change)
+    # The grey square's texture: the plain class is smooth, the others carry a fine pattern; the
+    # frame's high frequencies (horizontal differences over 1 pixel) tell them apart.
+    fine = {
+        cls: np.mean(
+            [
+                np.abs(np.diff(_read_avi(raw / "UCF-101" / cls / f"v_{cls}_g{g:02d}_c01.avi"), axis=2)).mean()
+                for g in (1, 2, 3)
+            ]
+        )
+        for cls in synthetic.PATTERN_CLASSES
+    }
+    assert all(fine[cls] > 1.5 * fine["Plain"] for cls in ("Checker", "Dots", "Grain")), fine
+    with pytest.raises(ValueError, match="shared_looks"):
+        synthetic.generate(tmp_path / "bad", kind="pattern", shared_looks=True, num_classes=2)
+    with pytest.raises(ValueError, match="'pattern'"):
+        synthetic.generate(tmp_path / "bad", kind="texture")

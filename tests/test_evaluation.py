@@ -331,20 +331,14 @@ def test_bad_evaluation_configs_fail_before_any_work(
 
 
 @pytest.fixture(scope="module")
-def speed_data(tmp_path_factory):
-    """The demo's speed classes at a smaller size (heading redrawn every 8 frames), each class
-    with its own looks: the demo's shared looks leave random flow features a linear probe only
-    ~8 points below the learned ones after 20 epochs, too close to assert on 24 test videos."""
-    return _speed_set(tmp_path_factory.mktemp("speed"), num_frames=24)
-
-
-def _speed_set(root, *build_flags: str, **generate) -> Path:
-    """Generates 4 speed classes x 9 groups x 2 clips of 48x64 under root/raw (synthetic.generate's
-    `generate` options) and prepares split 1 at short side 48 under root/data."""
-    sizes = dict(num_classes=4, groups=9, clips_per_group=2, height=48, width=64)
-    synthetic.generate(root / "raw", kind="speed", **sizes, **generate)
+def pattern_rgb_data(tmp_path_factory):
+    """synthetic's kind 'pattern' (4 surface patterns, a camera panning over one background), 4
+    classes x 9 groups x 2 clips of 16 frames at 48x64, RGB only, prepared at short side 48."""
+    root = tmp_path_factory.mktemp("pattern")
+    sizes = dict(num_classes=4, groups=9, clips_per_group=2, num_frames=16, height=48, width=64)
+    synthetic.generate(root / "raw", kind="pattern", square_size=0.3, **sizes)
     argv = ["--dataset=ucf101", f"--raw_dir={root / 'raw'}", f"--out_dir={root / 'data'}", "--splits=1"]
-    assert build.main([*argv, "--quiet", "--short_side=48", "--workers=2", *build_flags]) == 0
+    assert build.main([*argv, "--quiet", "--short_side=48", "--workers=2", "--no_flow"]) == 0
     return root / "data"
 
 
@@ -374,11 +368,9 @@ def _learned_and_random_scores(data_dir, view, epochs, tmp_path, **changes) -> d
 
 def _assert_learned_wins(scores, mean_margin=20, least_margin=12.5):
     """24 test videos, 4 classes (chance 25%): learned features must win by a wide margin, on
-    average over retrieval R@1 and the linear probe, and clearly (3 videos) on each.
-
-    A margin of 20 on each alone sat at the knee of these short runs' curves: the same code gave
-    RGB R@1 54.2 and linear 50.0 with 2026-11-28's installation, R@1 37.5 and linear 62.5 with a
-    fresh one on 2026-12-01 (random init 20.8 and 25.0 with both)."""
+    average over retrieval R@1 and the linear probe, and clearly (3 videos) on each. On the pattern
+    set RGB's margins were +50 / +62.5 (jax 0.10) and +58.3 / +62.5 (jax 0.12) with the test's
+    training seed, and at least +12.5 / +25 over seeds 0-2 on both (docs/performance.md)."""
     margins = [
         scores["learned", protocol][metric] - scores["random", protocol][metric]
         for protocol, metric in (("retrieval", "R@1"), ("linear_probe", "top1"))
@@ -386,23 +378,16 @@ def _assert_learned_wins(scores, mean_margin=20, least_margin=12.5):
     assert sum(margins) / len(margins) >= mean_margin and min(margins) >= least_margin, (margins, scores)
 
 
-@pytest.mark.slow
-def test_learned_flow_features_beat_random_init_on_motion_classes(speed_data, tmp_path):
-    # The demo's recipe for the flow view: 50 epochs of initialization (InfoNCE + LTCL).
-    _assert_learned_wins(_learned_and_random_scores(speed_data, "flow", 50, tmp_path))
-
-
-@pytest.fixture(scope="module")
-def marked_speed_rgb_data(tmp_path_factory):
-    """The demo's set at a smaller size, RGB only: shared looks, each class's square with its
-    surface pattern; untrained RGB features see the looks, which never tell the class."""
-    root = tmp_path_factory.mktemp("marked")
-    return _speed_set(root, "--no_flow", num_frames=16, shared_looks=True, patterns=True, square_size=0.3)
+# The flow view's learned-vs-random check is tests/test_fidelity.py's, on the motion set: on the
+# demo's speed classes random flow features already classify speed (linear probe 58-79 of 100),
+# leaving the learned ones too little room to be told apart on 24 test videos.
 
 
 @pytest.mark.slow
-def test_learned_rgb_features_beat_random_init_on_marked_classes(marked_speed_rgb_data, tmp_path):
-    # The demo's RGB recipe with its milder augmentation, for 60 of its 150 epochs.
+def test_learned_rgb_features_beat_random_init_on_pattern_classes(pattern_rgb_data, tmp_path):
+    # The demo's RGB recipe with its milder augmentation, for its 150 epochs. On the demo's
+    # marked set (shared looks) RGB sat at the knee of its curve: learned R@1 25-46 against random
+    # 17-38 over training seeds 0-2 on jax 0.10 and 0.12 (docs/performance.md).
     aug = demo.get_config().data.aug
-    scores = _learned_and_random_scores(marked_speed_rgb_data, "rgb", 60, tmp_path, data__aug=aug)
+    scores = _learned_and_random_scores(pattern_rgb_data, "rgb", 150, tmp_path, data__aug=aug)
     _assert_learned_wins(scores)
