@@ -241,10 +241,12 @@ def generate(
         raise ValueError(f"kind must be 'direction', 'speed' or 'pattern', got {kind!r}")
     if not 1 <= num_classes <= len(table):
         raise ValueError(f"num_classes must be in 1..{len(table)} for kind {kind!r}, got {num_classes}")
+    if kind == "pattern" and (shared_looks or patterns):
+        raise ValueError(
+            "kind 'pattern' has its patterns and one shared background; drop shared_looks and patterns"
+        )
     if patterns and kind != "speed":
         raise ValueError(f"patterns mark the speed classes; use kind='speed' (got {kind!r})")
-    if kind == "pattern" and shared_looks:
-        raise ValueError("kind 'pattern' pans over one shared background; drop shared_looks")
     if not 0.05 <= square_size <= 0.45:
         raise ValueError(f"square_size must be in [0.05, 0.45] of the short side, got {square_size}")
     if groups < 3:

@@ -484,7 +484,7 @@ def test_patterns_mark_each_class_square_and_change_nothing_else(tmp_path):
         synthetic.generate(tmp_path / "bad", num_classes=2, kind="direction", patterns=True)
 
 
-def test_pattern_set_keeps_each_video_s_pattern_while_its_look_changes(tmp_path):
+def test_pattern_set_pans_the_look_and_marks_each_class_with_its_pattern(tmp_path):
     # The RGB check's set: the background a video shows changes from its first frames to its
     # last (the camera pans), the square's pattern, its class, does not.
     args = dict(num_classes=4, groups=3, clips_per_group=1, num_frames=16, kind="pattern", square_size=0.3)
@@ -508,7 +508,8 @@ def test_pattern_set_keeps_each_video_s_pattern_while_its_look_changes(tmp_path)
         for cls in synthetic.PATTERN_CLASSES
     }
     assert all(fine[cls] > 1.5 * fine["Plain"] for cls in ("Checker", "Dots", "Grain")), fine
-    with pytest.raises(ValueError, match="shared_looks"):
-        synthetic.generate(tmp_path / "bad", kind="pattern", shared_looks=True, num_classes=2)
+    for extra in ("shared_looks", "patterns"):
+        with pytest.raises(ValueError, match="drop shared_looks and patterns"):
+            synthetic.generate(tmp_path / "bad", kind="pattern", num_classes=2, **{extra: True})
     with pytest.raises(ValueError, match="'pattern'"):
         synthetic.generate(tmp_path / "bad", kind="texture")
