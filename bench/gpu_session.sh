@@ -11,17 +11,20 @@
 # bf16 figure the performance issue uses for the H100/H200) gives the fraction of peak.
 # BENCH_ARGS is appended to every bench/train_step.py command (a dry run on a CPU, say:
 # BENCH_ARGS="--frames 8 --size 32 --width 0.125 --num_mixed_4 1 --queue 256 --bn_group 8").
-# PHASES runs some of the groups, in the order given: headline (the reference and our three
-# steps at batch 128, bf16, each traced), colour (the init step after the on-device colour
-# augmentation), fit (the largest batch for 80 GB), variants (the init step with the other conv
-# lowering and pooling gradient), f32, sweep (batches 32 and 256), fit_remat, fit_nocheck (fit
+# PHASES runs some of the groups, in the order given: augment (the device part of the
+# augmentations alone, data.aug.on_device 'color' and 'resize', both modes: no step compiled),
+# headline (the reference and our three steps at batch 128, bf16, each traced), colour (the init
+# and co-training steps after each on_device setting, one compile each), fit (the largest batch
+# for 80 GB), variants (the init step with the other conv lowering and pooling gradient), f32, sweep (batches 32 and 256), fit_remat, fit_nocheck (fit
 # without compiling its answer with autotuning), noautotune (the headline's steps compiled
 # without XLA's autotuning: compile time and speed beside the headline's), tvl1 (our TV-L1's
 # pairs/s against OpenCV's rates measured where the pairs were prepared). HEADLINE_STAGES
 # (default "init moco cotrain") picks the headline's steps, HEADLINE_POOL (default "separable_slices") its
 # S3D.pool_grad values and HEADLINE_LOWERING (default "fold") its S3D.conv_lowering values (e.g.
 # "fold fold_s2d"), every combination in one process: a later step program reuses the autotuning
-# of the convolutions it shares with an earlier one. PACK=1 packs $OUT into two archives at the end.
+# of the convolutions it shares with an earlier one; HEADLINE_ON_DEVICE (default "none") the
+# data.aug.on_device settings each compiled step is timed after; HEADLINE_PROFILE=0 skips the
+# traces. PACK=1 packs $OUT into two archives at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REF=${1-bench/reference}
@@ -34,6 +37,8 @@ STEP="python3 bench/train_step.py --peak_tflops $PEAK"
 HEADLINE_STAGES=${HEADLINE_STAGES:-init moco cotrain}
 HEADLINE_POOL=${HEADLINE_POOL:-separable_slices}
 HEADLINE_LOWERING=${HEADLINE_LOWERING:-fold}
+HEADLINE_ON_DEVICE=${HEADLINE_ON_DEVICE:-none}
+[ "${HEADLINE_PROFILE:-1}" = 0 ] && HEADLINE_TRACE=() || HEADLINE_TRACE=(--profile "$OUT/prof")
 # One persistent compilation cache for the session: a program compiled by an earlier run (the
 # headline's init step for the colour phase) is loaded, not compiled again. A run's compile_s is
 # therefore a cache load where an earlier run compiled the same program.
@@ -72,11 +77,12 @@ python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.
 
 # PHASES picks and orders the groups below (default: all, most important first). A step program
 # took 115-120 s to compile on an H200 in one call and 217 s (the init step, first in its process)
-# in another, the co-training step after it in the same process 68 s (2026-11-27): presumably
+# in another, the co-training step after it in the same process 68 s (2026-11-27; 215 s and over
+# 130 s with the separable pooling gradient on 2026-12-04): presumably
 # mostly XLA's autotuning of the convolutions, whose results a process keeps. So a run's limit is
 # about 150-220 s for its first program and 90 s for each later one, and a 15-minute device
 # session affords the reference and about four programs in one process.
-for phase in ${PHASES:-headline colour fit variants f32 sweep fit_remat}; do
+for phase in ${PHASES:-augment headline colour fit variants f32 sweep fit_remat}; do
     case $phase in
     headline)  # The paper's configuration (32x128x128, S = 4 x 8, queue 2048) at batch 128, bf16,
         # all three steps, with the PyTorch reference's MoCo step in the same call; each step is
@@ -84,15 +90,16 @@ for phase in ${PHASES:-headline colour fit variants f32 sweep fit_remat}; do
         if [ -n "$REF" ] && [ -f "$REF/torch_one.py" ]; then
             run 120 torch_b128 python3 "$REF/torch_one.py" 128
         fi
-        run 540 bf16_b128 $STEP --dtype bfloat16 --batch 128 --stage $HEADLINE_STAGES --pool_grad $HEADLINE_POOL --conv_lowering $HEADLINE_LOWERING --profile "$OUT/prof"
+        run 540 bf16_b128 $STEP --dtype bfloat16 --batch 128 --stage $HEADLINE_STAGES --pool_grad $HEADLINE_POOL --conv_lowering $HEADLINE_LOWERING --on_device $HEADLINE_ON_DEVICE "${HEADLINE_TRACE[@]}"
         for d in "$OUT"/prof/*/; do
             [ -f "$d/top_ops.txt" ] && cp "$d/top_ops.txt" "$OUT/top_ops_$(basename "$d").txt"
         done ;;
-    colour)  # The init step as training runs it (data.aug.on_device): each batch resized, flipped
-        # and colour-augmented on the GPU first ('resize', the default), and colour only ('color').
-        # The step program is the headline's (a cache load after it).
-        run 200 init_resize $STEP --dtype bfloat16 --batch 128 --stage init --on_device resize
-        run 200 init_colour $STEP --dtype bfloat16 --batch 128 --stage init --on_device color ;;
+    augment)  # The device part of the augmentations alone (data.aug.on_device): resize, flip, colour
+        # and uint8 rounding ('resize', the default), colour only ('color'); small programs.
+        run 120 augment $STEP --batch 128 --stage init cotrain --on_device color resize --augment_only ;;
+    colour)  # The steps as training runs them: one compile each (the headline's, a cache load after
+        # it), timed after each on_device setting's device program.
+        run 400 colour $STEP --dtype bfloat16 --batch 128 --stage init cotrain --on_device none color resize ;;
     variants)  # The init step with the 3D convolutions, and with XLA's own 3D pooling (the old default).
         run 200 init_xla3d $STEP --dtype bfloat16 --batch 128 --stage init --conv_lowering xla3d
         run 200 init_autodiff $STEP --dtype bfloat16 --batch 128 --stage init --pool_grad autodiff ;;
@@ -112,10 +119,11 @@ for phase in ${PHASES:-headline colour fit variants f32 sweep fit_remat}; do
         # headline's shows how far autotuning moves it at batch 128.
         run 240 fit_80g_nocheck $STEP --dtype bfloat16 --batch 128 256 --stage init --fit_gib 78 --fit_only --fit_no_check ;;
     tvl1)  # Our JAX TV-L1 (data_prep's flow backend) on pairs prepared where OpenCV is
-        # (TVL1_PAIRS, default $REF/tvl1_pairs.npz: bench/tvl1.py --save_pairs), batch sweep.
+        # (TVL1_PAIRS, default $REF/tvl1_pairs.npz: bench/tvl1.py --save_pairs), batch sweep
+        # (TVL1_BATCH), at most TVL1_LIMIT_S seconds (default 300).
         pairs=${TVL1_PAIRS:-$REF/tvl1_pairs.npz}
         if [ -f "$pairs" ]; then
-            run 300 tvl1 python3 bench/tvl1.py --load_pairs "$pairs" --batch ${TVL1_BATCH:-16 64 128}
+            run ${TVL1_LIMIT_S:-300} tvl1 python3 bench/tvl1.py --load_pairs "$pairs" --batch ${TVL1_BATCH:-16 64 128}
         else
             log "tvl1: skipped, no $pairs"
         fi ;;

@@ -20,9 +20,13 @@ guesses on a line through the two largest --batch values without XLA's GPU autot
 with it unless --fit_no_check (fit_batch); --fit_only skips the timing. Several --pool_grad and
 --conv_lowering values run in one process, every pair (later compiles reuse the GPU autotuning of
 shared convolutions);
---autotune_level 0 compiles the timed steps without autotuning. --on_device color|resize adds the
-device part of the augmentations (`data.aug.on_device`: a small program run on each batch before
-the step; 'resize' feeds whole 171x128 frames with their crop windows) to every timed step.
+--autotune_level 0 compiles the timed steps without autotuning. --on_device none color resize times
+the step with each setting's device part of the augmentations (`data.aug.on_device`: a small
+program run on each batch before the step; 'resize' feeds whole 171x128 frames with their crop
+windows): the step is compiled once (every setting feeds it the same shapes), and each line also
+gives that program alone per batch (`augment_ms`) and the batch's MB as shipped and as fed.
+--augment_only times the device part alone, no step compiled (seconds, not minutes, on a GPU);
+with --profile it traces that program and prints its top ops.
 """
 
 from __future__ import annotations
@@ -59,11 +63,11 @@ from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step  # n
 BLUR_KERNEL_SIZE = 13
 
 
-def synthetic_batch(rng, args, batch, cotrain):
-    """Random uint8 clips with the input pipeline's shapes (normalised on the device, as in training);
-    with --on_device color|resize as that setting ships them (data.aug.on_device)."""
+def synthetic_batch(rng, args, batch, cotrain, on_device="none"):
+    """Random uint8 clips with the input pipeline's shapes (normalised on the device, as in training)
+    as `on_device` ships them (data.aug.on_device)."""
     spec = ClipSpec(args.frames, args.size, args.segments, args.seg_len)
-    out = random_pretrain_batch(rng, batch, spec, cotrain, on_device=args.on_device)
+    out = random_pretrain_batch(rng, batch, spec, cotrain, on_device=on_device)
     out.pop("padded")  # a host-side statistic, never sent to the step
     return out
 
@@ -89,11 +93,9 @@ def xla_memory_gib(compiled) -> float | None:
 
 
 def _lower(args, stage: str, batch: int, queue: int):
-    """(lowered step, mesh, state init function, state shapes, feed, FLOP counter) for one step
-    kind and batch, lowered from shapes alone (nothing on the devices yet).
-
-    feed: the --on_device program run on each batch before the step (identity with 'none'), as
-    training does with data.aug.on_device."""
+    """(lowered step, mesh, state init function, state shapes, FLOP counter) for one step kind and
+    batch, lowered from shapes alone (nothing on the devices yet), for the batch as the step
+    receives it (every data.aug.on_device setting gives the same)."""
     mesh = make_mesh()
     check_global_batch(batch, mesh)
     model = ContrastiveEncoder(
@@ -121,12 +123,10 @@ def _lower(args, stage: str, batch: int, queue: int):
     raw_step = make_train_step(model, cfg, optimizer, schedule, other_model=model if cotrain else None)
     step = jit_train_step(raw_step, mesh, shapes, cotrain=cotrain)
     one = synthetic_batch(np.random.default_rng(0), args, 1, cotrain)
-    data = {k: jax.ShapeDtypeStruct((batch, *v.shape[1:]), v.dtype) for k, v in one.items()}
-    feed = device_augment.make_batch_augmenter(mesh, BLUR_KERNEL_SIZE, args.size)
+    fed = {k: jax.ShapeDtypeStruct((batch, *v.shape[1:]), v.dtype) for k, v in one.items()}
     extra = jax.eval_shape(_frozen, shapes) if cotrain else ()
-    fed = jax.eval_shape(feed, data)
     count = functools.partial(step_flops, raw_step, shapes, fed, *extra)
-    return step.lower(shapes, fed, *extra), mesh, init, shapes, feed, count
+    return step.lower(shapes, fed, *extra), mesh, init, shapes, count
 
 
 def _frozen(state):
@@ -135,19 +135,46 @@ def _frozen(state):
 
 
 def compile_step(args, stage: str, batch: int, queue: int | None = None):
-    """(compiled step, compile seconds, state, batch data, extra args, FLOP counter, feed) for one
-    step kind and batch, with its state and batch on the devices.
+    """(compiled step, compile seconds, state, extra args, FLOP counter) for one step kind and
+    batch, with its state on the devices.
 
     queue: queue length (default args.queue; it must be a multiple of the batch)."""
     t0 = time.perf_counter()
-    lowered, mesh, init, shapes, feed, count = _lower(args, stage, batch, queue or args.queue)
+    lowered, mesh, init, shapes, count = _lower(args, stage, batch, queue or args.queue)
     compiled = lowered.compile(compiler_options=_gpu_options(mesh, args.autotune_level))
     compile_s = time.perf_counter() - t0
     state = jax.jit(init, out_shardings=state_sharding(mesh, shapes))(jax.random.key(0))
     extra = _frozen(state) if stage == "cotrain" else ()
-    data = shard_batch(mesh, synthetic_batch(np.random.default_rng(0), args, batch, stage == "cotrain"))
-    jax.block_until_ready(feed(data))  # its compile, not counted in compile_s
-    return compiled, compile_s, state, data, extra, count, feed
+    return compiled, compile_s, state, extra, count
+
+
+def feeds(args, stage: str, batch: int):
+    """Yields, for each --on_device value in turn, (on_device, the batch on the devices as that
+    setting ships it, its device program, {the program's time alone per batch, the batch's MB as
+    shipped and as fed}); the program is compiled here, outside every timing."""
+    mesh = make_mesh()
+    check_global_batch(batch, mesh)
+    feed = device_augment.make_batch_augmenter(mesh, BLUR_KERNEL_SIZE, args.size)
+    for on_device in args.on_device:
+        data = synthetic_batch(np.random.default_rng(0), args, batch, stage == "cotrain", on_device)
+        data = shard_batch(mesh, data)
+        fed = jax.block_until_ready(feed(data))  # the compile
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            fed = feed(data)
+        jax.block_until_ready(fed)
+        augment_s = (time.perf_counter() - t0) / args.steps
+        row = {
+            "augment_ms": round(augment_s * 1e3, 2) if on_device != "none" else 0.0,
+            "batch_mb_shipped": round(_megabytes(data), 1),
+            "batch_mb_fed": round(_megabytes(fed), 1),
+        }
+        del fed
+        yield on_device, data, feed, row
+
+
+def _megabytes(batch: dict) -> float:
+    return sum(v.nbytes for v in batch.values()) / 2**20
 
 
 def step_memory_gib(args, stage: str, batch: int, queue: int, autotune: bool = True) -> float | None:
@@ -190,22 +217,9 @@ def step_flops(step, *shapes) -> float:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def bench(args, stage: str, batch: int) -> None:
-    """Compiles, times and prints (one JSON line) one (step, batch); then traces it with --profile."""
-    compiled, compile_s, state, data, extra, count, feed = compile_step(args, stage, batch)
-    flops = count()
-
-    for _ in range(args.warmup):
-        state, metrics = compiled(state, feed(data), *extra)
-    jax.block_until_ready(state)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        state, metrics = compiled(state, feed(data), *extra)
-    jax.block_until_ready(metrics)
-    step_s = (time.perf_counter() - t0) / args.steps
-    xla_mem = xla_memory_gib(compiled)
-
-    result = {
+def _config(args, stage: str, batch: int) -> dict:
+    """The settings a result line names."""
+    return {
         "step": stage,
         "batch": batch,
         "dtype": args.dtype,
@@ -216,30 +230,77 @@ def bench(args, stage: str, batch: int) -> None:
         "remat": args.remat,
         "pool_grad": args.pool_grad,
         "conv_lowering": args.conv_lowering,
-        "on_device": args.on_device,
         "autotune_level": args.autotune_level,
         "devices": f"{jax.device_count()}x {jax.devices()[0].device_kind}",
-        "step_s": round(step_s, 4),
-        "clips_per_s": round(batch / step_s, 2),
-        "compile_s": round(compile_s, 1),
-        "peak_mem_gib": round(peak_memory_gib(jax.devices()[0]), 2),
-        "xla_mem_gib": None if xla_mem is None else round(xla_mem, 4),
-        "step_gflop": round(flops / 1e9, 1),
-        "achieved_tflops": round(flops / step_s / 1e12, 3),
-        "loss": float(metrics["loss"]),
     }
-    if args.peak_tflops:
-        result["fraction_of_peak"] = round(result["achieved_tflops"] / args.peak_tflops, 4)
-    # Printed before the profile, so a run stopped while tracing still reports its timing.
-    print(json.dumps(result), flush=True)
-    if args.profile:
-        defaults = (args.conv_lowering, "fold"), (args.pool_grad, DEFAULT_POOL_GRAD)
-        variant = "".join(f"_{v}" for v, default in defaults if v != default)
-        profile(args, f"{stage}_b{batch}_{args.dtype}{variant}", compiled, state, feed, data, extra)
 
 
-def profile(args, name: str, compiled, state, feed, data, extra) -> None:
-    """Traces args.profile_steps steps into args.profile/name and prints the top ops (stderr)."""
+def bench_augment(args, stage: str, batch: int) -> None:
+    """Prints (one JSON line per --on_device value) the device part of the augmentations alone;
+    with --profile, traces it and prints its top ops."""
+    for on_device, data, feed, row in feeds(args, stage, batch):
+        line = {**_config(args, stage, batch), "on_device": on_device, **row}
+        line["augment_ms_per_sample"] = round(row["augment_ms"] / batch, 3)
+        print(json.dumps(line), flush=True)
+        if args.profile and on_device != "none":
+            out = Path(args.profile) / f"augment_{stage}_{on_device}_b{batch}"
+            program = jax.jit(lambda b: device_augment.apply_to_batch(b, BLUR_KERNEL_SIZE, args.size))
+            hlo = program.lower(data).compile().as_text()  # the program `feed` runs, for op names
+            with jax.profiler.trace(str(out)):
+                t0 = time.perf_counter()
+                jax.block_until_ready([feed(data) for _ in range(args.profile_steps)])
+                wall_s = time.perf_counter() - t0
+            summary = profile_ops.summarize(out, hlo, top=args.profile_top, wall_s=wall_s)
+            print(f"== {out.name}: top ops of {args.profile_steps} runs\n{summary}", file=sys.stderr)
+
+
+def bench(args, stage: str, batch: int) -> None:
+    """Compiles one (step, batch) and times it after each --on_device setting's device program (one
+    JSON line each); then traces it (after the first setting) with --profile."""
+    compiled, compile_s, state, extra, count = compile_step(args, stage, batch)
+    flops = count()
+    xla_mem = xla_memory_gib(compiled)
+    fed_shapes = None
+    for i, (on_device, data, feed, row) in enumerate(feeds(args, stage, batch)):
+        shapes = jax.tree.map(lambda x: (x.shape, x.dtype), jax.eval_shape(feed, data))
+        if fed_shapes not in (None, shapes):  # one compiled step serves every setting
+            raise SystemExit(f"--on_device {on_device} feeds the step other shapes: {shapes}")
+        fed_shapes = shapes
+        for _ in range(args.warmup):
+            state, metrics = compiled(state, feed(data), *extra)
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            state, metrics = compiled(state, feed(data), *extra)
+        jax.block_until_ready(metrics)
+        step_s = (time.perf_counter() - t0) / args.steps
+        result = {
+            **_config(args, stage, batch),
+            "on_device": on_device,
+            "step_s": round(step_s, 4),
+            "clips_per_s": round(batch / step_s, 2),
+            "compile_s": round(compile_s, 1) if i == 0 else 0.0,
+            "peak_mem_gib": round(peak_memory_gib(jax.devices()[0]), 2),
+            "xla_mem_gib": None if xla_mem is None else round(xla_mem, 4),
+            "step_gflop": round(flops / 1e9, 1),
+            "achieved_tflops": round(flops / step_s / 1e12, 3),
+            "loss": float(metrics["loss"]),
+            **row,
+        }
+        if args.peak_tflops:
+            result["fraction_of_peak"] = round(result["achieved_tflops"] / args.peak_tflops, 4)
+        # Printed before the profile, so a run stopped while tracing still reports its timing.
+        print(json.dumps(result), flush=True)
+        if args.profile and i == 0:
+            defaults = (args.conv_lowering, "fold"), (args.pool_grad, DEFAULT_POOL_GRAD)
+            variant = "".join(f"_{v}" for v, default in defaults if v != default)
+            name = f"{stage}_b{batch}_{args.dtype}{variant}"
+            state = profile(args, name, compiled, state, feed, data, extra)
+
+
+def profile(args, name: str, compiled, state, feed, data, extra):
+    """Traces args.profile_steps steps into args.profile/name and prints the top ops (stderr);
+    returns the state after them (the step donates the one it is given)."""
     out = Path(args.profile) / name
     out.mkdir(parents=True, exist_ok=True)
     hlo = compiled.as_text()
@@ -253,6 +314,7 @@ def profile(args, name: str, compiled, state, feed, data, extra) -> None:
     summary = profile_ops.summarize(out, hlo, top=args.profile_top, wall_s=wall_s)
     (out / "top_ops.txt").write_text(summary + "\n")
     print(f"== {name}: top ops of {args.profile_steps} traced steps ({out})\n{summary}", file=sys.stderr)
+    return state
 
 
 def fit_batch(args, stage: str) -> dict:
@@ -369,10 +431,13 @@ def main():
     )
     p.add_argument(
         "--on_device",
-        default="none",
+        nargs="+",
+        default=["none"],
         choices=device_augment.ON_DEVICE,
-        help="augment each batch on the device first, as data.aug.on_device does",
+        help="augment each batch on the device first, as data.aug.on_device does; several: the same "
+        "compiled step timed after each",
     )
+    p.add_argument("--augment_only", action="store_true", help="time the --on_device programs alone, no step")
     p.add_argument(
         "--autotune_level",
         type=int,
@@ -393,12 +458,14 @@ def main():
     args = p.parse_args()
     if args.fit_only and not args.fit_gib:
         p.error("--fit_only needs --fit_gib")
+    if args.augment_only and args.fit_gib:
+        p.error("--augment_only compiles no step: it takes no --fit_gib")
     for lowering, pool_grad in itertools.product(args.conv_lowering, args.pool_grad):
         args.conv_lowering, args.pool_grad = lowering, pool_grad  # what _lower and the result line read
         for stage in args.stage:
             if not args.fit_only:
                 for batch in args.batch:
-                    bench(args, stage, batch)
+                    (bench_augment if args.augment_only else bench)(args, stage, batch)
             if args.fit_gib:
                 print(json.dumps(fit_batch(args, stage)), flush=True)
 

@@ -1,7 +1,10 @@
-"""The benchmark's largest-batch search (bench/train_step.py --fit_gib) on a known memory curve."""
+"""bench/train_step.py: the largest-batch search (--fit_gib) on a known memory curve, and the
+timing of the device augmentation alone and of one compiled step after each on_device setting."""
 
 import argparse
+import json
 
+import numpy as np
 import pytest
 
 from bench import train_step
@@ -95,3 +98,36 @@ def test_tvl1_bench_measures_both_and_carries_its_pairs_to_a_host_without_opencv
     assert opencv["backend"] == "opencv" and opencv["pairs_per_s_one_core"] > 0
     assert ours["backend"] == "jax" and ours["batch"] == 2 and ours["pairs_per_s"] > 0
     assert ours["epe_vs_opencv_mean"] <= 0.1 and ours["epe_vs_opencv_p99"] <= 1.0
+
+
+TINY = "--frames 8 --size 32 --width 0.125 --num_mixed_4 1 --queue 16 --bn_group 8 --segments 2 --seg_len 2"
+
+
+def _run_bench(monkeypatch, capsys, argv: str) -> list[dict]:
+    monkeypatch.setattr("sys.argv", ["train_step.py", *argv.split()])
+    train_step.main()
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_device_augmentation_alone_reports_its_time_and_the_batch_as_shipped_and_fed(monkeypatch, capsys):
+    argv = f"--batch 8 --stage init --on_device none color resize --augment_only --steps 1 {TINY}"
+    by = {r["on_device"]: r for r in _run_bench(monkeypatch, capsys, argv)}
+    assert list(by) == ["none", "color", "resize"]
+    assert by["none"]["augment_ms"] == 0.0
+    assert by["color"]["augment_ms"] > 0 and by["resize"]["augment_ms"] > 0
+    # 'resize' ships whole stored frames (and not the anchor's); every setting feeds the same batch.
+    shipped = {k: r["batch_mb_shipped"] for k, r in by.items()}
+    assert shipped["resize"] > shipped["none"] == shipped["color"]
+    assert len({r["batch_mb_fed"] for r in by.values()}) == 1
+
+
+@pytest.mark.slow
+def test_one_compiled_step_is_timed_after_each_on_device_setting(monkeypatch, capsys, tmp_path):
+    rows = _run_bench(
+        monkeypatch,
+        capsys,
+        f"--batch 8 --stage moco --on_device none resize --steps 1 --warmup 1 --profile {tmp_path} {TINY}",
+    )
+    assert [r["on_device"] for r in rows] == ["none", "resize"]
+    assert rows[0]["compile_s"] > 0 and rows[1]["compile_s"] == 0.0  # compiled once
+    assert all(np.isfinite(r["loss"]) and r["step_s"] > 0 for r in rows)  # the traced steps' state

@@ -51,34 +51,37 @@ SHARED_FRAMES = {"anchor": ("segments", 0)}
 _GRAY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 
 
-def rgb_to_hsv(x):
-    """(..., 3) RGB in [0, 1] -> (..., 3) HSV in [0, 1], as tf.image.rgb_to_hsv.
+def _value_and_saturation(x, keepdims: bool):
+    """(..., 3) RGB in [0, 1] -> value, max - min, saturation (..., 1) or (...,), as
+    tf.image.rgb_to_hsv."""
+    v = jnp.max(x, axis=-1, keepdims=keepdims)
+    d = v - jnp.min(x, axis=-1, keepdims=keepdims)
+    return v, d, jnp.where(v > 0, d / jnp.where(v > 0, v, 1.0), 0.0)
+
+
+def _hue(x, d):
+    """(..., 3) RGB in [0, 1] and its max - min (...,) -> hue (...,) in [0, 1), as
+    tf.image.rgb_to_hsv.
 
     The hue's sector is the first channel holding the maximum (r, then g, then b on ties, as
     TensorFlow's `v == r`, `v == g` tests), taken by argmax rather than by comparing `v` with the
     channels: XLA may compute x's elementwise producer separately for `max` and for the channels,
     rounding each copy its own way, and then `v == r` fails on a red pixel (jax 0.12's CPU build
-    did so after a contrast adjustment, putting hues 99 levels off).
+    did so after a contrast adjustment, putting hues 99 levels off). (Comparing the channels with
+    each other instead made XLA's CPU code twice as slow.)
     """
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    v = jnp.max(x, axis=-1)
-    d = v - jnp.min(x, axis=-1)
-    s = jnp.where(v > 0, d / jnp.where(v > 0, v, 1.0), 0.0)
-    safe = jnp.where(d > 0, d, 1.0)
     sector = jnp.argmax(x, axis=-1)
-    h = jnp.where(
-        sector == 0, (g - b) / safe, jnp.where(sector == 1, (b - r) / safe + 2.0, (r - g) / safe + 4.0)
-    )
-    h = jnp.where(d > 0, jnp.mod(h / 6.0, 1.0), 0.0)
-    return jnp.stack([h, s, v], axis=-1)
+    red, green = sector == 0, sector == 1
+    num = jnp.where(red, g - b, jnp.where(green, b - r, r - g))
+    h = num / jnp.where(d > 0, d, 1.0) + jnp.where(red, 0.0, jnp.where(green, 2.0, 4.0))
+    return jnp.where(d > 0, _wrap_unit(h / 6.0), 0.0)
 
 
-def hsv_to_rgb(x):
-    """(..., 3) HSV in [0, 1] -> (..., 3) RGB, as tf.image.hsv_to_rgb: channel n (5, 3, 1 for
-    r, g, b) is v - v * s * clip(min(k, 4 - k), 0, 1) with k = (n + 6 h) mod 6."""
-    h, s, v = x[..., 0:1], x[..., 1:2], x[..., 2:3]
-    k = jnp.mod(jnp.asarray([5.0, 3.0, 1.0]) + 6.0 * h, 6.0)
-    return v - v * s * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
+def _wrap_unit(t):
+    """t mod 1 for t in [-1, 2), with jnp.mod's values: one select instead of a float remainder
+    (which dominated the colour program's time on CPU and GPU alike)."""
+    return jnp.where(t < 0.0, t + 1.0, jnp.where(t >= 1.0, t - 1.0, t))
 
 
 def _adjust_contrast(x, factor):
@@ -88,13 +91,20 @@ def _adjust_contrast(x, factor):
 
 
 def _adjust_saturation(x, factor):
-    hsv = rgb_to_hsv(x)
-    return hsv_to_rgb(hsv.at[..., 1].set(jnp.clip(hsv[..., 1] * factor, 0.0, 1.0)))
+    """tf.image.adjust_saturation without the trip through HSV: hue and value stay, and each
+    channel is v - v * s * g(h) (hsv_to_rgb), so scaling s to s' moves it to v - (v - c) * s' / s."""
+    v, _, s = _value_and_saturation(x, keepdims=True)
+    ratio = jnp.where(s > 0, jnp.clip(s * factor, 0.0, 1.0) / jnp.where(s > 0, s, 1.0), 0.0)
+    return v - (v - x) * ratio
 
 
 def _adjust_hue(x, delta):
-    hsv = rgb_to_hsv(x)
-    return hsv_to_rgb(hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + delta, 1.0)))
+    """tf.image.adjust_hue, delta in [-0.5, 0.5]: the hue shifted, then tf.image.hsv_to_rgb (channel
+    n = 5, 3, 1 for r, g, b is v - v * s * clip(min(k, 4 - k), 0, 1) with k = (n + 6 h) mod 6)."""
+    v, d, s = _value_and_saturation(x, keepdims=False)
+    k = jnp.asarray([5.0, 3.0, 1.0]) + 6.0 * _wrap_unit(_hue(x, d) + delta)[..., None]  # in [1, 11] ...
+    k = jnp.where(k >= 6.0, k - 6.0, k)  # ... where k - 6 is exact, as fmod is
+    return v[..., None] - (v * s)[..., None] * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
 def _color_jitter(x, factors, order):
@@ -106,6 +116,10 @@ def _color_jitter(x, factors, order):
         lambda v: _adjust_hue(v, factors[3]),
     )
     for i in range(4):
+        # Each position's input materialised once: on a GPU XLA otherwise fused the earlier
+        # positions' whole chain into the contrast's mean and recomputed it there (half the
+        # colour program's time on an H200).
+        x = jax.lax.optimization_barrier(x)
         x = jnp.clip(jax.lax.switch(order[i], ops, x), 0.0, 1.0)
     return x
 
