@@ -15,16 +15,17 @@
 # augmentations alone, data.aug.on_device 'color' and 'resize', both modes: no step compiled),
 # headline (the reference and our three steps at batch 128, bf16, each traced), colour (the init
 # and co-training steps after each on_device setting, one compile each), fit (the largest batch
-# for 80 GB), variants (the init step with the other conv lowering and pooling gradient), f32, sweep (batches 32 and 256), fit_remat, fit_nocheck (fit
-# without compiling its answer with autotuning), noautotune (the headline's steps compiled
-# without XLA's autotuning: compile time and speed beside the headline's), tvl1 (our TV-L1's
-# pairs/s against OpenCV's rates measured where the pairs were prepared). HEADLINE_STAGES
-# (default "init moco cotrain") picks the headline's steps, HEADLINE_POOL (default "separable_slices") its
-# S3D.pool_grad values and HEADLINE_LOWERING (default "fold") its S3D.conv_lowering values (e.g.
-# "fold fold_s2d"), every combination in one process: a later step program reuses the autotuning
-# of the convolutions it shares with an earlier one; HEADLINE_ON_DEVICE (default "none") the
-# data.aug.on_device settings each compiled step is timed after; HEADLINE_PROFILE=0 skips the
-# traces. PACK=1 packs $OUT into two archives at the end.
+# for 80 GB), variants (the init step with the other conv lowering and pooling gradient), f32,
+# sweep (batches 32 and 256), fit_remat, fit_nocheck (fit without compiling its answer with
+# autotuning), noautotune (the headline's steps compiled without XLA's autotuning: compile time
+# and speed beside the headline's), tvl1 (our TV-L1's pairs/s against OpenCV's rates measured
+# where the pairs were prepared). HEADLINE_STAGES (default "init moco cotrain") picks the
+# headline's steps, HEADLINE_POOL (default "separable_slices") its S3D.pool_grad values and
+# HEADLINE_LOWERING (default "fold") its S3D.conv_lowering values (e.g. "fold fold_s2d"), every
+# combination in one process: a later step program reuses the autotuning of the convolutions it
+# shares with an earlier one; HEADLINE_ON_DEVICE (default "none") the data.aug.on_device settings
+# each compiled step is timed after; HEADLINE_PROFILE=0 skips the traces. PACK=1 packs $OUT into
+# two archives at the end.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REF=${1-bench/reference}
