@@ -261,7 +261,7 @@ def make_batch_augmenter(mesh: Mesh, blur_kernel_size: int, crop_size: int) -> C
     """A jitted `apply_to_batch` over the sharded batch (each device augments its own clips).
 
     Batches with nothing left to do (on_device 'none'; 'color' on flow without `flow_color`) are
-    returned unchanged.
+    returned unchanged. The returned function's `program` is the jitted `apply_to_batch`.
     """
     sharding = batch_sharding(mesh)
     fn = jax.jit(
@@ -284,4 +284,5 @@ def make_batch_augmenter(mesh: Mesh, blur_kernel_size: int, crop_size: int) -> C
             )
         return fn(batch)
 
+    augment.program = fn  # the jitted program itself, to lower or profile it
     return augment
