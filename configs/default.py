@@ -24,11 +24,18 @@ def get_config() -> ml_collections.ConfigDict:
     # or "autodiff" (XLA's 3D reduce-window and SelectAndScatter).
     # conv_lowering: "fold" (separable kernels as 2D convs and matmuls), "fold_s2d" (the same with
     # the stem's strided conv by space-to-depth) or "xla3d" (3D convs).
+    # bn_epsilon and reverse_input_channels belong to the weights (docs/coming_from_coclr.md): a
+    # stage started from other weights, an export and an evaluation take them from those weights.
+    # bn_epsilon: 1e-5 (PyTorch's default, CoCLR's); torchvision's s3d weights use 1e-3.
+    # reverse_input_channels: reverse the uint8 channels before normalising (CoCLR's flow
+    # networks saw the stored (dx, dy, 128) as (128, dy, dx)).
     cfg.model = ml_collections.ConfigDict(
         dict(
             width_multiplier=1.0,
             num_mixed_4=5,
             bn_group_size=32,
+            bn_epsilon=1e-5,
+            reverse_input_channels=False,
             head_hidden_dim=1024,
             embed_dim=128,
             dtype="float32",
@@ -113,6 +120,10 @@ def get_config() -> ml_collections.ConfigDict:
             # The co-training runs' learning rate; None: optim.lr (the paper's single rate).
             cotrain_lr=placeholder(float),
             cotrain_flow_beta=0.0,  # docs/method.md §3: LTCL on the RGB co-training run only
+            # Initializations trained elsewhere (a stage workdir, or imported weights such as
+            # CoCLR's InfoNCE checkpoints): the schedule skips that view's init stage.
+            init_from_rgb=placeholder(str),
+            init_from_flow=placeholder(str),
             # Evaluation at the end: of which encoders (random_init, init, cotrain = the last
             # cycle) and with which protocols (retrieval, linear_probe, finetune), on data.name.
             eval_stages=("cotrain",),
@@ -124,7 +135,9 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.train = ml_collections.ConfigDict(
         dict(
             view="rgb",  # the view trained
-            init_from=placeholder(str),  # cotrain: workdir of this view's previous stage (init or last cycle)
+            # cotrain: workdir of this view's previous stage (init or last cycle); init: optional,
+            # the encoders to continue from (a stage's, or imported weights).
+            init_from=placeholder(str),
             other_from=placeholder(str),  # cotrain: workdir of the other view's stage (its network is frozen)
             # Co-training's start, as CoCLR: the key encoder a copy of the query encoder ("encoder";
             # "ema_encoder": init_from's key encoder), the frozen ranking network the other view's

@@ -69,6 +69,20 @@ def save(mngr: ocp.CheckpointManager, batches: int, state: TrainState, config: d
     mngr.save(batches, args=args, force=True)
 
 
+def save_encoders(workdir: str | Path, encoder: dict, ema_encoder: dict, config: dict, progress: dict):
+    """A stage checkpoint of encoders only (step 0; no optimiser or queue): weights trained
+    elsewhere, which a stage can start from and an export or evaluation can read."""
+    with manager(workdir, keep=1) as mngr:
+        args = ocp.args.Composite(
+            encoder=ocp.args.StandardSave(encoder),
+            ema_encoder=ocp.args.StandardSave(ema_encoder),
+            config=ocp.args.JsonSave(config),
+            progress=ocp.args.JsonSave({**progress, "batches": 0}),
+        )
+        mngr.save(0, args=args, force=True)
+        mngr.wait_until_finished()
+
+
 def restore_state(mngr: ocp.CheckpointManager, state: TrainState, step: int | None = None):
     """(state restored into `state`'s structure and shardings, progress dict) at `step` (latest)."""
     step = mngr.latest_step() if step is None else step

@@ -37,9 +37,10 @@ from cvtcl_jax.models import (
     backbone_from_config,
     backbone_variables,
     encoder_from_config,
-    normalize_frames,
     to_torchvision_s3d,
+    weight_settings,
 )
+from cvtcl_jax.models.imported_weights import META_BN_EPSILON, META_REVERSED
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 EXPORT_FILE = "feature_extractor.jax_export"
@@ -71,7 +72,7 @@ def export_backbone(
     backbone = backbone_from_config(model_cfg)
 
     def extract(clips):
-        return backbone.apply(variables, normalize_frames(clips), train=False).astype(jnp.float32)
+        return backbone.apply(variables, clips, train=False).astype(jnp.float32)
 
     (batch,) = jax.export.symbolic_shape("b")
     t, h, w = clip
@@ -80,8 +81,15 @@ def export_backbone(
     )
     (out / EXPORT_FILE).write_bytes(exported.serialize())
 
+    settings = weight_settings(model_cfg)
     torch_state = {k: np.ascontiguousarray(v) for k, v in to_torchvision_s3d(variables).items()}
-    save_file(torch_state, str(out / SAFETENSORS_FILE))
+    # The numbers assume this epsilon and channel order: torchvision's stock s3d() has eps 1e-3.
+    meta = {
+        META_BN_EPSILON: repr(float(settings["bn_epsilon"])),
+        META_REVERSED: str(settings["reverse_input_channels"]).lower(),
+        "view": view,
+    }
+    save_file(torch_state, str(out / SAFETENSORS_FILE), metadata=meta)
 
     dim = int(jax.eval_shape(extract, jax.ShapeDtypeStruct((1, t, h, w, 3), jnp.uint8)).shape[1])
     full = model_cfg["width_multiplier"] == 1.0 and model_cfg["num_mixed_4"] == 5
@@ -94,7 +102,8 @@ def export_backbone(
             "content": "RGB frames"
             if view == "rgb"
             else "TV-L1 flow images (dx, dy, 128) as uint8, 0 px = 128",
-            "normalisation": "inside the extractor: (x / 255 - mean) / std",
+            "normalisation": "inside the extractor: (x / 255 - mean) / std"
+            + (", the channels reversed first" if settings["reverse_input_channels"] else ""),
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
         },
@@ -103,7 +112,16 @@ def export_backbone(
             "content": "pooled S3D features (mean over the last map), not normalised",
         },
         "model": dict(model_cfg),
+        "batchnorm_epsilon": float(settings["bn_epsilon"]),
         "torchvision_compatible": full,
+        "torchvision_state_dict": {
+            "bn_epsilon": float(settings["bn_epsilon"]),
+            "input_channels": "reversed: (128, dy, dx) for flow, as CoCLR read it"
+            if settings["reverse_input_channels"]
+            else "as stored: RGB, or flow (dx, dy, 128)",
+            "note": "torchvision's stock s3d() uses BatchNorm eps 1e-3; build it with "
+            "norm_layer=partial(BatchNorm3d, eps=bn_epsilon) to compute these features",
+        },
         "files": {"params": "params", "jax_export": EXPORT_FILE, "torchvision_state_dict": SAFETENSORS_FILE},
         "platforms": list(PLATFORMS),
         "jax_version": jax.__version__,

@@ -3,6 +3,13 @@
     python -m data_prep.build --dataset=ucf101 --raw_dir=RAW --out_dir=DATA [--splits=1,2,3]
         [--workers=N] [--flow_backend=auto|opencv|jax] [--beam_pipeline_options=...]
 
+From frames and flow other tools already extracted (CoCLR / MemDPC folders, CoCLR's LMDBs,
+mmaction2 rawframes; data_prep/extracted.py), no video decoded and the given flow never
+recomputed; RAW then supplies only the split lists and classes:
+
+    python -m data_prep.build --dataset=ucf101 --raw_dir=RAW --out_dir=DATA \
+        --rgb_from=FRAMES [--flow_from=FLOW] [--flow_bound=20]
+
 A thin wrapper around the TFDS builders of data_prep/builders.py (the same as `tfds build
 cvtcl_ucf101 --imports=data_prep.builders --manual_dir=RAW --data_dir=DATA`): --out_dir is the
 TFDS data_dir, the datasets are `cvtcl_<dataset>/split<N>` (Kinetics: `cvtcl_kinetics/k<version>`),
@@ -17,8 +24,10 @@ where JAX sees a GPU or TPU, else opencv). (2) Per split list, the builder's Bea
 the TFDS dataset from the cache (in this process by default; with --beam_pipeline_options, on that
 runner, which then also prepares the videos phase 1 left). An interrupted run started again skips
 the finished videos. Unusable videos (unreadable, empty, a single frame) are skipped, listed in the
-dataset's metadata and at the end, and make the exit code 1 unless --allow_failures is given.
-Layout problems stop the run before any work.
+dataset's metadata and at the end, and make the exit code 1 unless --allow_failures is given;
+so are videos whose given frames or flow are missing, unreadable or of the wrong count. Layout
+problems (and a --rgb_from / --flow_from whose layout is not recognised, or that holds none of the
+listed videos) stop the run before any work with exit code 2.
 """
 
 from __future__ import annotations
@@ -30,8 +39,10 @@ import os
 import sys
 import time
 
+from data_prep.extracted import LAYOUTS as LAYOUT_NAMES
+from data_prep.extracted import SourceError
 from data_prep.layouts import LAYOUTS, LayoutError, Video
-from data_prep.video import quantize_flow
+from data_prep.video import GIVEN_FLOW, quantize_flow
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -61,6 +72,30 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="record files per split (default: TFDS's, by size); training on H hosts needs at least H",
     )
     p.add_argument("--no_flow", action="store_true", help="store RGB only (no TV-L1)")
+    p.add_argument(
+        "--rgb_from",
+        default=None,
+        help="frames another tool extracted (CoCLR/MemDPC folders, CoCLR's LMDB, mmaction2 rawframes), "
+        "read instead of decoding the videos; without --flow_from the flow is computed from them",
+    )
+    p.add_argument(
+        "--flow_from",
+        default=None,
+        help="TV-L1 flow another tool extracted (CoCLR/MemDPC flow folders, CoCLR's flow LMDB, mmaction2 "
+        "rawframes), stored as given; needs --rgb_from",
+    )
+    p.add_argument(
+        "--rgb_layout", default=None, choices=LAYOUT_NAMES, help="--rgb_from's layout (default: detected)"
+    )
+    p.add_argument(
+        "--flow_layout", default=None, choices=LAYOUT_NAMES, help="--flow_from's layout (default: detected)"
+    )
+    p.add_argument(
+        "--flow_bound",
+        type=float,
+        default=20.0,
+        help="mmaction2 flow: the bound b its JPEGs were quantised with, 255 (f + b) / 2b (CoCLR's is 20)",
+    )
     p.add_argument(
         "--flow_backend",
         default="auto",
@@ -109,37 +144,54 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--flow_memory_gib must be positive")
     if not 1 <= args.jpeg_quality <= 100:
         p.error("--jpeg_quality must be in 1..100")
+    if args.flow_from and not args.rgb_from:
+        p.error("--flow_from needs --rgb_from: give the frames the flow was computed from too")
+    if args.flow_from and args.no_flow:
+        p.error("--flow_from and --no_flow contradict each other")
+    if args.flow_bound <= 0:
+        p.error("--flow_bound must be positive")
     return args
 
 
-def builders(args):
+def frame_sources(args):
+    """(rgb_from, flow_from) FrameSources of the flags (None where not given); SourceError when a
+    path's layout is not recognised."""
+    from data_prep.extracted import detect
+
+    rgb = detect(args.rgb_from, "rgb", args.rgb_layout) if args.rgb_from else None
+    flow = detect(args.flow_from, "flow", args.flow_layout, args.flow_bound) if args.flow_from else None
+    return rgb, flow
+
+
+def builders(args, rgb_from=None, flow_from=None):
     """The TFDS builders this command runs: one per split list (Kinetics: one)."""
     from data_prep.builders import BUILDERS, dataset_configs
 
     params = dict(short_side=args.short_side, jpeg_quality=args.jpeg_quality, flow=not args.no_flow)
     configs = dataset_configs(args.dataset, args.split_numbers, args.kinetics_version, **params)
     flow = dict(flow_backend=args.flow_backend, flow_batch=args.flow_batch, flow_bucket=args.flow_bucket)
-    return [BUILDERS[args.dataset](config=c, data_dir=args.out_dir, **flow) for c in configs]
+    inputs = dict(rgb_from=rgb_from, flow_from=flow_from)
+    return [BUILDERS[args.dataset](config=c, data_dir=args.out_dir, **flow, **inputs) for c in configs]
 
 
 def _process(job):
-    """Worker, opencv backend: decode + flow one video. -> (index, PreparedVideo or None, reason)."""
+    """Worker, opencv backend or given flow: one video. -> (index, PreparedVideo or None, reason)."""
     from data_prep.video import compute_video, failure_reason
 
-    index, path, prep = job
+    index, video, prep = job
     try:
-        return index, compute_video(path, prep), None
+        return index, compute_video(video, prep), None
     except Exception as e:
         return index, None, failure_reason(e)
 
 
 def _decode(job):
     """Worker, jax backend: decode one video and encode its RGB. -> (index, result, reason)."""
-    from data_prep.video import decode_video, failure_reason
+    from data_prep.video import decode_input, failure_reason
 
-    index, path, prep = job
+    index, video, prep = job
     try:
-        return index, decode_video(path, prep.short_side, prep.jpeg_quality), None
+        return index, decode_input(video, prep), None
     except Exception as e:
         return index, None, failure_reason(e)
 
@@ -168,11 +220,13 @@ def prepare_videos(videos: list[Video], prep, workers: int, memory_gib: float, q
     from data_prep.video import PreparedVideo
     from data_prep.video_cache import VideoCache
 
-    cache = VideoCache(prep.cache_dir)
+    cache = VideoCache(prep.cache_dir, prep.input_bytes)
     todo = [i for i, v in enumerate(videos) if not (cache.outcome(v) or {}).get("ok")]
     print(
         f"{len(videos)} videos, {len(videos) - len(todo)} already prepared, {len(todo)} to do"
-        + (f"; flow by {prep.flow_backend}" if prep.flow_backend else ""),
+        + (f"; frames from {prep.rgb_from.path}" if prep.rgb_from else "")
+        + (f"; flow by {prep.flow_backend}" if prep.flow_backend not in (None, GIVEN_FLOW) else "")
+        + (f"; flow as given in {prep.flow_from.path}" if prep.flow_backend == GIVEN_FLOW else ""),
         flush=True,
     )
     failures = {}
@@ -186,7 +240,7 @@ def prepare_videos(videos: list[Video], prep, workers: int, memory_gib: float, q
         failures[videos[index].video_id] = reason
         cache.save_failure(videos[index], reason)
 
-    jobs = [(i, videos[i].path, prep) for i in todo]
+    jobs = [(i, videos[i], prep) for i in todo]
     workers = min(workers, len(jobs))
     with (
         multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init) as pool,
@@ -293,9 +347,9 @@ def main(argv=None) -> int:
     import tensorflow_datasets as tfds
 
     try:
-        chosen = builders(args)
+        chosen = builders(args, *frame_sources(args))
         layouts = [b.read_layout(args.raw_dir) for b in chosen]
-    except (LayoutError, ValueError, OSError) as e:
+    except (LayoutError, SourceError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     download_dir = os.path.join(args.out_dir, "downloads")

@@ -32,8 +32,9 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from cvtcl_jax.data.records import FLOW_BOUND, VIEWS, video_features
-from data_prep.layouts import LAYOUTS, Layout, Video
-from data_prep.video import Preparation, compute_video, failure_reason
+from data_prep.extracted import FrameSource
+from data_prep.layouts import LAYOUTS, Layout, LayoutError, Video
+from data_prep.video import GIVEN_FLOW, Preparation, compute_video, failure_reason
 from data_prep.video_cache import VideoCache, cache_key
 
 DEFAULT_FLOW_BATCH = 16  # pairs per JAX flow batch on an accelerator (not yet tuned on one)
@@ -99,6 +100,15 @@ def flow_description(prep: Preparation) -> dict:
     from cvtcl_jax.flow.params import OPENCV_DEFAULTS
 
     backend = prep.flow_backend
+    if backend == GIVEN_FLOW:
+        return {
+            "method": "given: extracted by another tool and read as stored, never recomputed",
+            "backend": backend,
+            "source": prep.flow_from.describe(),
+            "bound_pixels": FLOW_BOUND,
+            "quantisation": "round((v + 20) * 255 / 40), channels (dx, dy, 128) (re-quantised from the "
+            "source's bound where it differs)",
+        }
     if backend == "jax":
         import jax
 
@@ -123,13 +133,13 @@ def prepare_examples(job: tuple[Video, int, int, int], prep: Preparation):
     """Beam FlatMap: (video, video_index, source_id, key) -> its (key, example), from the cache or
     computed and cached; nothing for a video that cannot be used (its reason is cached)."""
     video, index, source_id, key = job
-    cache = VideoCache(prep.cache_dir)
+    cache = VideoCache(prep.cache_dir, prep.input_bytes)
     prepared = cache.load(video)
     if prepared is not None:
         beam.metrics.Metrics.counter("cvtcl", "videos_cached").inc()
     else:
         try:
-            prepared = compute_video(video.path, prep)
+            prepared = compute_video(video, prep)
         except Exception as e:
             cache.save_failure(video, failure_reason(e))
             beam.metrics.Metrics.counter("cvtcl", "videos_failed").inc()
@@ -160,6 +170,9 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     Who computes the flow is not part of the dataset (both backends store the same flow, to JPEG
     rounding; docs/method.md §5), so it is a constructor argument, not a config field: `tfds build`
     uses 'auto', `python -m data_prep.build` passes --flow_backend, --flow_batch, --flow_bucket.
+    So are frames and flow that other tools extracted (rgb_from, flow_from: FrameSources of
+    data_prep/extracted.py, from --rgb_from / --flow_from): then the raw directory supplies only
+    the split lists and classes, and the stored dataset has the same features.
     """
 
     LAYOUT = ""
@@ -188,25 +201,50 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def __init__(
-        self, *, flow_backend: str = "auto", flow_batch: int | None = None, flow_bucket: int = 32, **kwargs
+        self,
+        *,
+        flow_backend: str = "auto",
+        flow_batch: int | None = None,
+        flow_bucket: int = 32,
+        rgb_from: FrameSource | None = None,
+        flow_from: FrameSource | None = None,
+        **kwargs,
     ):
         if flow_backend not in ("auto", "opencv", "jax"):
             raise ValueError(f"flow_backend must be auto, opencv or jax; got {flow_backend!r}")
         if (flow_batch is not None and flow_batch < 1) or flow_bucket < 1:
             raise ValueError("flow_batch and flow_bucket must be at least 1")
+        if flow_from is not None and rgb_from is None:
+            raise ValueError("flow_from needs rgb_from: give the frames the flow was computed from too")
         self.flow_backend, self.flow_batch, self.flow_bucket = flow_backend, flow_batch, flow_bucket
+        self.rgb_from, self.flow_from = rgb_from, flow_from
         super().__init__(**kwargs)
 
     def read_layout(self, manual_dir) -> Layout:
-        """The raw layout in manual_dir, checked (LayoutError before any video is decoded)."""
-        return LAYOUTS[self.LAYOUT](str(manual_dir), self.builder_config.split)
+        """The raw layout in manual_dir, checked (LayoutError before any video is decoded); with
+        rgb_from, the given frames (and flow) must hold at least one of its videos."""
+        layout = LAYOUTS[self.LAYOUT](str(manual_dir), self.builder_config.split, self.rgb_from is None)
+        for source in (self.rgb_from, self.flow_from if self.builder_config.flow else None):
+            if source is not None and not any(source.locate(v.class_name, v.video_id) for v in layout.videos):
+                names = ", ".join(f"{v.class_name}/{v.video_id}" for v in layout.videos[:3])
+                raise LayoutError(
+                    f"the {source.view} at {source.path} ({source.layout}) holds none of the "
+                    f"{len(layout.videos)} videos the split lists name (e.g. {names}); is it this dataset's?"
+                )
+        return layout
 
     def preparation(self, download_dir) -> Preparation:
         """The parameters a worker needs; resolves the flow backend on this (the launching) host."""
         config = self.builder_config
         config.check()
-        backend = resolve_flow_backend(self.flow_backend) if config.flow else None
-        key = cache_key(config.short_side, config.jpeg_quality, backend)
+        if not config.flow:
+            backend = None
+        elif self.flow_from is not None:
+            backend = GIVEN_FLOW
+        else:
+            backend = resolve_flow_backend(self.flow_backend)
+        frames_from = self.rgb_from.layout if self.rgb_from is not None else None
+        key = cache_key(config.short_side, config.jpeg_quality, backend, frames_from)
         return Preparation(
             cache_dir=os.path.join(str(download_dir), CACHE_FOLDER, self.name, key),
             short_side=config.short_side,
@@ -214,6 +252,8 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             flow_backend=backend,
             flow_batch=(self.flow_batch or default_flow_batch()) if backend == "jax" else 1,
             flow_bucket=self.flow_bucket,
+            rgb_from=self.rgb_from,
+            flow_from=self.flow_from if config.flow else None,
         )
 
     def _split_generators(self, dl_manager):
@@ -240,7 +280,7 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if download_config.max_examples_per_split == 0:  # TFDS's dry run: nothing was generated
             return
         # The pipeline has finished: every video's outcome is in the cache.
-        cache = VideoCache(self._prep.cache_dir)
+        cache = VideoCache(self._prep.cache_dir, self._prep.input_bytes)
         summary = build_summary(self._layout, cache, self._prep, self.builder_config.split)
         self.info.metadata.update(summary)
         for failure in summary["failures"]:
@@ -295,6 +335,7 @@ def build_summary(layout: Layout, cache: VideoCache, prep: Preparation, split: i
         "parameters": {
             "short_side": prep.short_side,
             "jpeg_quality": prep.jpeg_quality,
+            "frames": "decoded from the raw videos" if prep.rgb_from is None else prep.rgb_from.describe(),
             "flow": None if prep.flow_backend is None else flow_description(prep),
         },
         "failures": failures,

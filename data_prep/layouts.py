@@ -4,7 +4,9 @@ list, with their labels, sources and subsets: `LAYOUTS[dataset](raw_dir, split) 
 Everything here is checked before any video is decoded: a missing split file or annotation CSV, a
 class that the class list does not know, or a video named in a split list but absent raises
 `LayoutError` with what is wrong and how to fix it (Kinetics' absent videos, which every copy has,
-are set aside in `Layout.missing` instead).
+are set aside in `Layout.missing` instead). With `videos_required=False` (frames and flow given
+by another tool, data_prep/extracted.py) the raw directory supplies only the split lists and
+classes: its videos need not be there.
 """
 
 from __future__ import annotations
@@ -56,8 +58,11 @@ def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def _finish(dataset, classes, raw_root: Path, listed: dict[str, list[str]], source_of) -> Layout:
-    """Checks every listed video exists and belongs to a known class; builds the Layout."""
+def _finish(
+    dataset, classes, raw_root: Path, listed: dict[str, list[str]], source_of, required=True
+) -> Layout:
+    """Checks every listed video belongs to a known class (and exists, if `required`); builds
+    the Layout."""
     label = {c: i for i, c in enumerate(classes)}
     rels = sorted({rel for names in listed.values() for rel in names})
     unknown = sorted({rel.split("/")[0] for rel in rels if rel.split("/")[0] not in label})
@@ -67,7 +72,7 @@ def _finish(dataset, classes, raw_root: Path, listed: dict[str, list[str]], sour
             unknown,
             "Check that the split files belong to this dataset version.",
         )
-    absent = [rel for rel in rels if not (raw_root / rel).is_file()]
+    absent = [rel for rel in rels if required and not (raw_root / rel).is_file()]
     if absent:
         raise _missing(
             f"videos named in the split lists are missing under {raw_root}",
@@ -90,11 +95,11 @@ def _layout(dataset, classes, videos: list[Video], listed: dict[str, list[str]],
     return Layout(dataset, classes, videos, subsets, sorted(missing))
 
 
-def ucf101(raw_dir: str, split: int) -> Layout:
+def ucf101(raw_dir: str, split: int, videos_required: bool = True) -> Layout:
     """UCF101 as distributed: UCF-101/<Class>/v_<Class>_gXX_cYY.avi and ucfTrainTestlist/."""
     raw = Path(raw_dir)
     video_root, lists = raw / "UCF-101", raw / "ucfTrainTestlist"
-    for needed in (video_root, lists / "classInd.txt"):
+    for needed in [video_root] * videos_required + [lists / "classInd.txt"]:
         if not needed.exists():
             raise LayoutError(
                 f"{needed} not found; the raw directory must hold UCF-101/ (the videos) and "
@@ -114,19 +119,25 @@ def ucf101(raw_dir: str, split: int) -> Layout:
             raise LayoutError(f"{stem}: UCF101 names look like v_<Class>_gXX_cYY")
         return f"{cls}_g{match.group(1)}"
 
-    return _finish("ucf101", classes, video_root, listed, source_of)
+    return _finish("ucf101", classes, video_root, listed, source_of, videos_required)
 
 
-def hmdb51(raw_dir: str, split: int) -> Layout:
+def hmdb51(raw_dir: str, split: int, videos_required: bool = True) -> Layout:
     """HMDB51: <class>/<name>.avi and <class>_test_splitN.txt files (1 train, 2 test, 0 unused).
 
     The split files may sit anywhere under the raw directory (e.g. testTrainMulti_7030_splits/).
+    Without the videos, the classes are those the split files name.
     """
     raw = Path(raw_dir)
-    classes = sorted(p.name for p in raw.iterdir() if p.is_dir() and any(p.glob("*.avi")))
-    if not classes:
-        raise LayoutError(f"no <class>/*.avi folders under {raw}; extract the HMDB51 class archives there")
     split_files = {p.name: p for p in raw.rglob("*_test_split[0-9].txt")}
+    if videos_required:
+        classes = sorted(p.name for p in raw.iterdir() if p.is_dir() and any(p.glob("*.avi")))
+        where = f"no <class>/*.avi folders under {raw}; extract the HMDB51 class archives there"
+    else:
+        classes = sorted({name.rsplit("_test_split", 1)[0] for name in split_files})
+        where = f"no <class>_test_splitN.txt files under {raw}; extract test_train_splits.rar there"
+    if not classes:
+        raise LayoutError(where)
     missing = [
         f"{c}_test_split{split}.txt" for c in classes if f"{c}_test_split{split}.txt" not in split_files
     ]
@@ -142,38 +153,42 @@ def hmdb51(raw_dir: str, split: int) -> Layout:
             name, tag = line.split()[:2]
             if tag in ("1", "2"):
                 listed["train" if tag == "1" else "test"].append(f"{cls}/{name}")
-    return _finish("hmdb51", classes, raw, listed, lambda cls, stem: f"{cls}/{stem}")
+    return _finish("hmdb51", classes, raw, listed, lambda cls, stem: f"{cls}/{stem}", videos_required)
 
 
-def folder(raw_dir: str, split: int) -> Layout:
+def folder(raw_dir: str, split: int, videos_required: bool = True) -> Layout:
     """Your own data: <class>/<video file> plus splits/trainlist0N.txt and splits/testlist0N.txt.
 
     Split lines name `<class>/<file>` (anything after a space is ignored, as in UCF101's lists).
-    Classes are the sorted folder names; every video is its own source.
+    Classes are the sorted folder names (without the videos: the classes the split lists name);
+    every video is its own source.
     """
     raw = Path(raw_dir)
-    classes = sorted(
-        p.name
-        for p in raw.iterdir()
-        if p.is_dir()
-        and p.name != "splits"
-        and any(f.suffix.lower() in VIDEO_EXTENSIONS for f in p.iterdir())
-    )
-    if not classes:
-        raise LayoutError(f"no <class>/<video> folders under {raw}")
     listed = {}
     for subset in ("train", "test"):
         path = raw / "splits" / f"{subset}list{split:02d}.txt"
         if not path.is_file():
             raise LayoutError(f"split file {path} is missing; list '<class>/<file>' lines in it")
         listed[subset] = [line.split()[0] for line in _read_lines(path)]
-    return _finish("folder", classes, raw, listed, lambda cls, stem: f"{cls}/{stem}")
+    if videos_required:
+        classes = sorted(
+            p.name
+            for p in raw.iterdir()
+            if p.is_dir()
+            and p.name != "splits"
+            and any(f.suffix.lower() in VIDEO_EXTENSIONS for f in p.iterdir())
+        )
+    else:
+        classes = sorted({rel.split("/")[0] for names in listed.values() for rel in names})
+    if not classes:
+        raise LayoutError(f"no <class>/<video> folders under {raw}")
+    return _finish("folder", classes, raw, listed, lambda cls, stem: f"{cls}/{stem}", videos_required)
 
 
 KINETICS_SUBSETS = {"train": "train", "val": "validation"}  # folder and CSV name -> TFDS split
 
 
-def kinetics(raw_dir: str, split: int | None = None) -> Layout:
+def kinetics(raw_dir: str, split: int | None = None, videos_required: bool = True) -> Layout:
     """Kinetics-400/600/700 as the public downloader lays it out: <subset>/<youtube_id>_<start:06d>_
     <end:06d>.mp4 for subset train and val, labelled by annotations/<subset>.csv (columns label,
     youtube_id, time_start, time_end, ...). The test folder has no public labels and is not read.
@@ -209,7 +224,7 @@ def kinetics(raw_dir: str, split: int | None = None) -> Layout:
                 f"{row['youtube_id']}_{int(float(row['time_start'])):06d}_{int(float(row['time_end'])):06d}"
             )
             rel = f"{folder_name}/{stem}.mp4"
-            if not (raw / rel).is_file():
+            if videos_required and not (raw / rel).is_file():
                 missing.append(rel)
                 continue
             videos.append(

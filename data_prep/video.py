@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from cvtcl_jax.data.records import FLOW_BOUND
 from cvtcl_jax.flow.params import OPENCV_DEFAULTS
+
+if TYPE_CHECKING:
+    from data_prep.extracted import FrameSource
+    from data_prep.layouts import Video
+
+GIVEN_FLOW = "given"  # the flow backend of a build whose flow is read from --flow_from
 
 
 class VideoError(Exception):
@@ -94,15 +102,21 @@ def encode_flow_jpeg(flow_u8: np.ndarray, quality: int) -> bytes:
     return encode_jpeg(bgr, quality)
 
 
+def encode_frames(frames: list[np.ndarray], short_side: int, jpeg_quality: int):
+    """BGR frames -> (rgb JPEGs at the stored size, grayscale frames at native size, stored size)."""
+    size = short_side_size(*frames[0].shape[:2], short_side)
+    rgb = [encode_jpeg(resize(f, size), jpeg_quality) for f in frames]
+    return rgb, grayscale(frames), size
+
+
 def decode_video(path: str, short_side: int, jpeg_quality: int):
     """Decode a video and encode its RGB frames. -> (rgb JPEGs, grayscale frames, fps, stored size).
 
     The grayscale frames are at native size, for the flow.
     """
     frames, fps = read_frames(path)
-    size = short_side_size(*frames[0].shape[:2], short_side)
-    rgb = [encode_jpeg(resize(f, size), jpeg_quality) for f in frames]
-    return rgb, grayscale(frames), fps, size
+    rgb, gray, size = encode_frames(frames, short_side, jpeg_quality)
+    return rgb, gray, fps, size
 
 
 def encode_flows(flows_u8: list[np.ndarray], size: tuple[int, int], jpeg_quality: int) -> list[bytes]:
@@ -120,14 +134,38 @@ def process_video(path: str, short_side: int, jpeg_quality: int, with_flow: bool
 @dataclasses.dataclass(frozen=True)
 class Preparation:
     """How to prepare a video (picklable: it travels to pool and Beam workers) and where its
-    dataset's per-video cache lives."""
+    dataset's per-video cache lives.
+
+    rgb_from / flow_from: frames and flow other tools extracted (data_prep/extracted.py), read
+    instead of decoding the video; with flow_from the flow is taken as given (flow_backend
+    GIVEN_FLOW), never computed.
+    """
 
     cache_dir: str
     short_side: int
     jpeg_quality: int
-    flow_backend: str | None  # "opencv" or "jax"; None: RGB only
+    flow_backend: str | None  # "opencv", "jax" or GIVEN_FLOW; None: RGB only
     flow_batch: int  # JAX flow pairs per batch
     flow_bucket: int  # JAX flow buffers: each side rounded up to a multiple
+    rgb_from: FrameSource | None = None
+    flow_from: FrameSource | None = None
+
+    def input_bytes(self, video: Video) -> int | None:
+        """Bytes of the video's input (its file, or its extracted frames and flow; None where
+        absent): the cache prepares a video again when they change."""
+        if self.rgb_from is None:
+            try:
+                return os.path.getsize(video.path) if "://" not in video.path else _gfile_size(video.path)
+            except OSError:
+                return None
+        total = 0
+        for source in (self.rgb_from, self.flow_from):
+            if source is not None:
+                entry = source.locate(video.class_name, video.video_id)
+                if entry is None:
+                    return None
+                total += source.input_bytes(entry)
+        return total
 
 
 @dataclasses.dataclass
@@ -156,14 +194,52 @@ def _flow_batcher(batch_size: int, multiple: int):
     return FlowBatcher(batch_size=batch_size, multiple=multiple)
 
 
-def compute_video(path: str, prep: Preparation) -> PreparedVideo:
+def _located(source: FrameSource, video: Video) -> str:
+    entry = source.locate(video.class_name, video.video_id)
+    if entry is None:
+        raise VideoError(
+            f"its {source.view} is not in {source.path} (no {video.class_name}/{video.video_id} there)"
+        )
+    return entry
+
+
+def decode_input(video: Video, prep: Preparation):
+    """The video's frames, from its file or from prep.rgb_from, encoded for storage.
+    -> (rgb JPEGs, grayscale frames at native size, fps (0.0: unknown), stored size)."""
+    if prep.rgb_from is None:
+        return decode_video(video.path, prep.short_side, prep.jpeg_quality)
+    entry = _located(prep.rgb_from, video)
+    frames = prep.rgb_from.rgb_frames(entry)
+    if len(frames) < 2:
+        raise VideoError(f"{len(frames)} frame(s) in {entry}: optical flow needs at least two")
+    rgb, gray, size = encode_frames(frames, prep.short_side, prep.jpeg_quality)
+    return rgb, gray, 0.0, size
+
+
+def given_flows(video: Video, prep: Preparation, num_frames: int, size: tuple[int, int]) -> list[bytes]:
+    """prep.flow_from's flow of the video, checked (n - 1 flows for n frames) and stored as ours."""
+    source = prep.flow_from
+    entry = _located(source, video)
+    flows = source.flows(entry)
+    if len(flows) != num_frames - 1:
+        raise VideoError(
+            f"{num_frames} frames but {len(flows)} flows in {entry}; the {source.layout} layout stores "
+            "n - 1 flows for n frames (an incomplete extraction?)"
+        )
+    return encode_flows(flows, size, prep.jpeg_quality)
+
+
+def compute_video(video: Video, prep: Preparation) -> PreparedVideo:
     """Decode, resize, flow and encode one video (raises VideoError for an unusable one). The JAX
     backend batches the pairs of this one video (the local command batches across videos)."""
-    if prep.flow_backend != "jax":
-        return PreparedVideo(
-            *process_video(path, prep.short_side, prep.jpeg_quality, prep.flow_backend is not None)
-        )
-    rgb, gray, fps, size = decode_video(path, prep.short_side, prep.jpeg_quality)
+    if prep.flow_backend == GIVEN_FLOW:
+        rgb, _, fps, size = decode_input(video, prep)
+        return PreparedVideo(rgb, given_flows(video, prep, len(rgb), size), fps, size)
+    rgb, gray, fps, size = decode_input(video, prep)
+    if prep.flow_backend is None:
+        return PreparedVideo(rgb, [], fps, size)
+    if prep.flow_backend == "opencv":
+        return PreparedVideo(rgb, encode_flows(tvl1_flows(gray), size, prep.jpeg_quality), fps, size)
     batcher = _flow_batcher(prep.flow_batch, prep.flow_bucket)
     for i in range(len(gray) - 1):
         batcher.add(i, gray[i], gray[i + 1])
@@ -171,3 +247,12 @@ def compute_video(path: str, prep: Preparation) -> PreparedVideo:
     flows = dict(batcher.results(wait=True))
     quantized = [quantize_flow(flows[i]) for i in range(len(gray) - 1)]
     return PreparedVideo(rgb, encode_flows(quantized, size, prep.jpeg_quality), fps, size)
+
+
+def _gfile_size(path: str) -> int:
+    import tensorflow as tf
+
+    try:
+        return int(tf.io.gfile.stat(path).length)
+    except tf.errors.NotFoundError as e:
+        raise OSError(str(e)) from e

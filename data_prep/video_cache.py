@@ -5,7 +5,9 @@ finished video: every video's frames are written to `<cache>/<video_id>.pkl` and
 `<cache>/<video_id>.json` (written last, so a half-written video is not taken as done). The cache
 sits under the TFDS download_dir, on any filesystem tf.io.gfile reaches (local disk, GCS, HDFS),
 so the workers of a cluster runner share it. Its directory name carries the preparation
-parameters, so a build with other parameters never reuses a video prepared differently.
+parameters and inputs, so a build with other parameters never reuses a video prepared
+differently, and a video whose input changed (its file, or its extracted frames and flow) is
+prepared again.
 """
 
 from __future__ import annotations
@@ -13,21 +15,29 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from collections.abc import Callable
 
 from data_prep.layouts import Video
 from data_prep.video import PreparedVideo
 
 
-def cache_key(short_side: int, jpeg_quality: int, flow_backend: str | None) -> str:
-    """The cache directory's name for these parameters, e.g. 128px_q90_opencv (or _rgb, no flow)."""
-    return f"{short_side}px_q{jpeg_quality}_{flow_backend or 'rgb'}"
+def cache_key(short_side: int, jpeg_quality: int, flow_backend: str | None, frames_from: str | None = None):
+    """The cache directory's name for these parameters, e.g. 128px_q90_opencv (or _rgb, no flow);
+    frames read from another tool's layout add it: 128px_q90_coclr_given."""
+    inputs = f"_{frames_from}" if frames_from else ""
+    return f"{short_side}px_q{jpeg_quality}{inputs}_{flow_backend or 'rgb'}"
 
 
 class VideoCache:
-    """Finished videos of one dataset prepared with one set of parameters."""
+    """Finished videos of one dataset prepared with one set of parameters.
 
-    def __init__(self, directory: str):
+    input_bytes: video -> bytes of its input (None where absent), by which a changed input is
+    noticed (Preparation.input_bytes).
+    """
+
+    def __init__(self, directory: str, input_bytes: Callable[[Video], int | None]):
         self.directory = str(directory)
+        self.input_bytes = input_bytes
 
     def _path(self, video: Video, suffix: str) -> str:
         return os.path.join(self.directory, video.video_id + suffix)
@@ -50,7 +60,7 @@ class VideoCache:
             return None
         with tf.io.gfile.GFile(path, "rb") as f:
             record = json.loads(f.read())
-        if record.get("raw_bytes") != _raw_bytes(video):
+        if record.get("raw_bytes") != self.input_bytes(video):
             return None
         return record
 
@@ -73,7 +83,7 @@ class VideoCache:
         record = {
             "ok": True,
             "rel": video.rel,
-            "raw_bytes": _raw_bytes(video),
+            "raw_bytes": self.input_bytes(video),
             "fps": prepared.fps,
             "height": prepared.size[0],
             "width": prepared.size[1],
@@ -88,15 +98,5 @@ class VideoCache:
         import tensorflow as tf
 
         tf.io.gfile.makedirs(self.directory)
-        record = {"ok": False, "rel": video.rel, "raw_bytes": _raw_bytes(video), "reason": reason}
+        record = {"ok": False, "rel": video.rel, "raw_bytes": self.input_bytes(video), "reason": reason}
         self._write(self._path(video, ".json"), json.dumps(record).encode())
-
-
-def _raw_bytes(video: Video) -> int | None:
-    """The raw file's size: a re-downloaded or replaced video is prepared again."""
-    import tensorflow as tf
-
-    try:
-        return int(tf.io.gfile.stat(video.path).length)
-    except tf.errors.NotFoundError:
-        return None

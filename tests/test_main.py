@@ -207,7 +207,8 @@ def test_cotraining_starts_as_coclr_or_from_the_key_encoders(schedule_run, key_f
         return create_train_state(model, optimizer, rng, (8, 32, 32, 3), cfg.queue_size, cfg.global_batch)
 
     fresh = jax.jit(init, out_shardings=state_sharding(mesh, jax.eval_shape(init, jax.random.key(0))))
-    state, frozen = training_stage.cotrain_start(fresh(jax.random.key(0)), stage)
+    state = training_stage.start_from(fresh(jax.random.key(0)), stage)
+    frozen = training_stage.frozen_encoder(state, stage)
     _, rgb = _restore_items(wd / "init_rgb", items=("encoder", "ema_encoder"))
     _, flow = _restore_items(wd / "init_flow", items=("encoder", "ema_encoder"))
     for items in (rgb, flow):  # else the test could not tell the two items apart

@@ -17,7 +17,7 @@ import optax
 from flax import struct
 
 from cvtcl_jax import optim
-from cvtcl_jax.models import S3D, l2_normalize, normalize_frames
+from cvtcl_jax.models import S3D, l2_normalize
 
 
 class LinearHead(nn.Module):
@@ -45,7 +45,7 @@ class FinetuneModel(nn.Module):
 
     @nn.compact
     def __call__(self, clips, train: bool = False):
-        x = self.backbone(normalize_frames(clips), train=train).astype(jnp.float32)
+        x = self.backbone(clips, train=train).astype(jnp.float32)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return nn.Dense(self.num_classes, name="classifier")(x)
 

@@ -14,7 +14,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from cvtcl_jax.data.clip_spec import ClipSpec
-from cvtcl_jax.models import S3D, normalize_frames
+from cvtcl_jax.models import S3D
 from cvtcl_jax.sharding import batch_sharding, replicated, shard_batch
 
 META_KEYS = ("video_index", "label", "clip_start", "crop", "mask")
@@ -33,7 +33,7 @@ def make_feature_fn(backbone: S3D, mesh: Mesh) -> Callable:
     inference-mode BN, float32; batch split over the mesh, variables replicated."""
 
     def features(variables, clips):
-        return backbone.apply(variables, normalize_frames(clips), train=False).astype(jax.numpy.float32)
+        return backbone.apply(variables, clips, train=False).astype(jax.numpy.float32)
 
     return sharded_batch_fn(features, mesh)
 

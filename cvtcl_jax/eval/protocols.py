@@ -25,7 +25,6 @@ from cvtcl_jax.data import pipeline
 from cvtcl_jax.eval import accuracy, classifier, features, pictures, retrieval
 from cvtcl_jax.eval.classifier import FinetuneModel, LinearHead
 from cvtcl_jax.eval.run import TWO_STREAM, EvalRun, summary_line, views_and_fused, views_of
-from cvtcl_jax.models import normalize_frames
 from cvtcl_jax.sharding import replicated
 from cvtcl_jax.training.inputs import device_batches
 from cvtcl_jax.training.loop import Loop
@@ -219,7 +218,7 @@ def _linear_probe(run: EvalRun, config) -> dict:
             init = head.init(jax.random.key(config.seed), jnp.zeros((1, dim)), train=False)
 
             def frozen(bb_vars, clips, module=module):
-                return module.apply(bb_vars, normalize_frames(clips), train=False).astype(jnp.float32)
+                return module.apply(bb_vars, clips, train=False).astype(jnp.float32)
 
             state, steps = _train_on_clips(
                 run,

@@ -7,9 +7,17 @@ batchnorm            BatchNorm over groups of clips (the paper's per-GPU statist
 conv, pooling        the 3D convolutions and max pooling, with their faster lowerings
 preprocess           uint8 frames -> ImageNet-normalised floats
 torchvision_weights  conversion to and from torchvision's `s3d` state dict
+torch_checkpoint     PyTorch checkpoint files read without PyTorch, running none of their code
+imported_weights     CoCLR's and torchvision's S3D checkpoints as our encoder's variables
 """
 
-from cvtcl_jax.models.builders import backbone_from_config, backbone_variables, encoder_from_config
+from cvtcl_jax.models.builders import (
+    WEIGHT_SETTINGS,
+    backbone_from_config,
+    backbone_variables,
+    encoder_from_config,
+    weight_settings,
+)
 from cvtcl_jax.models.contrastive_encoder import ContrastiveEncoder, ProjectionHead, l2_normalize
 from cvtcl_jax.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
 from cvtcl_jax.models.s3d import S3D
@@ -28,4 +36,6 @@ __all__ = [
     "IMAGENET_STD",
     "load_torchvision_s3d",
     "to_torchvision_s3d",
+    "WEIGHT_SETTINGS",
+    "weight_settings",
 ]

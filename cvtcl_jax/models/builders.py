@@ -13,7 +13,16 @@ import jax.numpy as jnp
 
 from cvtcl_jax.models.contrastive_encoder import ContrastiveEncoder
 from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD
-from cvtcl_jax.models.s3d import S3D
+from cvtcl_jax.models.s3d import DEFAULT_BN_EPSILON, S3D
+
+# Model settings that belong to the weights, not to a run: whoever runs a set of weights (a stage
+# started from them, an export, an evaluation) takes these from the weights' own config.
+WEIGHT_SETTINGS = {"bn_epsilon": DEFAULT_BN_EPSILON, "reverse_input_channels": False}
+
+
+def weight_settings(model_cfg: Mapping[str, Any]) -> dict:
+    """{'bn_epsilon', 'reverse_input_channels'} of a model config (defaults where absent)."""
+    return {k: model_cfg.get(k, default) for k, default in WEIGHT_SETTINGS.items()}
 
 
 def encoder_from_config(model_cfg: Mapping[str, Any]) -> ContrastiveEncoder:
@@ -34,6 +43,8 @@ def backbone_from_config(model_cfg: Mapping[str, Any]) -> S3D:
         width_multiplier=model_cfg["width_multiplier"],
         num_mixed_4=model_cfg["num_mixed_4"],
         bn_group_size=model_cfg.get("bn_group_size"),
+        bn_epsilon=model_cfg.get("bn_epsilon", DEFAULT_BN_EPSILON),
+        reverse_input_channels=model_cfg.get("reverse_input_channels", False),
         dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
         # Only matter where the backbone is trained (finetuning).
         remat=model_cfg.get("remat", False),

@@ -8,8 +8,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD
-from cvtcl_jax.models.preprocess import normalize_frames
-from cvtcl_jax.models.s3d import S3D
+from cvtcl_jax.models.s3d import DEFAULT_BN_EPSILON, S3D
 
 
 def l2_normalize(x, axis: int = -1, eps: float = 1e-12):
@@ -39,8 +38,8 @@ class ProjectionHead(nn.Module):
 class ContrastiveEncoder(nn.Module):
     """f + g: clips (B, T, H, W, 3) -> (features (B, F), embeddings (B, out_dim) unit vectors).
 
-    uint8 clips (the input pipeline's output) are normalised here (`normalize_frames`); float
-    clips are taken as normalised already.
+    uint8 clips (the input pipeline's output) are normalised by the backbone (`normalize_frames`);
+    float clips are taken as normalised already.
 
     Variables are `{'params': {'backbone', 'head'}, 'batch_stats': {'backbone'}}`, so the backbone
     part alone is what `S3D` takes (export, evaluation, torchvision conversion).
@@ -49,6 +48,8 @@ class ContrastiveEncoder(nn.Module):
     width_multiplier: float = 1.0
     num_mixed_4: int = 5
     bn_group_size: int | None = None
+    bn_epsilon: float = DEFAULT_BN_EPSILON  # S3D.bn_epsilon: belongs to the weights
+    reverse_input_channels: bool = False  # S3D.reverse_input_channels: CoCLR's flow networks
     head_hidden_dim: int = 1024
     embed_dim: int = 128
     dtype: Any = jnp.float32
@@ -62,6 +63,8 @@ class ContrastiveEncoder(nn.Module):
             width_multiplier=self.width_multiplier,
             num_mixed_4=self.num_mixed_4,
             bn_group_size=self.bn_group_size,
+            bn_epsilon=self.bn_epsilon,
+            reverse_input_channels=self.reverse_input_channels,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             remat=self.remat,
@@ -71,5 +74,5 @@ class ContrastiveEncoder(nn.Module):
         self.head = ProjectionHead(self.head_hidden_dim, self.embed_dim, self.param_dtype)
 
     def __call__(self, x, train: bool = False):
-        feats = self.backbone(normalize_frames(x), train=train)
+        feats = self.backbone(x, train=train)
         return feats, self.head(feats)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from cvtcl_jax.models.batchnorm import GroupedBatchNorm
 from cvtcl_jax.models.conv import CONV_LOWERINGS, Conv3d
 from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD, POOL_GRADS
+from cvtcl_jax.models.preprocess import normalize_frames
 
 # Inception block widths: (branch0, branch1 reduce, branch1 out, branch2 reduce, branch2 out,
 # branch3 pool projection). Output channels = branch0 + branch1 out + branch2 out + branch3.
@@ -35,11 +36,15 @@ MIXED_4 = ("mixed_4b", "mixed_4c", "mixed_4d", "mixed_4e", "mixed_4f")
 # He-normal initialisation suits the conv + BN + ReLU units.
 _KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
 
+# PyTorch's BatchNorm default, CoCLR's; torchvision's `s3d()` uses 1e-3 (docs/method.md §4).
+DEFAULT_BN_EPSILON = 1e-5
+
 
 def _unit_kwargs(module) -> dict:
     """The settings every conv unit takes from the module that holds it."""
     return dict(
         bn_group_size=module.bn_group_size,
+        bn_epsilon=module.bn_epsilon,
         dtype=module.dtype,
         param_dtype=module.param_dtype,
         conv_lowering=module.conv_lowering,
@@ -53,6 +58,7 @@ class ConvBN(nn.Module):
     kernel: tuple[int, int, int] = (1, 1, 1)
     strides: tuple[int, int, int] = (1, 1, 1)
     bn_group_size: int | None = None
+    bn_epsilon: float = DEFAULT_BN_EPSILON
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     conv_lowering: str = "fold"
@@ -69,9 +75,13 @@ class ConvBN(nn.Module):
             kernel_init=_KERNEL_INIT,
             name="conv",
         )(x)
-        x = GroupedBatchNorm(self.bn_group_size, dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(
-            x, train
-        )
+        x = GroupedBatchNorm(
+            self.bn_group_size,
+            epsilon=self.bn_epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="bn",
+        )(x, train)
         return nn.relu(x)
 
 
@@ -82,6 +92,7 @@ class SepConv(nn.Module):
     kernel: int
     stride: int = 1
     bn_group_size: int | None = None
+    bn_epsilon: float = DEFAULT_BN_EPSILON
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     conv_lowering: str = "fold"
@@ -99,6 +110,7 @@ class Mixed(nn.Module):
 
     widths: tuple[int, int, int, int, int, int]
     bn_group_size: int | None = None
+    bn_epsilon: float = DEFAULT_BN_EPSILON
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     pool_grad: str = DEFAULT_POOL_GRAD
@@ -147,7 +159,8 @@ def _scaled(width: int, multiplier: float) -> int:
 
 
 class S3D(nn.Module):
-    """S3D backbone. x: (B, T, H, W, 3) float -> (B, out_features) pooled feature.
+    """S3D backbone. x: (B, T, H, W, 3) uint8 frames (normalised here) or float clips normalised
+    already -> (B, out_features) pooled feature.
 
     The defaults give the full network of docs/method.md §4 (1024-d output, 7,910,048 parameters).
     Small variants for CPU tests and demos scale every width by `width_multiplier` and keep only
@@ -157,6 +170,10 @@ class S3D(nn.Module):
       width_multiplier: factor on every channel count (1.0 for the real network).
       num_mixed_4: how many of Mixed_4b..4f to keep (5 for the real network).
       bn_group_size: clips per BN statistics group in training mode (None: the whole batch).
+      bn_epsilon: BatchNorm's epsilon. It belongs to the weights: 1e-5 (PyTorch's default) for
+        ours and CoCLR's, 1e-3 for torchvision's `s3d` weights (docs/method.md §4).
+      reverse_input_channels: uint8 input has its channels reversed before normalisation; True
+        for CoCLR's flow networks, which saw the stored flow (dx, dy, 128) as (128, dy, dx).
       dtype: compute dtype; bfloat16 with float32 parameters gives mixed precision.
       param_dtype: parameter dtype (float32; float64 only for exact-comparison tests).
       remat: recompute each unit's inner activations in the backward pass instead of storing them
@@ -176,6 +193,8 @@ class S3D(nn.Module):
     width_multiplier: float = 1.0
     num_mixed_4: int = 5
     bn_group_size: int | None = None
+    bn_epsilon: float = DEFAULT_BN_EPSILON
+    reverse_input_channels: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat: bool = False
@@ -205,7 +224,7 @@ class S3D(nn.Module):
         # `train` (argument 2, counting self) selects BN's mode: static, so remat can branch on it.
         unit = (lambda cls: nn.remat(cls, static_argnums=(2,))) if self.remat else (lambda cls: cls)
         sep_conv, conv_bn, mixed = unit(SepConv), unit(ConvBN), unit(Mixed)
-        x = x.astype(self.dtype)
+        x = normalize_frames(x, self.reverse_input_channels).astype(self.dtype)
         x = sep_conv(_scaled(64, m), 7, 2, name="stem", **kw)(x, train)
         x = max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
         x = conv_bn(_scaled(64, m), name="conv_2b", **kw)(x, train)

@@ -42,7 +42,7 @@ _MIXED = (
 _OPTIONAL = ("mixed_4c", "mixed_4d", "mixed_4e", "mixed_4f")
 
 
-def _conv_bn_units(skip: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str]]:
+def conv_bn_units(skip: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str]]:
     """Yields (our module path, torchvision prefix) for every conv + BN unit of the network."""
     for top, idx in _TOP.items():
         if top in skip:
@@ -85,7 +85,7 @@ def load_torchvision_s3d(arrays: Mapping[str, np.ndarray]) -> dict:
     params: dict = {}
     stats: dict = {}
     absent = tuple(t for t in _OPTIONAL if f"features.{_TOP[t]}.branch0.0.weight" not in arrays)
-    for path, prefix in _conv_bn_units(skip=absent):
+    for path, prefix in conv_bn_units(skip=absent):
 
         def take(name, _prefix=prefix):
             key = f"{_prefix}.{name}"
@@ -113,7 +113,7 @@ def to_torchvision_s3d(variables: Mapping) -> dict[str, np.ndarray]:
     """
     params, stats = variables["params"], variables["batch_stats"]
     out: dict[str, np.ndarray] = {}
-    for path, prefix in _conv_bn_units(skip=tuple(t for t in _OPTIONAL if t not in params)):
+    for path, prefix in conv_bn_units(skip=tuple(t for t in _OPTIONAL if t not in params)):
         kernel = np.asarray(_get(params, (*path, "conv", "kernel")), np.float32)
         out[f"{prefix}.0.weight"] = np.ascontiguousarray(np.transpose(kernel, (4, 3, 0, 1, 2)))
         out[f"{prefix}.1.weight"] = np.asarray(_get(params, (*path, "bn", "scale")), np.float32)

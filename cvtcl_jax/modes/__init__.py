@@ -7,6 +7,7 @@ what to change. The checks and runners live beside this file:
   training    init, cotrain, schedule (every stage, exports, the evaluation table), export
   evaluation  retrieval, linear_probe, finetune; the schedule's evaluation table
   demo        generated data, then the schedule
+  import_weights  CoCLR's and torchvision's S3D checkpoints as an export directory and a stage
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cvtcl_jax.eval.run import PROTOCOLS
-from cvtcl_jax.modes import demo, evaluation, training
+from cvtcl_jax.modes import demo, evaluation, import_weights, training
 from cvtcl_jax.modes.checks import ConfigError
 
 
@@ -32,6 +33,7 @@ MODES: dict[str, Mode] = {
     "cotrain": Mode(training.check_cotrain, training.run_cotrain),
     "schedule": Mode(training.check_schedule, training.run_schedule),
     "export": Mode(training.check_export, training.run_export),
+    "import_weights": Mode(import_weights.check_import, import_weights.run_import),
     "demo": Mode(demo.check_demo, demo.run_demo),
     **{
         protocol: Mode(evaluation.protocol_check(protocol), evaluation.protocol_runner(protocol))

@@ -17,7 +17,7 @@ from cvtcl_jax.data.dataset_info import VIEWS, DatasetError, load_dataset_info
 from cvtcl_jax.eval.run import EVAL_VIEWS, source_descriptions, views_of
 from cvtcl_jax.models.conv import CONV_LOWERINGS
 from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD, POOL_GRADS
-from cvtcl_jax.models.s3d import feature_map_size
+from cvtcl_jax.models.s3d import DEFAULT_BN_EPSILON, feature_map_size
 from cvtcl_jax.queue import check_queue_size
 from cvtcl_jax.steps import ContrastConfig
 
@@ -77,6 +77,21 @@ def check_model_and_data_shapes(config) -> None:
         )
     if d.eval_stride < 1:
         raise ConfigError(f"data.eval_stride={d.eval_stride} must be >= 1")
+    check_weight_settings(config.model)
+
+
+def check_weight_settings(model_cfg) -> None:
+    """The model settings that belong to the weights (BN epsilon, input channel order)."""
+    eps = model_cfg.get("bn_epsilon", DEFAULT_BN_EPSILON)
+    if not (isinstance(eps, int | float) and eps > 0):
+        raise ConfigError(
+            f"model.bn_epsilon={eps!r} must be > 0 (1e-5 for ours and CoCLR's weights, 1e-3 for "
+            "torchvision's)"
+        )
+    if not isinstance(model_cfg.get("reverse_input_channels", False), bool):
+        raise ConfigError(
+            f"model.reverse_input_channels={model_cfg.reverse_input_channels!r} must be True or False"
+        )
 
 
 def dataset_info(d):

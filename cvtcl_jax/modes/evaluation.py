@@ -61,13 +61,18 @@ def check_schedule_evaluation(config) -> None:
             checks.check_evaluation(cfg, protocol)
 
 
+def init_sources(config, workdir: str | Path) -> dict[str, str]:
+    """{view: the schedule's initialization}: schedule.init_from_<view> where given (weights
+    trained elsewhere, e.g. imported CoCLR checkpoints), else its init_<view> stage."""
+    return {
+        v: config.schedule.get(f"init_from_{v}") or str(Path(workdir) / f"init_{v}") for v in ("rgb", "flow")
+    }
+
+
 def stage_sources(config, workdir: str | Path) -> dict[str, dict[str, str]]:
     """{eval stage: {view: source}} for the schedule's encoders (cotrain = the last cycle)."""
     wd = Path(workdir)
-    out = {
-        "random_init": {"rgb": "random", "flow": "random"},
-        "init": {v: str(wd / f"init_{v}") for v in ("rgb", "flow")},
-    }
+    out = {"random_init": {"rgb": "random", "flow": "random"}, "init": init_sources(config, wd)}
     cycles = config.schedule.cotrain_cycles
     if cycles:
         out["cotrain"] = {v: str(wd / f"cotrain{cycles}_{v}") for v in ("rgb", "flow")}

@@ -17,17 +17,27 @@ from cvtcl_jax.eval.training_check import RetrievalCheck
 from cvtcl_jax.export import export_stage
 from cvtcl_jax.modes import checks, evaluation
 from cvtcl_jax.modes.checks import ConfigError
-from cvtcl_jax.training.stage import Stage, other_view, train_stage
+from cvtcl_jax.training.stage import Stage, other_view, stage_config, train_stage
 
 
 def run_stage(config, workdir, stage: Stage) -> dict:
-    """Trains one stage in `workdir` with the config's in-training retrieval check."""
-    return train_stage(config, workdir, stage, evaluate=RetrievalCheck(config, stage.view))
+    """Trains one stage in `workdir` with the config's in-training retrieval check (run with the
+    weight settings of the weights the stage starts from)."""
+    check = RetrievalCheck(stage_config(config, stage), stage.view)
+    return train_stage(config, workdir, stage, evaluate=check)
 
 
-def init_stage(config, view: str) -> Stage:
-    """Initialization of `view`: alpha * InfoNCE + beta * LTCL (docs/method.md §3)."""
-    return Stage(f"init_{view}", view, config.schedule.init_epochs, tuple(config.optim.decay_epochs))
+def init_stage(config, view: str, init_from: str | None = None) -> Stage:
+    """Initialization of `view`: alpha * InfoNCE + beta * LTCL (docs/method.md §3); from a fresh
+    network, or continued from the encoders in init_from (a stage's or imported weights)."""
+    return Stage(
+        f"init_{view}",
+        view,
+        config.schedule.init_epochs,
+        tuple(config.optim.decay_epochs),
+        init_from=init_from or None,
+        key_from=config.train.key_from,
+    )
 
 
 def cotrain_stage(config, name: str, view: str, init_from: str, other_from: str) -> Stage:
@@ -55,6 +65,8 @@ def check_init(config) -> None:
     checks.check_view(config.train.view)
     checks.check_training(config)
     checks.check_data(config, (config.train.view,))
+    if config.train.init_from:
+        checks.check_stage_source(config.train.init_from, "train.init_from", config.train.view, config.model)
 
 
 def check_cotrain(config) -> None:
@@ -72,7 +84,7 @@ def check_export(config) -> None:
 
 
 def run_init(config, workdir) -> dict:
-    return run_stage(config, workdir, init_stage(config, config.train.view))
+    return run_stage(config, workdir, init_stage(config, config.train.view, config.train.init_from))
 
 
 def run_cotrain(config, workdir) -> dict:
@@ -87,10 +99,11 @@ def run_export(config, workdir) -> dict:
 
 
 def schedule_stages(config, workdir: str | Path) -> list[Stage]:
-    """init RGB, init flow, then per cycle co-training of RGB (flow frozen) and of flow (RGB frozen)."""
+    """init RGB, init flow (each unless schedule.init_from_<view> gives it), then per cycle
+    co-training of RGB (flow frozen) and of flow (RGB frozen)."""
     wd = Path(workdir)
-    stages = [init_stage(config, v) for v in ("rgb", "flow")]
-    last = {"rgb": str(wd / "init_rgb"), "flow": str(wd / "init_flow")}
+    stages = [init_stage(config, v) for v in ("rgb", "flow") if not config.schedule.get(f"init_from_{v}")]
+    last = evaluation.init_sources(config, wd)
     for cycle in range(1, config.schedule.cotrain_cycles + 1):
         for view in ("rgb", "flow"):
             name = f"cotrain{cycle}_{view}"
@@ -102,6 +115,10 @@ def schedule_stages(config, workdir: str | Path) -> list[Stage]:
 def check_schedule(config) -> None:
     checks.check_training(config)
     checks.check_data(config, ("rgb", "flow"))
+    for view in ("rgb", "flow"):
+        key = f"init_from_{view}"
+        if config.schedule.get(key):
+            checks.check_stage_source(config.schedule[key], f"schedule.{key}", view, config.model)
     if config.schedule.cotrain_cycles < 0 or config.schedule.init_epochs < 1:
         raise ConfigError("schedule.init_epochs must be >= 1 and schedule.cotrain_cycles >= 0")
     evaluation.check_schedule_evaluation(config)

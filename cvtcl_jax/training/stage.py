@@ -23,7 +23,7 @@ from cvtcl_jax import checkpoints, optim
 from cvtcl_jax.data import pipeline
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import load_dataset_info
-from cvtcl_jax.models import encoder_from_config
+from cvtcl_jax.models import encoder_from_config, weight_settings
 from cvtcl_jax.sharding import make_mesh
 from cvtcl_jax.state import FrozenEncoder, create_train_state, state_sharding
 from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step
@@ -39,7 +39,8 @@ Evaluator = Callable[[dict], dict]
 class Stage:
     """One training run of one view.
 
-    init_from: workdir of this view's previous stage, whose encoders it starts from (co-training).
+    init_from: workdir of this view's previous stage (or of imported weights), whose encoders it
+      starts from (co-training; an initialization continued); None: a fresh network.
     other_from: workdir of the other view's stage, whose network ranks the queue (co-training).
     key_from: the item of init_from the key encoder starts from: 'encoder' (a copy of the query
       encoder, as CoCLR) or 'ema_encoder' (the previous stage's key encoder).
@@ -105,23 +106,57 @@ def _encoder_template(state) -> dict:
     return {"params": state.params, "batch_stats": state.batch_stats}
 
 
-def cotrain_start(state, stage: Stage):
-    """A co-training stage's first state and frozen network. -> (state, FrozenEncoder).
+def source_model_config(workdir: str | Path) -> dict:
+    """The model config a stage (or an import) in `workdir` was written with."""
+    return dict(checkpoints.stage_info(workdir)["config"].get("model", {}))
 
-    The trained view's query encoder is init_from's `encoder`; its key encoder init_from's
-    `stage.key_from` item; optimiser and queue stay fresh. The frozen network is other_from's
-    `stage.other_encoder` item. `state` (fresh, sharded) fixes the structure and placement.
-    """
+
+def with_weight_settings(model_cfg, source: str | Path | None, what: str) -> dict:
+    """model_cfg with the settings that belong to the weights (BN epsilon, input channel order)
+    taken from those in `source` (a stage or import workdir; None: model_cfg's own), saying so
+    where they differ from model_cfg's."""
+    model_cfg = dict(model_cfg)
+    if not source:
+        return model_cfg
+    theirs, ours = weight_settings(source_model_config(source)), weight_settings(model_cfg)
+    if theirs != ours:
+        logging.warning(
+            "%s runs the weights of %s with their own %s (the config says %s)", what, source, theirs, ours
+        )
+    return {**model_cfg, **theirs}
+
+
+def stage_config(config, stage: Stage):
+    """The config a stage trains with: config.model's weight settings taken from init_from's
+    weights, so its checkpoints, exports and checks run them as they were trained."""
+    model_cfg = with_weight_settings(config.model, stage.init_from, stage.name)
+    if model_cfg == dict(config.model):
+        return config
+    config = config.copy_and_resolve_references()
+    config.model.update(model_cfg)
+    return config
+
+
+def other_model_config(config, stage: Stage) -> dict:
+    """The frozen network's model config: config.model with other_from's weight settings."""
+    return with_weight_settings(
+        config.model, stage.other_from, f"{stage.name}'s frozen {stage.other_view} network"
+    )
+
+
+def start_from(state, stage: Stage):
+    """A stage's first state when it starts from init_from's encoders: the query encoder is
+    init_from's `encoder`, the key encoder its `stage.key_from` item; optimiser and queue stay
+    fresh. `state` (fresh, sharded) fixes the structure and placement."""
     template = _encoder_template(state)
     enc = checkpoints.restore_encoder(stage.init_from, template, "encoder")
     key = checkpoints.restore_encoder(stage.init_from, template, stage.key_from)
-    state = state.replace(
+    return state.replace(
         params=enc["params"],
         batch_stats=enc["batch_stats"],
         ema_params=jax.tree.map(jnp.copy, key["params"]),
         ema_batch_stats=jax.tree.map(jnp.copy, key["batch_stats"]),
     )
-    return state, frozen_encoder(state, stage)
 
 
 def frozen_encoder(state, stage: Stage) -> FrozenEncoder:
@@ -161,6 +196,7 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
     if done is not None:
         logging.info("stage %s in %s is finished; not training it again", stage.name, workdir)
         return done
+    config = stage_config(config, stage)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tc = config.train
@@ -217,22 +253,28 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
                 frozen = (frozen_encoder(state, stage),)
         else:
             writer.write_hparams(_flat_hparams(config))
-            if stage.cotrain:
-                state, other = cotrain_start(state, stage)
-                frozen = (other,)
+            if stage.init_from:
+                state = start_from(state, stage)
                 logging.info(
-                    "%s starts from the encoders of %s (key encoder from its %s); %s's %s ranks",
+                    "%s starts from the encoders of %s (key encoder from its %s)",
                     stage.name,
                     stage.init_from,
                     stage.key_from,
-                    stage.other_from,
-                    stage.other_encoder,
                 )
+            if stage.cotrain:
+                frozen = (frozen_encoder(state, stage),)
+                logging.info("%s: %s's %s ranks", stage.name, stage.other_from, stage.other_encoder)
         start = int(progress.get("batches", 0))
 
         # -------------------------------------------------------------- step and input
         step_fn = jit_train_step(
-            make_train_step(model, ccfg, optimizer, schedule, other_model=model if stage.cotrain else None),
+            make_train_step(
+                model,
+                ccfg,
+                optimizer,
+                schedule,
+                other_model=encoder_from_config(other_model_config(config, stage)) if stage.cotrain else None,
+            ),
             mesh,
             shapes,
             cotrain=stage.cotrain,
