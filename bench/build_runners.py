@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 from data_prep import synthetic  # noqa: E402
 
 
-def run(raw: Path, out: Path, workers: int, beam: str | None) -> float:
+def timed_build(raw: Path, out: Path, workers: int, flags: list[str]) -> float:
+    """Wall seconds of one `python -m data_prep.build` of the UCF101-layout raw set (OpenCV flow)."""
     cmd = [
         sys.executable,
         "-m",
@@ -38,12 +39,24 @@ def run(raw: Path, out: Path, workers: int, beam: str | None) -> float:
         f"--raw_dir={raw}",
         f"--out_dir={out}",
     ]
-    cmd += [f"--workers={workers}", "--quiet", "--flow_backend=opencv"]
-    if beam:
-        cmd.append(f"--beam_pipeline_options={beam}")
+    cmd += [f"--workers={workers}", "--quiet", "--flow_backend=opencv", *flags]
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
     return time.perf_counter() - start
+
+
+def speed_row(way: str, videos: int, frames: int, size: str, workers: int, wall: float) -> dict:
+    """One line of the data preparation benches: wall seconds and frames/s (per worker)."""
+    return {
+        "way": way,
+        "videos": videos,
+        "frames": frames,
+        "size": size,
+        "workers": workers,
+        "wall_s": round(wall, 1),
+        "frames_per_s": round(frames / wall, 2),
+        "frames_per_s_per_worker": round(frames / wall / workers, 2),
+    }
 
 
 def main():
@@ -71,18 +84,9 @@ def main():
         )
         frames = 4 * groups * args.frames
         for name, (workers, beam) in ways.items():
-            wall = run(raw, Path(tmp) / name, workers, beam)
-            row = {
-                "way": name,
-                "videos": 4 * groups,
-                "frames": frames,
-                "size": "160x120",
-                "workers": workers,
-                "wall_s": round(wall, 1),
-                "frames_per_s": round(frames / wall, 2),
-                "frames_per_s_per_worker": round(frames / wall / workers, 2),
-            }
-            print(json.dumps(row), flush=True)
+            flags = [f"--beam_pipeline_options={beam}"] if beam else []
+            wall = timed_build(raw, Path(tmp) / name, workers, flags)
+            print(json.dumps(speed_row(name, 4 * groups, frames, "160x120", workers, wall)), flush=True)
 
 
 if __name__ == "__main__":

@@ -115,12 +115,11 @@ def export_backbone(
         "batchnorm_epsilon": float(settings["bn_epsilon"]),
         "torchvision_compatible": full,
         "torchvision_state_dict": {
-            "bn_epsilon": float(settings["bn_epsilon"]),
             "input_channels": "reversed: (128, dy, dx) for flow, as CoCLR read it"
             if settings["reverse_input_channels"]
             else "as stored: RGB, or flow (dx, dy, 128)",
             "note": "torchvision's stock s3d() uses BatchNorm eps 1e-3; build it with "
-            "norm_layer=partial(BatchNorm3d, eps=bn_epsilon) to compute these features",
+            "norm_layer=partial(BatchNorm3d, eps=batchnorm_epsilon) to compute these features",
         },
         "files": {"params": "params", "jax_export": EXPORT_FILE, "torchvision_state_dict": SAFETENSORS_FILE},
         "platforms": list(PLATFORMS),

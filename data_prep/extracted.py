@@ -96,6 +96,12 @@ class FrameSource:
         except OSError as e:
             raise VideoError(f"its {self.view} folder {entry} cannot be listed: {e}") from e
         found = sorted((int(m.group(1)), n) for n in names if (m := pattern.match(n)))
+        numbers = [i for i, _ in found]
+        if numbers and numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+            gap = next(i for i, j in zip(numbers, numbers[1:], strict=False) if j != i + 1) + 1
+            raise VideoError(
+                f"its {self.view} files in {entry} skip number {gap} (an incomplete extraction?)"
+            )
         files = [os.path.join(entry, n) for _, n in found]
         if all_flow and self.layout == "mmaction" and self.view == "flow":
             files += [f.replace("flow_x_", "flow_y_") for f in files]

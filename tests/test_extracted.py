@@ -14,7 +14,8 @@ import pytest
 
 from data_prep import build, layouts, synthetic
 from data_prep.builders import dataset_name
-from data_prep.video import dequantize_flow
+from data_prep.extracted import detect
+from data_prep.video import VideoError, dequantize_flow
 from tests import extracted_layouts as tools
 from tests.test_data_prep import examples_of, metadata_of
 
@@ -75,7 +76,7 @@ def check_against_given(records, root, videos, given_flow):
         assert np.abs(dequantize_flow(stored) - np.clip(np.stack(flows), -20, 20)).mean() < 0.25
 
 
-def test_coclr_folders_build_the_given_frames_and_flow_without_any_video(extracted, tmp_path):
+def test_coclr_folders_build_the_given_frames_and_flow_without_any_video(extracted, tmp_path, capsys):
     root, raw, videos = extracted
     assert run_build(raw, tmp_path, f"--rgb_from={root / 'frame'}", f"--flow_from={root / 'flow'}") == 0
     check_against_given(by_id(tmp_path), root, videos, lambda n: given_coclr_flow(root / "flow" / n))
@@ -89,7 +90,9 @@ def test_coclr_folders_build_the_given_frames_and_flow_without_any_video(extract
         "bound_pixels": 20.0,
     }
     # Resumable as a build from videos: a second run finds every video prepared.
+    capsys.readouterr()
     assert run_build(raw, tmp_path, f"--rgb_from={root / 'frame'}", f"--flow_from={root / 'flow'}") == 0
+    assert "6 videos, 6 already prepared, 0 to do" in capsys.readouterr().out
 
 
 def test_lmdbs_in_both_msgpack_variants_store_what_the_folders_store(extracted, tmp_path):
@@ -104,6 +107,18 @@ def test_lmdbs_in_both_msgpack_variants_store_what_the_folders_store(extracted, 
     for vid, record in from_folders.items():
         assert from_lmdb[vid]["rgb"] == record["rgb"] and from_lmdb[vid]["flow"] == record["flow"]
     assert metadata_of(tmp_path / "lmdb", UCF)["parameters"]["frames"]["layout"] == "coclr_lmdb"
+
+
+def test_a_beam_runner_builds_from_frames_what_the_local_pool_builds(extracted, tmp_path):
+    """With --beam_pipeline_options the builder's Beam pipeline reads the frames itself."""
+    root, raw, _ = extracted
+    flags = [f"--rgb_from={root / 'rawframes'}", f"--flow_from={root / 'rawframes'}"]
+    assert run_build(raw, tmp_path / "pool", *flags) == 0
+    assert run_build(raw, tmp_path / "beam", *flags, "--beam_pipeline_options=runner=DirectRunner") == 0
+    pool, beam = by_id(tmp_path / "pool"), by_id(tmp_path / "beam")
+    assert sorted(pool) == sorted(beam)
+    for vid, record in pool.items():
+        assert beam[vid]["rgb"] == record["rgb"] and beam[vid]["flow"] == record["flow"]
 
 
 @pytest.mark.parametrize("folder, bound", [("rawframes", 20.0), ("rawframes_b15", 15.0)])
@@ -222,3 +237,15 @@ def test_layouts_without_videos_take_their_classes_from_the_lists(tmp_path):
     (own / "splits" / "testlist01.txt").write_text("a/z.mp4\n")
     layout = layouts.folder(str(own), 1, videos_required=False)
     assert layout.classes == ["a", "b"] and [v.label for v in layout.videos] == [0, 0, 1]
+
+
+def test_frame_files_numbered_with_a_gap_are_refused(tmp_path):
+    video = tmp_path / "Wave" / "w1"
+    video.mkdir(parents=True)
+    frame = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
+    for i in (1, 2, 4):
+        (video / f"image_{i:05d}.jpg").write_bytes(frame)
+    source = detect(str(tmp_path), "rgb")
+    assert source.layout == "coclr" and source.locate("Wave", "w1") == str(video)
+    with pytest.raises(VideoError, match="skip number 3"):
+        source.rgb_frames(str(video))

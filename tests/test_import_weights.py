@@ -5,7 +5,6 @@ s3d() with its epsilon 1e-3."""
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 from safetensors import safe_open
 
 from configs import import_weights as import_config
-from cvtcl_jax import checkpoints, modes
+from cvtcl_jax import checkpoints, modes, optim
 from cvtcl_jax.models import encoder_from_config
 from cvtcl_jax.models.imported_weights import (
     WeightsError,
@@ -24,6 +23,7 @@ from cvtcl_jax.models.imported_weights import (
     import_state_dict,
 )
 from cvtcl_jax.modes.checks import ConfigError
+from cvtcl_jax.state import create_train_state
 from cvtcl_jax.training import stage as training_stage
 from tests import coclr_reference as ref
 from tests import tiny_config, torch_files
@@ -204,14 +204,16 @@ def test_torchvision_weights_run_with_their_epsilon_and_round_trip_through_our_e
     clip = clip_fn(clip_seed)
     modes.run(import_config_for(path, "rgb"), tmp_path / "tv")
     assert rel_err(extractor(tmp_path / "tv").call(clip), reference["torchvision/features"]) < 1e-4
-    modes.run(import_config_for(path, "rgb", bn_epsilon=1e-5), tmp_path / "tv_eps5")
-    assert rel_err(extractor(tmp_path / "tv_eps5").call(clip), reference["torchvision/features"]) > 0.05
-    assert rel_err(extractor(tmp_path / "tv_eps5").call(clip), reference["rgb/features"]) < 1e-4
-
     again, _ = import_checkpoint(tmp_path / "tv" / "s3d_torchvision.safetensors", "rgb")
     assert again.bn_epsilon == 1e-3 and not again.reverse_input_channels
     first, _ = import_checkpoint(path, "rgb")
     jax.tree.map(np.testing.assert_array_equal, again.encoder, first.encoder)
+
+    # Imported again into the same directory with CoCLR's epsilon forced: CoCLR's features.
+    modes.run(import_config_for(path, "rgb", bn_epsilon=1e-5), tmp_path / "tv")
+    assert rel_err(extractor(tmp_path / "tv").call(clip), reference["torchvision/features"]) > 0.05
+    assert rel_err(extractor(tmp_path / "tv").call(clip), reference["rgb/features"]) < 1e-4
+    assert checkpoints.stage_info(tmp_path / "tv")["config"]["model"]["bn_epsilon"] == 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -281,19 +283,19 @@ def test_imported_encoders_evaluate_train_and_re_export_like_ours(imported, tmp_
     with safe_open(str(tmp_path / "re_exported" / "s3d_torchvision.safetensors"), "numpy") as f:
         assert f.metadata()["reverse_input_channels"] == "true"
 
-    # An initialization continued from CoCLR's RGB weights: at a vanishing learning rate one step
-    # leaves the imported parameters where they were.
+    # An initialization continued from CoCLR's RGB weights starts from them exactly (query and,
+    # as CoCLR, key encoder), with a fresh optimiser and queue.
     init = full_size(tiny_config.run_config(data, "init", view="rgb", init_from=str(sources["rgb"])))
-    init.schedule.init_epochs = 1
-    init.optim.update(lr=1e-12, weight_decay=0.0)
-    modes.run(init, tmp_path / "init_rgb")
-    info = checkpoints.stage_info(tmp_path / "init_rgb")
-    shapes = jax.eval_shape(
-        lambda: encoder_from_config(info["config"]["model"]).init(
-            jax.random.key(0), np.zeros((1, 8, 32, 32, 3), np.uint8), train=False
-        )
-    )
-    trained = checkpoints.restore_encoder(tmp_path / "init_rgb", dict(shapes), "encoder")
-    start = checkpoints.restore_encoder(sources["rgb"], dict(shapes), "encoder")
-    close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7)
-    jax.tree.map(close, jax.device_get(trained["params"]), jax.device_get(start["params"]))
+    modes.MODES["init"].check(init)
+    stage = modes.training.init_stage(init, "rgb", init.train.init_from)
+    model = encoder_from_config(training_stage.stage_config(init, stage).model)
+    optimizer = optim.adam_l2(1e-3, 0.0)
+    fresh = jax.jit(lambda rng: create_train_state(model, optimizer, rng, (8, 32, 32, 3), 16, 8))
+    state = training_stage.start_from(fresh(jax.random.key(0)), stage)
+    coclr, _ = import_checkpoint(sources["rgb"].parent / "coclr_rgb.pth.tar", "rgb")
+    for params in (state.params, state.ema_params):
+        jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), coclr.encoder["params"])
+    assert int(state.step) == 0 and int(state.queue.fill) == 0
+    init.train.init_from = str(sources["flow"])
+    with pytest.raises(ConfigError, match="holds a 'flow' encoder"):
+        modes.MODES["init"].check(init)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -119,6 +120,7 @@ def run_import(config, workdir) -> dict:
     clip = (cfg.data.num_frames, cfg.data.crop_size, cfg.data.crop_size)
     manifest = export_backbone(backbone_variables(exported), dict(cfg.model), clip, wc.view, wd, source)
     progress = {"stage": "import", "view": wc.view, "done": True, "source": source}
+    shutil.rmtree(wd / checkpoints.CHECKPOINT_DIR, ignore_errors=True)  # an earlier import's only
     checkpoints.save_encoders(wd, encoder, key_encoder, checkpoints.config_json(cfg), progress)
     if jax.process_index() == 0:
         print(

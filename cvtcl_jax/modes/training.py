@@ -23,8 +23,8 @@ from cvtcl_jax.training.stage import Stage, other_view, stage_config, train_stag
 def run_stage(config, workdir, stage: Stage) -> dict:
     """Trains one stage in `workdir` with the config's in-training retrieval check (run with the
     weight settings of the weights the stage starts from)."""
-    check = RetrievalCheck(stage_config(config, stage), stage.view)
-    return train_stage(config, workdir, stage, evaluate=check)
+    config = stage_config(config, stage)
+    return train_stage(config, workdir, stage, evaluate=RetrievalCheck(config, stage.view))
 
 
 def init_stage(config, view: str, init_from: str | None = None) -> Stage:
