@@ -222,15 +222,21 @@ class VideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def read_layout(self, manual_dir) -> Layout:
         """The raw layout in manual_dir, checked (LayoutError before any video is decoded); with
-        rgb_from, the given frames (and flow) must hold at least one of its videos."""
+        rgb_from, the given frames (and flow) must hold at least one of its videos. Kinetics sets
+        the videos they lack aside as missing, as it does absent raw videos."""
         layout = LAYOUTS[self.LAYOUT](str(manual_dir), self.builder_config.split, self.rgb_from is None)
         for source in (self.rgb_from, self.flow_from if self.builder_config.flow else None):
-            if source is not None and not any(source.locate(v.class_name, v.video_id) for v in layout.videos):
+            if source is None:
+                continue
+            absent = {v.video_id for v in layout.videos if source.locate(v.class_name, v.video_id) is None}
+            if len(absent) == len(layout.videos):
                 names = ", ".join(f"{v.class_name}/{v.video_id}" for v in layout.videos[:3])
                 raise LayoutError(
                     f"the {source.view} at {source.path} ({source.layout}) holds none of the "
                     f"{len(layout.videos)} videos the split lists name (e.g. {names}); is it this dataset's?"
                 )
+            if self.LAYOUT == "kinetics":
+                layout = layout.set_aside(absent)
         return layout
 
     def preparation(self, download_dir) -> Preparation:

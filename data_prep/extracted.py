@@ -16,7 +16,8 @@
 Flow is returned in our quantisation (docs/data.md): (H, W, 2) uint8 (dx, dy) with
 round((clip(f, -20, 20) + 20) * 255 / 40), so CoCLR's values and mmaction2's at b = 20 pass
 through unchanged and other bounds are re-quantised. A video is found by its class folder and
-file stem (the video id), or by its stem alone where the class folders are named otherwise.
+file stem (the video id), or by its stem alone where the class folders are named otherwise or the
+videos lie one level deeper (<subset>/<Class>/<video>, as Kinetics' train and val trees).
 A `FrameSource` is a small picklable description; LMDB handles and folder indexes are opened
 once per process.
 """
@@ -169,14 +170,31 @@ def _by_stem(names: tuple[str, ...], video_id: str) -> list[str]:
 
 
 @functools.cache
+def _video_dirs(root: str, limit: int | None = None) -> list[str]:
+    """Folders that hold files, at <Class>/<video> or one level deeper (<subset>/<Class>/<video>,
+    as Kinetics' train and val trees), sorted; the first `limit` only when given."""
+    found: list[str] = []
+    for depth in (2, 3):
+        level = [root]
+        for _ in range(depth):
+            level = sorted(e.path for d in level for e in os.scandir(d) if e.is_dir())
+        for folder in level:
+            if any(e.is_file() for e in os.scandir(folder)):
+                found.append(folder)
+                if limit is not None and len(found) >= limit:
+                    return found
+        if found:
+            return found
+    return found
+
+
+@functools.cache
 def _folder_index(root: str) -> dict[str, tuple[str, ...]]:
-    """video stem -> its folders under root/<Class>/ (built once per process, for misnamed classes)."""
+    """video stem -> its folders below root (built once per process): for class folders named
+    otherwise than the class list's, and for videos one level deeper."""
     index: dict[str, list[str]] = {}
-    for cls in os.scandir(root):
-        if cls.is_dir():
-            for video in os.scandir(cls.path):
-                if video.is_dir():
-                    index.setdefault(video.name, []).append(video.path)
+    for folder in _video_dirs(root):
+        index.setdefault(os.path.basename(folder), []).append(folder)
     return {k: tuple(v) for k, v in index.items()}
 
 
@@ -231,13 +249,9 @@ def _is_lmdb(path: Path) -> bool:
     return path.is_file() and (Path(f"{path}-lock").exists() or Path(f"{path}-order").exists())
 
 
-def _sample_files(root: Path, limit: int = 8) -> list[str]:
-    """File names in the first few video folders under root/<Class>/<video>/."""
-    names: list[str] = []
-    for cls in sorted(p for p in root.iterdir() if p.is_dir())[:limit]:
-        for video in sorted(p for p in cls.iterdir() if p.is_dir())[:2]:
-            names += sorted(os.listdir(video))
-    return names
+def _sample_files(root: Path, limit: int = 16) -> list[str]:
+    """File names in the first few video folders below root."""
+    return [name for folder in _video_dirs(str(root), limit) for name in sorted(os.listdir(folder))]
 
 
 def detect(path: str, view: str, layout: str | None = None, bound: float = FLOW_BOUND) -> FrameSource:

@@ -44,6 +44,13 @@ class Layout:
     subsets: dict[str, list[str]]  # {"train": [video_id, ...], "test": [...]} (TFDS split names)
     missing: list[str] = dataclasses.field(default_factory=list)  # listed, absent (Kinetics only)
 
+    def set_aside(self, absent_ids: set[str]) -> Layout:
+        """This layout without the videos whose ids are in `absent_ids`, listed in `missing`."""
+        kept = [v for v in self.videos if v.video_id not in absent_ids]
+        subsets = {k: [i for i in ids if i not in absent_ids] for k, ids in self.subsets.items()}
+        gone = [v.rel for v in self.videos if v.video_id in absent_ids]
+        return Layout(self.dataset, self.classes, kept, subsets, sorted(self.missing + gone))
+
     def source_ids(self) -> dict[str, int]:
         """Source name -> unique integer, in sorted order of source names."""
         return {s: i for i, s in enumerate(sorted({v.source for v in self.videos}))}

@@ -249,3 +249,39 @@ def test_frame_files_numbered_with_a_gap_are_refused(tmp_path):
     assert source.layout == "coclr" and source.locate("Wave", "w1") == str(video)
     with pytest.raises(VideoError, match="skip number 3"):
         source.rgb_frames(str(video))
+
+
+def test_kinetics_frames_in_train_and_val_trees_set_absent_videos_aside(tmp_path, capsys):
+    """mmaction2 rawframes of Kinetics as <subset>/<class_with_underscores>/<clip>/: found by clip
+    stem; a listed clip without frames is missing (as an absent video is), not a failure."""
+    raw, frames = tmp_path / "raw", tmp_path / "rawframes"
+    (raw / "annotations").mkdir(parents=True)
+    rows = {
+        "train": [("juggling balls", "aaa", 0, 10), ("abseiling", "bbb", 5, 15)],
+        "val": [("abseiling", "ccc", 1, 11)],
+    }
+    rng = np.random.default_rng(0)
+    for subset, items in rows.items():
+        lines = ["label,youtube_id,time_start,time_end,split"]
+        for label, yid, start, end in items:
+            lines.append(f"{label},{yid},{start},{end},{subset}")
+            if yid != "bbb":
+                clip = [
+                    cv2.GaussianBlur(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8), (5, 5), 0)
+                    for _ in range(5)
+                ]
+                name = f"{subset}/{label.replace(' ', '_')}/{yid}_{start:06d}_{end:06d}"
+                tools.write_mmaction({name: (clip, tools.tvl1(clip))}, frames, bound=20.0)
+        (raw / "annotations" / f"{subset}.csv").write_text("\n".join(lines) + "\n")
+    flags = [f"--rgb_from={frames}", f"--flow_from={frames}"]
+    assert run_build(raw, tmp_path / "out", *flags, dataset="kinetics") == 0
+    assert "1 video(s) listed in the annotations are missing" in capsys.readouterr().out
+    name = dataset_name("kinetics", short_side=32)
+    meta = metadata_of(tmp_path / "out", name)
+    assert meta["missing"] == ["train/bbb_000005_000015.mp4"] and meta["failures"] == []
+    train = examples_of(tmp_path / "out", name, "train")
+    val = examples_of(tmp_path / "out", name, "validation")
+    assert [(r["video_id"], r["num_frames"], r["num_flow"]) for r in train + val] == [
+        ("aaa_000000_000010", 5, 4),
+        ("ccc_000001_000011", 5, 4),
+    ]
