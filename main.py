@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging as std_logging
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -63,6 +64,60 @@ def _check_multi_host_flags() -> None:
         )
 
 
+def _config_keys(node, prefix: str = "") -> list[str]:
+    """Every key path of a config ('optim.lr', ...), sections included."""
+    keys = []
+    for key, value in node.items():
+        keys.append(prefix + key)
+        if hasattr(value, "items"):
+            keys += _config_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _bad_override(argv) -> str | None:
+    """What is wrong with the command line's --config.<key>=<value> overrides, or None: a key the
+    config does not have (with the nearest ones that it has)."""
+    import difflib
+    import importlib.util
+
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if spec is None:
+        return None
+    path, _, arg = spec.partition(":")
+    try:
+        loader = importlib.util.spec_from_file_location("_cvtcl_config_keys", path)
+        module = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(module)
+        config = module.get_config(arg) if arg else module.get_config()
+    except Exception:  # the config file itself is broken: absl's own message says how
+        return None
+    keys = _config_keys(config)
+    for a in argv:
+        if a.startswith("--config.") and "=" in a:
+            key = a[len("--config.") :].split("=", 1)[0]
+            if key not in keys:
+                near = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+                hint = f"; did you mean {' or '.join(near)}?" if near else ""
+                return (
+                    f"--config.{key}: the config has no key {key}{hint} (configs/default.py lists every key)"
+                )
+    return None
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with a bad flag or config override reported in one line, exit code 2."""
+    problem = _bad_override(argv)
+    if problem is None:
+        try:
+            return app.parse_flags_with_usage(argv)
+        except SystemExit as e:  # absl printed what was wrong and exits 1
+            raise SystemExit(2) from e
+        except (AttributeError, KeyError, TypeError, ValueError) as e:  # a value of the wrong type
+            problem = f"a --config override could not be applied: {e}"
+    print(f"error: {problem}", file=sys.stderr)
+    sys.exit(2)
+
+
 def _quiet_orbax(record) -> bool:
     """Orbax logs every checkpoint I/O step at INFO; keep its warnings and errors only."""
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
@@ -82,7 +137,9 @@ def main(argv) -> None:
     import jax
 
     from cvtcl_jax import modes
+    from cvtcl_jax.data.records import DamagedRecordError
     from cvtcl_jax.modes.checks import ConfigError
+    from cvtcl_jax.training.loop import EXIT_PREEMPTED, Preempted
 
     _init_distributed()
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(FLAGS.workdir, "jax_cache")
@@ -100,7 +157,13 @@ def main(argv) -> None:
         modes.run(FLAGS.config, FLAGS.workdir)
     except ConfigError as e:
         modes.main_error(e)
+    except Preempted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+    except DamagedRecordError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

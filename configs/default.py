@@ -151,6 +151,10 @@ def get_config() -> ml_collections.ConfigDict:
             retrieval_max_videos=512,  # videos per subset for that check (None: all)
         )
     )
+    # Resuming a stage with another config (cvtcl_jax/training/resume.py): the keys or sections,
+    # comma-separated, allowed to differ from the saved config (e.g. "optim.lr,seed"); logging,
+    # evaluation and paths may always differ. The stage's history records what changed.
+    cfg.resume = ml_collections.ConfigDict(dict(allow_changes=""))
     # Export of a trained backbone (export mode, and the end of the schedule).
     cfg.export = ml_collections.ConfigDict(
         dict(

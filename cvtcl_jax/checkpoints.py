@@ -19,6 +19,8 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
 from cvtcl_jax.state import TrainState
 
@@ -83,9 +85,42 @@ def save_encoders(workdir: str | Path, encoder: dict, ema_encoder: dict, config:
         mngr.wait_until_finished()
 
 
+UNREADABLE = ".unreadable"  # suffix of a checkpoint step set aside because it cannot be read
+
+
 def restore_state(mngr: ocp.CheckpointManager, state: TrainState, step: int | None = None):
-    """(state restored into `state`'s structure and shardings, progress dict) at `step` (latest)."""
-    step = mngr.latest_step() if step is None else step
+    """(state restored into `state`'s structure and shardings, progress dict) at `step`, or at the
+    latest step that can be read: an unreadable step (a truncated or damaged file) is reported and
+    set aside as `<step>.unreadable` beside the others, its files kept, and the step before it
+    is used. Raises CheckpointError when no step can be read."""
+    if step is not None:
+        return _restore_state(mngr, state, step)
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            return _restore_state(mngr, state, step)
+        except Exception as e:  # TensorStore, Orbax and OS errors of a damaged step alike
+            aside = Path(mngr.directory) / f"{step}{UNREADABLE}"
+            if jax.process_index() == 0:
+                (Path(mngr.directory) / str(step)).rename(aside)
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices(f"checkpoint step {step} set aside")
+            mngr.reload()
+            logging.warning(
+                "checkpoint step %d in %s cannot be read (%s: %s); it is kept as %s and the run resumes "
+                "from the step before it",
+                step,
+                mngr.directory,
+                type(e).__name__,
+                str(e).splitlines()[0][:300] if str(e) else "",
+                aside,
+            )
+    raise CheckpointError(
+        f"no checkpoint step in {mngr.directory} can be read (the unreadable ones are kept as "
+        f"<step>{UNREADABLE}); start the stage in a new workdir"
+    )
+
+
+def _restore_state(mngr: ocp.CheckpointManager, state: TrainState, step: int):
     args = ocp.args.Composite(
         encoder=ocp.args.StandardRestore(
             _abstract({"params": state.params, "batch_stats": state.batch_stats})

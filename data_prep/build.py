@@ -36,8 +36,10 @@ import argparse
 import dataclasses
 import multiprocessing
 import os
+import shutil
 import sys
 import time
+from pathlib import Path
 
 from data_prep.extracted import LAYOUTS as LAYOUT_NAMES
 from data_prep.extracted import SourceError
@@ -163,15 +165,60 @@ def frame_sources(args):
     return rgb, flow
 
 
-def builders(args, rgb_from=None, flow_from=None):
-    """The TFDS builders this command runs: one per split list (Kinetics: one)."""
+def builders(args, rgb_from=None, flow_from=None, data_dir=None):
+    """The TFDS builders this command runs: one per split list (Kinetics: one), in --out_dir or
+    in `data_dir`."""
     from data_prep.builders import BUILDERS, dataset_configs
 
     params = dict(short_side=args.short_side, jpeg_quality=args.jpeg_quality, flow=not args.no_flow)
     configs = dataset_configs(args.dataset, args.split_numbers, args.kinetics_version, **params)
     flow = dict(flow_backend=args.flow_backend, flow_batch=args.flow_batch, flow_bucket=args.flow_bucket)
     inputs = dict(rgb_from=rgb_from, flow_from=flow_from)
-    return [BUILDERS[args.dataset](config=c, data_dir=args.out_dir, **flow, **inputs) for c in configs]
+    out = data_dir or args.out_dir
+    return [BUILDERS[args.dataset](config=c, data_dir=out, **flow, **inputs) for c in configs]
+
+
+def _is_built(builder) -> bool:
+    return (Path(builder.data_dir) / "dataset_info.json").is_file()
+
+
+def existing_differs(builder, args, prep) -> str | None:
+    """How the dataset `builder` already holds differs from what this command would build (its
+    shard count, its frames' or flow's source), or None (same, or no dataset yet)."""
+    if not _is_built(builder):
+        return None
+    from data_prep.builders import build_parameters
+
+    info = builder.info
+    shards = sorted({s.num_shards for s in info.splits.values()})
+    if args.num_shards is not None and shards != [args.num_shards]:
+        return f"{', '.join(map(str, shards))} shard(s) per split, not --num_shards={args.num_shards}"
+    old, new = dict(info.metadata.get("parameters", {})), build_parameters(prep)
+    # Datasets built before frames could be given were built from the videos.
+    theirs, ours = old.get("frames", new["frames"] if prep.rgb_from is None else None), new["frames"]
+    if theirs != ours:
+        return f"frames from {theirs}, not from {ours}"
+    # Both flow backends store the same flow; given flow is another matter.
+    theirs, ours = (old.get("flow") or {}).get("source"), (new.get("flow") or {}).get("source")
+    if theirs != ours:
+
+        def said(source):
+            return f"given by {source}" if source else "computed from the frames"
+
+        return f"flow {said(theirs)}, not {said(ours)}"
+    return None
+
+
+def replace_dataset(final, staged) -> None:
+    """Moves the dataset `staged` built beside `final`'s into its place, then deletes the old one:
+    a crash leaves the old dataset or the new one, never neither complete."""
+    old, new = Path(final.data_dir), Path(staged.data_dir)
+    aside = old.with_name(old.name + ".replaced")
+    shutil.rmtree(aside, ignore_errors=True)
+    old.rename(aside)
+    new.rename(old)
+    shutil.rmtree(aside)
+    shutil.rmtree(new.parents[2], ignore_errors=True)  # the staging data_dir
 
 
 def _process(job):
@@ -354,22 +401,39 @@ def main(argv=None) -> int:
         return 2
     download_dir = os.path.join(args.out_dir, "downloads")
     prep = chosen[0].preparation(download_dir)
+    for builder in chosen:
+        differs = existing_differs(builder, args, prep)
+        if differs and not args.overwrite:
+            print(
+                f"error: {builder.info.full_name} in {args.out_dir} exists with {differs}. Rebuild it with "
+                "--overwrite (the new dataset is built beside the old one, which is replaced only once the "
+                "new one is complete), or choose another --out_dir",
+                file=sys.stderr,
+            )
+            return 2
+    # --overwrite builds each existing dataset in a staging data_dir, then swaps it in.
+    staging = os.path.join(args.out_dir, ".overwrite_staging")
+    staged = builders(args, chosen[0].rgb_from, chosen[0].flow_from, data_dir=staging)
     if args.beam_pipeline_options is None:
         videos = {v.video_id: v for layout in layouts for v in layout.videos}
         prepare_videos(
             sorted(videos.values(), key=lambda v: v.rel), prep, args.workers, args.flow_memory_gib, args.quiet
         )
     failed = {}
-    for builder, layout in zip(chosen, layouts, strict=True):
+    for i, (builder, beside, layout) in enumerate(zip(chosen, staged, layouts, strict=True)):
         config = tfds.download.DownloadConfig(
             manual_dir=args.raw_dir,
             beam_options=beam_options(args.beam_pipeline_options),
             num_shards=args.num_shards,
-            download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
-            if args.overwrite
-            else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
+            download_mode=tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS,
         )
-        builder.download_and_prepare(download_dir=download_dir, download_config=config)
+        if args.overwrite and _is_built(builder):
+            shutil.rmtree(beside.data_dir, ignore_errors=True)
+            beside.download_and_prepare(download_dir=download_dir, download_config=config)
+            replace_dataset(builder, beside)
+            builder = builders(args, builder.rgb_from, builder.flow_from)[i]  # reads the new dataset
+        else:
+            builder.download_and_prepare(download_dir=download_dir, download_config=config)
         meta = builder.info.metadata
         counts = ", ".join(f"{s} {v.num_examples}" for s, v in builder.info.splits.items())
         print(f"{builder.info.full_name}: {counts} videos in {builder.data_dir}")

@@ -315,6 +315,16 @@ def offline_runner(download_config):
     return download_config
 
 
+def build_parameters(prep: Preparation) -> dict:
+    """What the metadata records of how a dataset was built: size, quality, frames, flow."""
+    return {
+        "short_side": prep.short_side,
+        "jpeg_quality": prep.jpeg_quality,
+        "frames": "decoded from the raw videos" if prep.rgb_from is None else prep.rgb_from.describe(),
+        "flow": None if prep.flow_backend is None else flow_description(prep),
+    }
+
+
 def build_summary(layout: Layout, cache: VideoCache, prep: Preparation, split: int | None) -> dict:
     """The dataset's metadata: parameters, per-split largest frame, failures and missing videos."""
     outcomes = {v.video_id: cache.outcome(v) for v in layout.videos}
@@ -338,12 +348,7 @@ def build_summary(layout: Layout, cache: VideoCache, prep: Preparation, split: i
         "num_prepared": sum(1 for o in outcomes.values() if o and o["ok"]),
         "num_per_split": counts,
         "max_frame_size": largest,
-        "parameters": {
-            "short_side": prep.short_side,
-            "jpeg_quality": prep.jpeg_quality,
-            "frames": "decoded from the raw videos" if prep.rgb_from is None else prep.rgb_from.describe(),
-            "flow": None if prep.flow_backend is None else flow_description(prep),
-        },
+        "parameters": build_parameters(prep),
         "failures": failures,
         "missing": layout.missing,
     }

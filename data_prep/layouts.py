@@ -65,6 +65,14 @@ def _read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
+def _entry(line: str) -> tuple[str, str | None]:
+    """A stripped split-list line -> (the video's path, its trailing number or None). The path is
+    the whole line but a final whitespace-separated integer (UCF101's class index, HMDB51's
+    train/test tag), so file names with spaces are kept whole."""
+    match = re.fullmatch(r"(.*\S)\s+(\d+)", line)
+    return (match.group(1), match.group(2)) if match else (line, None)
+
+
 def _finish(
     dataset, classes, raw_root: Path, listed: dict[str, list[str]], source_of, required=True
 ) -> Layout:
@@ -112,13 +120,13 @@ def ucf101(raw_dir: str, split: int, videos_required: bool = True) -> Layout:
                 f"{needed} not found; the raw directory must hold UCF-101/ (the videos) and "
                 "ucfTrainTestlist/ (classInd.txt, trainlist0N.txt, testlist0N.txt) as distributed"
             )
-    classes = [line.split()[1] for line in _read_lines(lists / "classInd.txt")]
+    classes = [line.split(maxsplit=1)[1] for line in _read_lines(lists / "classInd.txt")]
     listed = {}
     for subset in ("train", "test"):
         path = lists / f"{subset}list{split:02d}.txt"
         if not path.is_file():
             raise LayoutError(f"split file {path} is missing; it ships in ucfTrainTestlist/")
-        listed[subset] = [line.split()[0] for line in _read_lines(path)]
+        listed[subset] = [_entry(line)[0] for line in _read_lines(path)]
 
     def source_of(cls, stem):
         match = re.match(r"v_.+_g(\d+)_c\d+$", stem)
@@ -157,7 +165,7 @@ def hmdb51(raw_dir: str, split: int, videos_required: bool = True) -> Layout:
     listed = {"train": [], "test": []}
     for cls in classes:
         for line in _read_lines(split_files[f"{cls}_test_split{split}.txt"]):
-            name, tag = line.split()[:2]
+            name, tag = _entry(line)
             if tag in ("1", "2"):
                 listed["train" if tag == "1" else "test"].append(f"{cls}/{name}")
     return _finish("hmdb51", classes, raw, listed, lambda cls, stem: f"{cls}/{stem}", videos_required)
@@ -166,7 +174,8 @@ def hmdb51(raw_dir: str, split: int, videos_required: bool = True) -> Layout:
 def folder(raw_dir: str, split: int, videos_required: bool = True) -> Layout:
     """Your own data: <class>/<video file> plus splits/trainlist0N.txt and splits/testlist0N.txt.
 
-    Split lines name `<class>/<file>` (anything after a space is ignored, as in UCF101's lists).
+    Split lines name `<class>/<file>` (file names may hold spaces; a trailing number, as in
+    UCF101's lists, is ignored).
     Classes are the sorted folder names (without the videos: the classes the split lists name);
     every video is its own source.
     """
@@ -176,7 +185,7 @@ def folder(raw_dir: str, split: int, videos_required: bool = True) -> Layout:
         path = raw / "splits" / f"{subset}list{split:02d}.txt"
         if not path.is_file():
             raise LayoutError(f"split file {path} is missing; list '<class>/<file>' lines in it")
-        listed[subset] = [line.split()[0] for line in _read_lines(path)]
+        listed[subset] = [_entry(line)[0] for line in _read_lines(path)]
     if videos_required:
         classes = sorted(
             p.name

@@ -44,6 +44,7 @@ def write_pattern_dataset(
     num_classes: int = 3,
     sizes: dict[int, tuple[int, int]] | None = None,
     metadata: bool = True,
+    short_side: int | None = None,
 ) -> Path:
     """The TFDS dataset PATTERN_NAME in the data_dir `root`: videos 0..N-1 with the given lengths;
     every `test_every`-th video goes to the test split. Returns the dataset's directory.
@@ -51,7 +52,8 @@ def write_pattern_dataset(
     Labels are video % num_classes and source ids video // 2 (pairs of clips share a source).
     sizes: {video: (height, width)} for videos of another frame size than (HEIGHT, WIDTH).
     Records are written in video order with the features of cvtcl_jax/data/records.py and TFDS's
-    own metadata writer; `metadata=False` leaves out the builders' metadata (max_frame_size).
+    own metadata writer; `metadata=False` leaves out the builders' metadata (max_frame_size);
+    short_side: records it as the frames' stored short side, as data_prep's builders do.
     """
     classes = [f"class{c}" for c in range(num_classes)]
     subsets = {"train": [], "test": []}
@@ -78,5 +80,7 @@ def write_pattern_dataset(
         subsets[subset].append(example)
         largest[subset] = [max(largest[subset][0], height), max(largest[subset][1], width)]
     meta = {"dataset": "pattern", "max_frame_size": largest} if metadata else None
+    if meta is not None and short_side is not None:
+        meta["parameters"] = {"short_side": short_side}
     features = records.video_features(classes, views)
     return records.write_dataset(root, PATTERN_NAME, features, subsets, videos_per_shard, meta)

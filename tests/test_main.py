@@ -226,12 +226,12 @@ def test_cotraining_starts_as_coclr_or_from_the_key_encoders(schedule_run, key_f
 # ---------------------------------------------------------------------- crash safety
 
 
-def _launch(workdir, data_dir):
+def _launch(workdir, data_dir, *flags):
     # JAX_NUM_CPU_DEVICES (not XLA_FLAGS, which is part of the compilation cache key) so the
     # subprocess reuses the steps this session compiled.
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": "8", "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, "main.py", "--config=tests/tiny_config.py", f"--workdir={workdir}"]
-    cmd.append(f"--config.data.dir={data_dir}")
+    cmd += [f"--config.data.dir={data_dir}", *flags]
     return subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )

@@ -8,6 +8,8 @@ restores the features and splits from them), so this host does not need data_pre
 from __future__ import annotations
 
 import dataclasses
+import os
+import struct
 from pathlib import Path
 
 from cvtcl_jax.data.records import VIEWS
@@ -18,8 +20,10 @@ __all__ = [
     "DatasetInfo",
     "SubsetInfo",
     "host_shards",
+    "count_records",
     "load_dataset_info",
     "prepared_datasets",
+    "verify_shards",
 ]
 
 
@@ -58,6 +62,7 @@ class DatasetInfo:
     views: tuple[str, ...]
     subsets: dict
     features: object  # tfds.features.FeaturesDict, for the pipeline's parser
+    short_side: int | None = None  # the stored frames' short side (data_prep's --short_side)
 
     @property
     def num_classes(self) -> int:
@@ -82,6 +87,15 @@ class DatasetInfo:
                     f"{self.name} holds the views {list(self.views)}, not {view!r}; prepare the data "
                     "again without --no_flow to train or evaluate on flow"
                 )
+
+    def check_crop(self, crop_size: int, key: str = "data.crop_size") -> None:
+        """A crop no larger than the stored frames' short side (else every clip is upsampled)."""
+        if self.short_side is not None and crop_size > self.short_side:
+            raise DatasetError(
+                f"{key}={crop_size} is larger than the short side of the frames stored in {self.name} "
+                f"({self.short_side} px): every clip would be upsampled. Lower {key} to at most "
+                f"{self.short_side}, or prepare the data with --short_side={crop_size} or more"
+            )
 
 
 def prepared_datasets(data_dir) -> list[str]:
@@ -128,7 +142,54 @@ def load_dataset_info(data_dir: str | Path | None, name: str | None) -> DatasetI
         views=tuple(v for v in VIEWS if v in info.features),
         subsets=subsets,
         features=info.features,
+        short_side=meta.get("parameters", {}).get("short_side"),
     )
+
+
+def count_records(path: str) -> tuple[int, bool]:
+    """(complete records, whether the file ends where its last record does) of a TFRecord file,
+    from the records' length headers alone (no record is read or checked)."""
+    if "://" in path:  # a remote file system: TensorFlow's reader
+        import tensorflow as tf
+
+        opener, size = (lambda: tf.io.gfile.GFile(path, "rb")), tf.io.gfile.stat(path).length
+    else:
+        opener, size = (lambda: open(path, "rb")), os.path.getsize(path)
+    count, pos = 0, 0
+    with opener() as f:
+        while pos < size:
+            f.seek(pos)
+            header = f.read(12)  # uint64 length, uint32 masked CRC of the length
+            if len(header) < 12:
+                return count, False
+            pos += 12 + struct.unpack("<Q", header[:8])[0] + 4  # the data and its CRC
+            if pos > size:
+                return count, False
+            count += 1
+    return count, True
+
+
+def verify_shards(info: DatasetInfo, subsets) -> None:
+    """Every record file of `subsets` holds as many records as the dataset's metadata says, and
+    ends where its last record does; DatasetError naming the first that does not."""
+    for name in subsets:
+        subset = info.subset(name)
+        for path, expected in zip(subset.shards, subset.shard_sizes, strict=True):
+            if not Path(path).exists() and "://" not in path:
+                raise DatasetError(f"{path}, a record file of {info.name}, is missing. {_REBUILD}")
+            count, complete = count_records(path)
+            if count != expected or not complete:
+                cut = "" if complete else f", and it ends inside record {count + 1}"
+                raise DatasetError(
+                    f"{path} holds {count} complete records where the metadata of {info.name} says "
+                    f"{expected}{cut}: the file is damaged. {_REBUILD}"
+                )
+
+
+_REBUILD = (
+    "Rebuild the dataset with the `python -m data_prep.build` command that made it and --overwrite "
+    "(its per-video cache makes that quick)"
+)
 
 
 def host_shards(subset: SubsetInfo, process_index: int, process_count: int) -> tuple[list[str], int]:

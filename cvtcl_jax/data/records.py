@@ -117,3 +117,40 @@ def read_examples(paths, features) -> list[dict]:
                 item[view] = list(item[view])
         out.append(item)
     return out
+
+
+class DamagedRecordError(RuntimeError):
+    """A record of the dataset cannot be read; the message names its file and the video before it."""
+
+
+def find_damaged_record(paths) -> str | None:
+    """Where the first unreadable record of these record files is, as a sentence (file, index,
+    the last video read before it), or None if every record reads."""
+    import tensorflow as tf
+
+    for path in paths:
+        last, count = None, 0
+        try:
+            for raw in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+                count += 1
+                ids = tf.train.Example.FromString(raw).features.feature["video_id"].bytes_list.value
+                last = ids[0].decode() if ids else last
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            after = f"after video {last}" if last else "at its start"
+            return f"{path}: record {count + 1} ({after}) cannot be read ({e.message.splitlines()[0]})"
+    return None
+
+
+def naming_damaged_records(batches, paths):
+    """`batches` as they come; a record that cannot be read raises DamagedRecordError naming its
+    file and the video before it (found by reading `paths` again)."""
+    import tensorflow as tf
+
+    try:
+        yield from batches
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        where = find_damaged_record(paths) or f"one of {len(paths)} record files ({e.message})"
+        raise DamagedRecordError(
+            f"{where}. The file is damaged: rebuild the dataset with the `python -m data_prep.build` command "
+            "that made it and --overwrite (its per-video cache makes that quick)"
+        ) from e

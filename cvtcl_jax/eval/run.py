@@ -27,7 +27,8 @@ from jax.experimental import multihost_utils
 
 from cvtcl_jax.data import pipeline
 from cvtcl_jax.data.clip_spec import ClipSpec
-from cvtcl_jax.data.dataset_info import DatasetInfo, load_dataset_info
+from cvtcl_jax.data.dataset_info import DatasetInfo, host_shards, load_dataset_info
+from cvtcl_jax.data.records import naming_damaged_records
 from cvtcl_jax.eval import features, sources
 from cvtcl_jax.sharding import make_mesh
 
@@ -216,7 +217,9 @@ def dataset_rows(
         max_videos=max_videos,
     )
     empty = features.empty_batch(local_batch, spec, (view,))
-    return features.extract(fn, variables, ds.as_numpy_iterator(), mesh, view, empty)
+    files, _ = host_shards(info.subset(subset), jax.process_index(), jax.process_count())
+    batches = naming_damaged_records(ds.as_numpy_iterator(), files)
+    return features.extract(fn, variables, batches, mesh, view, empty)
 
 
 def run_key(config, protocol: str) -> dict:

@@ -8,18 +8,21 @@ what to change. The checks and runners live beside this file:
   evaluation  retrieval, linear_probe, finetune; the schedule's evaluation table
   demo        generated data, then the schedule
   import_weights  CoCLR's and torchvision's S3D checkpoints as an export directory and a stage
+  workdir_lock    one run per workdir
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from cvtcl_jax.eval.run import PROTOCOLS
-from cvtcl_jax.modes import demo, evaluation, import_weights, training
+from cvtcl_jax.modes import demo, evaluation, import_weights, training, workdir_lock
 from cvtcl_jax.modes.checks import ConfigError
+from cvtcl_jax.training.resume import ResumeError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +46,8 @@ MODES: dict[str, Mode] = {
 
 
 def run(config, workdir: str | Path) -> dict:
-    """Checks the config for its mode, then runs it in `workdir`."""
+    """Checks the config for its mode, then runs it in `workdir`, holding the workdir's lock
+    (one run per workdir; process 0 takes it for a multi-host run)."""
     if config.get("mode") not in MODES:
         raise ConfigError(
             f"unknown mode {config.get('mode')!r}; the modes are {sorted(MODES)} "
@@ -51,7 +55,17 @@ def run(config, workdir: str | Path) -> dict:
         )
     mode = MODES[config.mode]
     mode.check(config)
-    return mode.run(config, workdir)
+    import jax
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(workdir_lock.holding(workdir, take=jax.process_index() == 0))
+        except workdir_lock.WorkdirBusy as e:
+            raise ConfigError(str(e)) from None
+        try:
+            return mode.run(config, workdir)
+        except ResumeError as e:  # found before the stage does any work
+            raise ConfigError(str(e)) from None
 
 
 def main_error(e: Exception) -> None:

@@ -13,7 +13,7 @@ import jax
 from cvtcl_jax import checkpoints
 from cvtcl_jax.data.augment import AugmentConfig, check_eval_crops
 from cvtcl_jax.data.clip_spec import ClipSpec
-from cvtcl_jax.data.dataset_info import VIEWS, DatasetError, load_dataset_info
+from cvtcl_jax.data.dataset_info import VIEWS, DatasetError, load_dataset_info, verify_shards
 from cvtcl_jax.eval.run import EVAL_VIEWS, source_descriptions, views_of
 from cvtcl_jax.models.conv import CONV_LOWERINGS
 from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD, POOL_GRADS
@@ -110,7 +110,9 @@ def check_data(config, views) -> None:
     """The dataset exists, has the views, a train split with at least one global batch of videos."""
     info = dataset_info(config.data)
     _wrap(info.check_views, views)
+    _wrap(info.check_crop, config.data.crop_size)
     train = _wrap(info.subset, "train")
+    _wrap(verify_shards, info, ["train"] + ["test"] * (config.train.retrieval_every_epochs > 0))
     if train.num_videos < config.global_batch:
         raise ConfigError(
             f"{info.name} in {config.data.dir} has {train.num_videos} training videos, "
@@ -201,6 +203,10 @@ def check_evaluation(config, protocol: str) -> dict:
         _wrap(feature_map_size, t, s, s, prefix=f"{view} evaluation clip ({t}x{s}x{s}): ")
     info = dataset_info(d)
     _wrap(info.check_views, views_of(ec.view))
+    _wrap(verify_shards, info, ("train", "test"))
+    for view, desc in sources.items():
+        s = desc["clip"][1] if ec.clip_from_source else d.crop_size
+        _wrap(info.check_crop, s, f"the {view} evaluation clip's crop")
     train = _wrap(info.subset, "train")
     _wrap(info.subset, "test")
     if protocol == "linear_probe":

@@ -17,7 +17,7 @@ from cvtcl_jax.eval.training_check import RetrievalCheck
 from cvtcl_jax.export import export_stage
 from cvtcl_jax.modes import checks, evaluation
 from cvtcl_jax.modes.checks import ConfigError
-from cvtcl_jax.training.stage import Stage, other_view, stage_config, train_stage
+from cvtcl_jax.training.stage import Stage, finished_epochs, other_view, stage_config, train_stage
 
 
 def run_stage(config, workdir, stage: Stage) -> dict:
@@ -136,12 +136,28 @@ def _export_once(source: Path, out_dir: Path, encoder: str) -> dict:
     return export_stage(source, out_dir, encoder)
 
 
+def check_schedule_lengths(stages: list[Stage], wd: Path) -> None:
+    """A finished stage asked for more epochs is extended only while no later stage has started
+    from it (they would have been trained from the shorter one)."""
+    for i, stage in enumerate(stages):
+        ran = finished_epochs(wd / stage.name)
+        started = [s.name for s in stages[i + 1 :] if (wd / s.name / checkpoints.CHECKPOINT_DIR).is_dir()]
+        if ran is not None and ran < stage.epochs and started:
+            raise ConfigError(
+                f"{stage.name} in {wd} finished {ran} epochs and the config asks for {stage.epochs}, but "
+                f"{', '.join(started)} already trained from it. Keep its length, or extend it on its own "
+                f"(its mode's config with --workdir={wd / stage.name}) and start a new schedule workdir from "
+                f"it (schedule.init_from_<view> for an initialization)"
+            )
+
+
 def run_schedule(config, workdir) -> dict:
     """Every stage in its own sub-workdir (finished ones are skipped), both views exported, then
     the evaluation table of schedule.eval_stages x schedule.eval_protocols."""
     wd = Path(workdir)
     results = {}
     stages = schedule_stages(config, wd)
+    check_schedule_lengths(stages, wd)
     for stage in stages:
         results[stage.name] = run_stage(config, wd / stage.name, stage)  # returns at once when finished
     last = {stage.view: wd / stage.name for stage in stages}  # each view's latest stage

@@ -4,5 +4,7 @@ loop    the one training loop (step, metric windows, NaN/Inf stop, checkpoints, 
         evaluation, progress with ETA); the evaluation's classifiers run it too
 inputs  training batches on the devices from the config's data settings, resumable at a batch
 stage   one stage (initialization or co-training of a view) in its workdir: set-up, restore or
-        CoCLR's co-training start, input, the loop; a finished stage returns before any compile
+        its start from earlier encoders, input, the loop; a finished stage returns before any
+        compile
+resume  what a resumed stage may change: its saved config against the new one, its length
 """

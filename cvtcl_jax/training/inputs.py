@@ -12,6 +12,8 @@ from jax.sharding import Mesh
 from cvtcl_jax.data import device_augment
 from cvtcl_jax.data.augment import AugmentConfig
 from cvtcl_jax.data.clip_spec import ClipSpec
+from cvtcl_jax.data.dataset_info import host_shards
+from cvtcl_jax.data.records import naming_damaged_records
 from cvtcl_jax.sharding import prefetch_to_mesh
 
 
@@ -38,8 +40,9 @@ def device_batches(
         threads=d.threads,
         **dataset_kw,
     )
+    files, _ = host_shards(info.subset("train"), jax.process_index(), jax.process_count())
     return prefetch_to_mesh(
-        ds.as_numpy_iterator(),
+        naming_damaged_records(ds.as_numpy_iterator(), files),
         mesh,
         d.prefetch,
         host_keys=("padded",),

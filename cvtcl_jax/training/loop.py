@@ -4,11 +4,18 @@ Per batch: the jitted step; the previous step's metrics checked for NaN/Inf whil
 at its cadences the metric window's means (with throughput, epoch and ETA) to TensorBoard and the
 log, a periodic evaluation, and a checkpoint. The caller owns the checkpoint manager and the
 writer and closes them (`with`), so they are closed on every exit path, divergence included.
+
+Preemption: SIGTERM or SIGINT (SLURM, Kubernetes, spot VMs, `timeout`, Ctrl-C) while the loop
+runs is noted, and at the next step boundary (the same one on every host) the loop saves a
+checkpoint and raises `Preempted`; `main.py` then exits with EXIT_PREEMPTED, and the same command
+resumes to the parameters of an uninterrupted run. A second Ctrl-C interrupts at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,13 +25,57 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, periodic_actions
+from jax.experimental import multihost_utils
 
 # Metrics that stop the run when they are not finite (the others, e.g. accuracies, only inform).
 WATCHED = ("loss", "grad_norm")
+# main.py's exit code after a preemption (EX_TEMPFAIL: run the same command again).
+EXIT_PREEMPTED = 75
 
 
 class TrainingDiverged(RuntimeError):
     """A watched metric became NaN or Inf; the last good checkpoint is kept."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM or SIGINT stopped the run at a step boundary, after a checkpoint."""
+
+
+class StopSignals:
+    """Notes SIGTERM and SIGINT while a loop runs (handlers in the main thread only) and says, at
+    a step boundary, whether to stop there: on every host at the same step (JAX's preemption sync
+    point, or any host's note gathered at each step)."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+    def _note(self, signum, frame):
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop at once
+        self.received = signal.Signals(signum).name
+        logging.warning("%s received: stopping at the next step boundary, after a checkpoint", self.received)
+
+    def stop_at(self, step: int) -> bool:
+        if jax.process_count() == 1:
+            return self.received is not None
+        try:
+            synced = multihost_utils.reached_preemption_sync_point(step)
+        except RuntimeError:  # no preemption service in this cluster
+            synced = False
+        noted = multihost_utils.process_allgather(np.int32(self.received is not None))
+        return bool(synced or np.any(noted))
 
 
 @dataclasses.dataclass
@@ -87,41 +138,53 @@ class Loop:
         pending = None  # the previous step's (batch number, metrics), checked while the next runs
         last_log = (start, time.perf_counter())
         final: dict = {}  # the last window's means
-        for i in range(start, self.total):
-            batch = next(batches)
-            padded = batch.pop("padded", None)
-            if padded is not None:
-                progress["padded_videos"] += int(np.sum(padded))
-            state, metrics = self.step(state, batch)
-            if pending is not None:
-                window.append(self._checked(*pending))
-            n = i + 1
-            pending = (n, metrics)
-            report(n)
-            last = n == self.total
-            save_now = last or n % self.checkpoint_every == 0
-            log_now = last or n % self.log_every == 0
-            evaluate_now = self.evaluate is not None and (
-                last or (self.evaluate_every > 0 and n % self.evaluate_every == 0)
-            )
-            if save_now or log_now or evaluate_now:
-                window.append(self._checked(*pending))
-                pending = None
-            if log_now:
-                final, last_log = self._log(n, window, last_log, progress), (n, time.perf_counter())
-                window = []
-            if evaluate_now:
-                with report.timed(self.evaluation_name):
-                    result = self.evaluate(state)
-                self.writer.write_scalars(n, {f"{self.evaluation_name}/{k}": v for k, v in result.items()})
-                progress[self.evaluation_name].append(
-                    {"batch": n, "epoch": n / self.steps_per_epoch, **result}
+        with StopSignals() as signals:
+            for i in range(start, self.total):
+                batch = next(batches)
+                padded = batch.pop("padded", None)
+                if padded is not None:
+                    progress["padded_videos"] += int(np.sum(padded))
+                state, metrics = self.step(state, batch)
+                if pending is not None:
+                    window.append(self._checked(*pending))
+                n = i + 1
+                pending = (n, metrics)
+                report(n)
+                last = n == self.total
+                stop = not last and signals.stop_at(n)
+                save_now = last or stop or n % self.checkpoint_every == 0
+                log_now = last or n % self.log_every == 0
+                evaluate_now = self.evaluate is not None and (
+                    last or (self.evaluate_every > 0 and n % self.evaluate_every == 0)
                 )
-                logging.info("%s batch %d %s: %s", self.name, n, self.evaluation_name, result)
-            if save_now:
-                progress.update(epoch=n / self.steps_per_epoch, done=last)
-                with report.timed("checkpoint"):
-                    self.save(self.mngr, n, state, progress)
+                if save_now or log_now or evaluate_now:
+                    window.append(self._checked(*pending))
+                    pending = None
+                if log_now:
+                    final, last_log = self._log(n, window, last_log, progress), (n, time.perf_counter())
+                    window = []
+                if evaluate_now:
+                    with report.timed(self.evaluation_name):
+                        result = self.evaluate(state)
+                    self.writer.write_scalars(
+                        n, {f"{self.evaluation_name}/{k}": v for k, v in result.items()}
+                    )
+                    progress[self.evaluation_name].append(
+                        {"batch": n, "epoch": n / self.steps_per_epoch, **result}
+                    )
+                    logging.info("%s batch %d %s: %s", self.name, n, self.evaluation_name, result)
+                if save_now:
+                    progress.update(epoch=n / self.steps_per_epoch, done=last)
+                    with report.timed("checkpoint"):
+                        self.save(self.mngr, n, state, progress)
+                if stop:
+                    self.mngr.wait_until_finished()
+                    self.writer.flush()
+                    raise Preempted(
+                        f"{self.name}: {signals.received or 'a preemption notice'} stopped it after batch "
+                        f"{n} of {self.total}, with a checkpoint in {self.mngr.directory}. Run the same "
+                        "command to resume"
+                    )
         self.mngr.wait_until_finished()
         self.writer.flush()
         return state, {**progress, "final": final}

@@ -27,6 +27,7 @@ from cvtcl_jax.models import encoder_from_config, weight_settings
 from cvtcl_jax.sharding import make_mesh
 from cvtcl_jax.state import FrozenEncoder, create_train_state, state_sharding
 from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step
+from cvtcl_jax.training import resume
 from cvtcl_jax.training.inputs import device_batches
 from cvtcl_jax.training.loop import Loop
 
@@ -186,26 +187,69 @@ def finished_summary(workdir: str | Path) -> dict | None:
     }
 
 
+def finished_epochs(workdir: str | Path) -> int | None:
+    """The epochs a finished stage in `workdir` ran (None: no stage, or not finished)."""
+    try:
+        progress = checkpoints.stage_info(workdir)["progress"]
+    except checkpoints.CheckpointError:
+        return None
+    return round(progress["epoch"]) if progress.get("done") else None
+
+
+def resume_history(config, workdir: Path, stage: Stage, total: int) -> list[dict]:
+    """The history entries a (re)start of `stage` adds: allowed config changes, a new length.
+    Raises ResumeError for changes that are not allowed or a length shorter than what ran."""
+    try:
+        info = checkpoints.stage_info(workdir)
+    except checkpoints.CheckpointError:
+        return []
+    ran = info["step"]
+    if total < ran:
+        raise resume.ResumeError(
+            f"{stage.name} in {workdir} has run {ran} batches; the config asks for {total} "
+            f"({stage.epochs} epochs): a stage is not shortened. Ask for at least as many epochs, or "
+            "export or evaluate one of its checkpoints instead"
+        )
+    allowed = config.get("resume", {}).get("allow_changes")
+    changes = resume.check(stage.name, workdir, info["config"], checkpoints.config_json(config), allowed)
+    if changes:
+        logging.warning("%s resumes with changes allowed by resume.allow_changes: %s", stage.name, changes)
+    longer = (round(info["progress"].get("epoch", 0)), stage.epochs) if info["progress"].get("done") else None
+    return [resume.history_entry(ran, changes, longer)] if changes or longer else []
+
+
 def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator | None = None) -> dict:
-    """Trains `stage` in `workdir` to its last epoch (resuming if checkpoints exist).
+    """Trains `stage` in `workdir` to its last epoch (resuming if checkpoints exist; a finished
+    stage asked for more epochs continues, resume.py).
 
     evaluate: the held-out check run every train.retrieval_every_epochs (0: never) and at the end.
     Returns the summary also written to WORKDIR/metrics.json.
     """
-    done = finished_summary(workdir)
-    if done is not None:
+    ran = finished_epochs(workdir)
+    if ran is not None and ran >= stage.epochs:
+        if ran > stage.epochs:
+            raise resume.ResumeError(
+                f"{stage.name} in {workdir} finished {ran} epochs; the config asks for {stage.epochs}: a "
+                "finished stage is not shortened. Ask for at least as many, or export or evaluate one of "
+                "its checkpoints instead"
+            )
         logging.info("stage %s in %s is finished; not training it again", stage.name, workdir)
-        return done
+        return finished_summary(workdir)
     config = stage_config(config, stage)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     tc = config.train
 
     # ------------------------------------------------------------------ set-up
-    mesh = make_mesh()
     info = load_dataset_info(config.data.dir, config.data.name)
     steps_per_epoch = info.subset("train").num_videos // config.global_batch
     total = stage.epochs * steps_per_epoch
+    history = resume_history(config, workdir, stage, total)
+    if ran is not None:
+        logging.warning(
+            "%s finished %d epochs; extending it to %d as the config asks", stage.name, ran, stage.epochs
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh()
     model = encoder_from_config(config.model)
     ccfg = contrast_config(config, stage.beta)
     spec = clip_spec(config, ltcl=ccfg.use_ltcl)
@@ -248,6 +292,7 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
         frozen = ()
         if mngr.latest_step() is not None:
             state, progress = checkpoints.restore_state(mngr, state)
+            progress["history"] = [*progress.get("history", []), *history]
             logging.info("resumed %s from its checkpoint at batch %d", stage.name, progress["batches"])
             if stage.cotrain:
                 frozen = (frozen_encoder(state, stage),)
