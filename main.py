@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -21,6 +22,7 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "a config file under configs/", lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, TensorBoard events and results")
+flags.DEFINE_bool("verbose", False, "print the full log stream (absl, TensorFlow, Orbax, ...) on the console")
 flags.mark_flags_as_required(["config", "workdir"])
 # For clusters jax cannot detect (plain GPU hosts): all three, the same address on every host.
 flags.DEFINE_string("coordinator_address", None, "multi-host: HOST:PORT of process 0 (all hosts)")
@@ -123,10 +125,19 @@ def _quiet_orbax(record) -> bool:
     return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
+def _overrides(argv) -> list[str]:
+    """The command line's --config.<key>=<value> overrides, as key=value."""
+    return [a[len("--config.") :] for a in argv if a.startswith("--config.")]
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     _check_multi_host_flags()
+    from cvtcl_jax import console
+
+    # Everything but the console's own lines goes to WORKDIR/logs/ (--verbose: the terminal).
+    console.start(os.path.join(FLAGS.workdir, "logs"), "main", verbose=FLAGS.verbose)
     logging.get_absl_handler().addFilter(_quiet_orbax)
     # The pipeline (TensorFlow) must not take the accelerators from JAX.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -139,29 +150,42 @@ def main(argv) -> None:
     from cvtcl_jax import modes
     from cvtcl_jax.data.records import DamagedRecordError
     from cvtcl_jax.modes.checks import ConfigError
-    from cvtcl_jax.training.loop import EXIT_PREEMPTED, Preempted
+    from cvtcl_jax.training.loop import EXIT_PREEMPTED, Preempted, TrainingDiverged
 
     _init_distributed()
+    console.set_process(jax.process_index())
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(FLAGS.workdir, "jax_cache")
     jax.config.update("jax_compilation_cache_dir", cache)
+    where = f"{jax.device_count()} {jax.devices()[0].device_kind} device(s)" + (
+        f" on {jax.process_count()} hosts" if jax.process_count() > 1 else ""
+    )
+    changed = _overrides(sys.argv)
+    console.say(
+        f"{FLAGS.config.mode} in {FLAGS.workdir}, {where}"
+        + (f"; config changed: {', '.join(changed)}" if changed else "")
+    )
     logging.info(
-        "process %d of %d, %d local / %d global devices (%s), mode %r",
+        "process %d of %d, %d local devices",
         jax.process_index(),
         jax.process_count(),
         jax.local_device_count(),
-        jax.device_count(),
-        jax.devices()[0].device_kind,
-        FLAGS.config.mode,
     )
     try:
         modes.run(FLAGS.config, FLAGS.workdir)
     except ConfigError as e:
         modes.main_error(e)
     except Preempted as e:
-        print(f"stopped: {e}", file=sys.stderr)
+        console.warn(f"stopped: {e}")
         sys.exit(EXIT_PREEMPTED)
-    except DamagedRecordError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (DamagedRecordError, TrainingDiverged) as e:
+        console.error(str(e))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        sys.exit(130)
+    except Exception as e:
+        traceback.print_exc()  # to the log
+        console.error(f"{type(e).__name__}: {e}")
         sys.exit(1)
 
 

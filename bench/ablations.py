@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import fidelity  # noqa: E402
+from cvtcl_jax import console, report  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -106,7 +107,7 @@ def table3(config, workdir, seeds, top_ks=(0, 1, 5), views=("rgb",), init_dir: s
                 training.run_stage(kcfg, run / stage.name, stage)
                 table[view][f"K = {k}"] = evaluation.evaluate_stages(kcfg, run, view)[view]["cotrain"]
         tables.append(table)
-        print(f"seed {seed}: {json.dumps(table)}", flush=True)
+        console.say(f"seed {seed}: {json.dumps(table)}")
     return _written(
         wd / "table3.json",
         {
@@ -156,7 +157,7 @@ def _written(path: Path, result: dict) -> dict:
 
 
 def main(argv) -> None:
-    fidelity.start_command(argv, FLAGS.workdir)
+    fidelity.start_command(argv, FLAGS.workdir, "ablations")
     table = int(FLAGS.table)
     views = FLAGS.views or (["rgb", "flow"] if table == 1 else ["rgb"])
     if not set(views) <= {"rgb", "flow"}:
@@ -170,9 +171,11 @@ def main(argv) -> None:
             top_ks = [int(k) for k in FLAGS.top_k]
             result = table3(FLAGS.config, FLAGS.workdir, FLAGS.seeds, top_ks, views, FLAGS.init_dir)
     except ValueError as e:
-        raise app.UsageError(str(e), exitcode=2) from e
-    print(f"Table {table}, seeds {FLAGS.seeds} (mean +- std over seeds):")
-    print(fidelity.format_summary(result["summary"]))
+        console.error(str(e))
+        sys.exit(2)
+    console.say(f"Table {table}, seeds {FLAGS.seeds} (mean +- std over seeds):")
+    console.say(fidelity.format_summary(result["summary"]))
+    console.say(f"report: {report.make_report(FLAGS.workdir)}")
 
 
 def define_flags() -> None:
@@ -184,6 +187,7 @@ def define_flags() -> None:
     flags.DEFINE_list("views", None, "the views trained (Table 1: both; Table 3: rgb, the co-trained view)")
     flags.DEFINE_list("top_k", ["0", "1", "5"], "Table 3: the values of contrast.top_k")
     flags.DEFINE_string("init_dir", None, "Table 3: take seed k's initialized encoders from INIT_DIR/seed<k>")
+    flags.DEFINE_bool("verbose", False, "the full log stream on the console instead of WORKDIR/logs/")
 
 
 if __name__ == "__main__":

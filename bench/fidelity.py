@@ -30,6 +30,7 @@ from ml_collections import config_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from cvtcl_jax import console, report  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -124,7 +125,7 @@ def benchmark(config, workdir, seeds, train: str = "schedule", views=("rgb", "fl
             stats["train"], stats["test"], info.num_classes, cfg.linear, cfg.global_batch, int(seed)
         )
         tables.append(table)
-        print(f"seed {seed}: {json.dumps(table)}", flush=True)
+        console.say(f"seed {seed}: {json.dumps(table)}")
     result = {
         "dataset": {"dir": config.data.dir, "name": config.data.name, "set": config.demo.set},
         "train": train,
@@ -138,11 +139,13 @@ def benchmark(config, workdir, seeds, train: str = "schedule", views=("rgb", "fl
     return result
 
 
-def start_command(argv, workdir: str) -> None:
-    """The benchmark commands' start: no stray arguments, TensorFlow off the accelerators, and a
-    persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, or WORKDIR/jax_cache)."""
+def start_command(argv, workdir: str, name: str) -> None:
+    """The benchmark commands' start: no stray arguments, everything but the console's lines in
+    WORKDIR/logs/ (--verbose: not), TensorFlow off the accelerators, and a persistent compilation
+    cache ($JAX_COMPILATION_CACHE_DIR, or WORKDIR/jax_cache)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    console.start(Path(workdir) / "logs", name, verbose=FLAGS.verbose)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import jax
     import tensorflow as tf
@@ -153,13 +156,17 @@ def start_command(argv, workdir: str) -> None:
 
 
 def main(argv) -> None:
-    start_command(argv, FLAGS.workdir)
+    start_command(argv, FLAGS.workdir, "fidelity")
     try:
         result = benchmark(FLAGS.config, FLAGS.workdir, FLAGS.seeds, FLAGS.train, FLAGS.views)
     except ValueError as e:
-        raise app.UsageError(str(e), exitcode=2) from e
-    print(f"{result['dataset']['set']} set, {FLAGS.train}, seeds {FLAGS.seeds} (mean +- std over seeds):")
-    print(format_summary(result["summary"]))
+        console.error(str(e))
+        sys.exit(2)
+    console.say(
+        f"{result['dataset']['set']} set, {FLAGS.train}, seeds {FLAGS.seeds} (mean +- std over seeds):"
+    )
+    console.say(format_summary(result["summary"]))
+    console.say(f"report: {report.make_report(FLAGS.workdir)}")
 
 
 def define_flags() -> None:
@@ -169,6 +176,7 @@ def define_flags() -> None:
     flags.DEFINE_list("seeds", ["0", "1", "2"], "training seeds")
     flags.DEFINE_enum("train", "schedule", list(TRAIN), "the whole schedule, or initialization only")
     flags.DEFINE_list("views", ["rgb", "flow"], "--train=init: the views initialized")
+    flags.DEFINE_bool("verbose", False, "the full log stream on the console instead of WORKDIR/logs/")
 
 
 if __name__ == "__main__":

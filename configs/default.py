@@ -14,6 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
     # linear_probe, finetune.
     cfg.mode = placeholder(str)
     cfg.seed = 0
+    # WORKDIR/report.html at the end of a run (and after each stage of a schedule):
+    # cvtcl_jax/report.py, `python -m cvtcl_jax.report WORKDIR` for any workdir.
+    cfg.report = True
 
     # S3D + projection head g (docs/method.md §2, 4). bn_group_size: clips per BN statistics group.
     # dtype "bfloat16": bf16 convolutions, float32 parameters, BN statistics, head and losses.

@@ -19,9 +19,9 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
 from jax.experimental import multihost_utils
 
+from cvtcl_jax import console
 from cvtcl_jax.state import TrainState
 
 ENCODER_ITEMS = ("encoder", "ema_encoder")  # the query network f_q + g_q, the key network f_k + g_k
@@ -105,14 +105,10 @@ def restore_state(mngr: ocp.CheckpointManager, state: TrainState, step: int | No
             if jax.process_count() > 1:
                 multihost_utils.sync_global_devices(f"checkpoint step {step} set aside")
             mngr.reload()
-            logging.warning(
-                "checkpoint step %d in %s cannot be read (%s: %s); it is kept as %s and the run resumes "
-                "from the step before it",
-                step,
-                mngr.directory,
-                type(e).__name__,
-                str(e).splitlines()[0][:300] if str(e) else "",
-                aside,
+            reason = str(e).splitlines()[0][:300] if str(e) else ""
+            console.warn(
+                f"checkpoint step {step} in {mngr.directory} cannot be read ({type(e).__name__}: {reason}); "
+                f"it is kept as {aside} and the run resumes from the step before it"
             )
     raise CheckpointError(
         f"no checkpoint step in {mngr.directory} can be read (the unreadable ones are kept as "

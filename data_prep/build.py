@@ -39,8 +39,10 @@ import os
 import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 
+from cvtcl_jax import console
 from data_prep.extracted import LAYOUTS as LAYOUT_NAMES
 from data_prep.extracted import SourceError
 from data_prep.layouts import LAYOUTS, LayoutError, Video
@@ -132,6 +134,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--allow_failures", action="store_true", help="exit 0 even if some videos failed")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="the full log stream (TensorFlow, Beam, TFDS) on the console instead of OUT_DIR/logs/",
+    )
     args = p.parse_args(argv)
     try:
         args.split_numbers = sorted({int(s) for s in args.splits.split(",")})
@@ -262,19 +269,16 @@ def _worker_init():
 
 def prepare_videos(videos: list[Video], prep, workers: int, memory_gib: float, quiet: bool) -> dict[str, str]:
     """Phase 1: every video not yet in the cache, on this machine. Returns {video_id: failure reason}."""
-    from tqdm import tqdm
-
     from data_prep.video import PreparedVideo
     from data_prep.video_cache import VideoCache
 
     cache = VideoCache(prep.cache_dir, prep.input_bytes)
     todo = [i for i, v in enumerate(videos) if not (cache.outcome(v) or {}).get("ok")]
-    print(
+    console.say(
         f"{len(videos)} videos, {len(videos) - len(todo)} already prepared, {len(todo)} to do"
         + (f"; frames from {prep.rgb_from.path}" if prep.rgb_from else "")
         + (f"; flow by {prep.flow_backend}" if prep.flow_backend not in (None, GIVEN_FLOW) else "")
-        + (f"; flow as given in {prep.flow_from.path}" if prep.flow_backend == GIVEN_FLOW else ""),
-        flush=True,
+        + (f"; flow as given in {prep.flow_from.path}" if prep.flow_backend == GIVEN_FLOW else "")
     )
     failures = {}
     if not todo:
@@ -291,7 +295,7 @@ def prepare_videos(videos: list[Video], prep, workers: int, memory_gib: float, q
     workers = min(workers, len(jobs))
     with (
         multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init) as pool,
-        tqdm(total=len(jobs), unit="video", disable=quiet) as bar,
+        console.Progress(len(jobs), "preparing videos", unit="video", enabled=not quiet) as bar,
     ):
         if prep.flow_backend == "jax":
             _jax_flow_videos(pool, workers, jobs, prep, memory_gib, write, fail, bar)
@@ -397,18 +401,17 @@ def main(argv=None) -> int:
         chosen = builders(args, *frame_sources(args))
         layouts = [b.read_layout(args.raw_dir) for b in chosen]
     except (LayoutError, SourceError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        console.error(str(e))
         return 2
     download_dir = os.path.join(args.out_dir, "downloads")
     prep = chosen[0].preparation(download_dir)
     for builder in chosen:
         differs = existing_differs(builder, args, prep)
         if differs and not args.overwrite:
-            print(
-                f"error: {builder.info.full_name} in {args.out_dir} exists with {differs}. Rebuild it with "
+            console.error(
+                f"{builder.info.full_name} in {args.out_dir} exists with {differs}. Rebuild it with "
                 "--overwrite (the new dataset is built beside the old one, which is replaced only once the "
-                "new one is complete), or choose another --out_dir",
-                file=sys.stderr,
+                "new one is complete), or choose another --out_dir"
             )
             return 2
     # --overwrite builds each existing dataset in a staging data_dir, then swaps it in.
@@ -436,21 +439,33 @@ def main(argv=None) -> int:
             builder.download_and_prepare(download_dir=download_dir, download_config=config)
         meta = builder.info.metadata
         counts = ", ".join(f"{s} {v.num_examples}" for s, v in builder.info.splits.items())
-        print(f"{builder.info.full_name}: {counts} videos in {builder.data_dir}")
+        console.say(f"{builder.info.full_name}: {counts} videos in {builder.data_dir}")
         if layout.missing:
-            print(
+            console.say(
                 f"  {len(layout.missing)} video(s) listed in the annotations are missing from {args.raw_dir}"
             )
         failed.update({f["video_id"]: f["reason"] for f in meta.get("failures", [])})
     names = " or ".join(f"{b.name}/{b.builder_config.name}" for b in chosen)
-    print(f"train and evaluate with --config.data.dir={args.out_dir} --config.data.name={names}")
+    console.say(f"train and evaluate with --config.data.dir={args.out_dir} --config.data.name={names}")
     if failed:
-        print(f"{len(failed)} video(s) could not be prepared and were skipped:", file=sys.stderr)
+        console.warn(f"{len(failed)} video(s) could not be prepared and were skipped:")
         for vid, reason in sorted(failed.items()):
-            print(f"  {vid}: {reason}", file=sys.stderr)
+            console.warn(f"  {vid}: {reason}")
         return 0 if args.allow_failures else 1
     return 0
 
 
+def cli() -> int:
+    """The command: main() with everything but its own lines in OUT_DIR/logs/ (--verbose: not)."""
+    args = parse_args()
+    console.start(os.path.join(args.out_dir, "logs"), "build", verbose=args.verbose)
+    try:
+        return main()
+    except Exception as e:
+        traceback.print_exc()  # to the log
+        console.error(f"{type(e).__name__}: {e}")
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

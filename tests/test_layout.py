@@ -7,12 +7,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # The README's layers, top to bottom: a module may import its own layer and the ones above.
 LAYERS = [
-    ("sharding", "data", "flow"),
+    ("console", "sharding", "data", "flow"),
     ("models",),
     ("losses", "queue", "state", "steps", "optim", "checkpoints", "export"),
     ("training",),
     ("eval",),
-    ("modes",),
+    ("modes", "report"),
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 
@@ -47,10 +47,10 @@ def test_imports_follow_the_layers():
     assert not against, against
 
 
-def test_data_prep_uses_only_the_data_and_flow_packages():
+def test_data_prep_uses_only_the_data_and_flow_packages_and_the_console():
     for path in (ROOT / "data_prep").glob("*.py"):
         used = {n.split(".")[1] for n in _imports(path) if n.startswith("cvtcl_jax.")}
-        assert used <= {"data", "flow"}, (path, used)
+        assert used <= {"data", "flow", "console"}, (path, used)
 
 
 def test_readme_layout_names_every_package_and_module_in_layer_order():

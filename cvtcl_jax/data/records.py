@@ -53,8 +53,7 @@ def parser(features, keys):
 
     The parse spec is the TFDS features' own serialized layout, read by one
     `tf.io.parse_single_example`: TFDS's `deserialize_example` (with its frame decoding skipped)
-    parses the same fields five to six times slower (306-574 against 2,000-3,200 records/s on
-    this project's CPU, 2026-12-03).
+    parses the same fields five to six times slower (docs/performance.md).
     """
     import tensorflow as tf
 

@@ -6,21 +6,17 @@ with 1D windows, each computed the one or the other way.
 
 The automatic gradient of `lax.reduce_window(max)` is a SelectAndScatter. XLA expands it into a
 variadic reduce-window that carries an s32 index array per dimension (built from iotas) plus a
-scatter; on the GPU the scatter runs with atomics, and on an H200 (2026-11-27, the init step at the
-paper's size, bf16) the pools took about 39% of the step's kernel time: 22% in the scatters, 12% in
-the forward reduce-windows (computed in float32 there, with a conversion each way) and 5% in the
-pads of their gradient. `max_pool3d_slices` has the same values and the same gradient (checked in
-tests/test_models.py) computed with elementwise ops, slices and pads alone, which XLA fuses into a
-few loops on every backend: the output is the maximum of the K = prod(window) strided views of the
-padded input; the gradient compares those views with the output, keeps for each output the first
-window position holding the maximum (window order, like SelectAndScatter with `>=`, PyTorch's
-MaxPool3d and the automatic gradient) and sends the output gradient back through the transpose of
-each strided view, which is a pad. With the whole 3x3x3 window that is 27 views per output and
-on the 2-core CPU the bench's init step was 9% slower than 'autodiff' (0.6533 vs 0.6014 s,
-2026-11-27). One axis at a time (`max_pool3d_separable`) it is 3 views per axis: the same step
-takes 0.38-0.40 s against 0.55-0.62 s for 'autodiff' (co-training 0.40 vs 0.68 s), with half of
-XLA's memory (0.15 vs 0.30 GiB), hence the default; 'separable' with XLA's 1D reduce-windows
-takes 0.44 s and 0.37 GiB (docs/performance.md, 2026-11-28). Not yet measured on a GPU.
+scatter, which runs with atomics on the GPU: at the paper's size the pools were the largest part
+of the step's kernel time. `max_pool3d_slices` has the same values and the same gradient (checked
+in tests/test_models.py) computed with elementwise ops, slices and pads alone, which XLA fuses into
+a few loops on every backend: the output is the maximum of the K = prod(window) strided views of
+the padded input; the gradient compares those views with the output, keeps for each output the
+first window position holding the maximum (window order, like SelectAndScatter with `>=`,
+PyTorch's MaxPool3d and the automatic gradient) and sends the output gradient back through the
+transpose of each strided view, which is a pad. The whole 3x3x3 window is 27 views per output; one
+axis at a time (`max_pool3d_separable`) it is 3 views per axis, faster than 'autodiff' on the CPU
+and the GPU with about half of XLA's memory, hence the default. The measurements:
+docs/performance.md.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
 from absl import logging
 
+from cvtcl_jax import console
 from cvtcl_jax.eval.protocols import run_protocol
 from cvtcl_jax.eval.run import (
     TWO_STREAM,
@@ -32,8 +32,7 @@ def protocol_check(protocol: str):
 def protocol_runner(protocol: str):
     def run(config, workdir) -> dict:
         results = run_protocol(protocol, config, workdir)
-        if jax.process_index() == 0:
-            print(summary_line(protocol, results), flush=True)
+        console.say(summary_line(protocol, results))
         return results
 
     return run
@@ -102,6 +101,7 @@ def evaluate_stages(config, workdir: str | Path, eval_view: str = TWO_STREAM) ->
             results = finished_results(cfg, stage_dir, protocol)
             if results is None:
                 results = run_protocol(protocol, cfg, stage_dir)
+                console.say(f"{stage} encoders, {summary_line(protocol, results)}")
             else:
                 logging.info("%s of the %s encoders is done; not repeating it", protocol, stage)
             for view, record in results.items():

@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from cvtcl_jax import checkpoints
+from cvtcl_jax import checkpoints, console
 from cvtcl_jax.export import export_backbone
 from cvtcl_jax.models import ProjectionHead, backbone_variables
 from cvtcl_jax.models.imported_weights import WeightsError, import_checkpoint
@@ -122,12 +122,10 @@ def run_import(config, workdir) -> dict:
     progress = {"stage": "import", "view": wc.view, "done": True, "source": source}
     shutil.rmtree(wd / checkpoints.CHECKPOINT_DIR, ignore_errors=True)  # an earlier import's only
     checkpoints.save_encoders(wd, encoder, key_encoder, checkpoints.config_json(cfg), progress)
-    if jax.process_index() == 0:
-        print(
-            f"imported the {wc.view} {weights.format} weights of {path} (BatchNorm eps {weights.bn_epsilon:g}"
-            + (", flow channels reversed as CoCLR read them" if weights.reverse_input_channels else "")
-            + f") into {wd}: evaluate with --config.eval.{wc.view}_source={wd}, start a stage with "
-            f"--config.train.init_from={wd}",
-            flush=True,
-        )
+    console.say(
+        f"imported the {wc.view} {weights.format} weights of {path} (BatchNorm eps {weights.bn_epsilon:g}"
+        + (", flow channels reversed as CoCLR read them" if weights.reverse_input_channels else "")
+        + f") into {wd}: evaluate with --config.eval.{wc.view}_source={wd}, start a stage with "
+        f"--config.train.init_from={wd}"
+    )
     return manifest

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jax
 
-from cvtcl_jax import checkpoints
+from cvtcl_jax import checkpoints, console, report
 from cvtcl_jax.eval.training_check import RetrievalCheck
 from cvtcl_jax.export import export_stage
 from cvtcl_jax.modes import checks, evaluation
@@ -95,7 +95,9 @@ def run_cotrain(config, workdir) -> dict:
 
 
 def run_export(config, workdir) -> dict:
-    return export_stage(config.export.source, workdir, config.export.encoder)
+    manifest = export_stage(config.export.source, workdir, config.export.encoder)
+    console.say(f"exported the {manifest['view']} encoder of {config.export.source} to {workdir}")
+    return manifest
 
 
 def schedule_stages(config, workdir: str | Path) -> list[Stage]:
@@ -159,7 +161,10 @@ def run_schedule(config, workdir) -> dict:
     stages = schedule_stages(config, wd)
     check_schedule_lengths(stages, wd)
     for stage in stages:
+        done = finished_epochs(wd / stage.name) == stage.epochs
         results[stage.name] = run_stage(config, wd / stage.name, stage)  # returns at once when finished
+        if not done and config.get("report", True) and jax.process_index() == 0:
+            report.make_report(wd)  # a running schedule has a current report
     last = {stage.view: wd / stage.name for stage in stages}  # each view's latest stage
     for view, path in last.items():
         _export_once(path, wd / "export" / view, config.export.encoder)
@@ -168,7 +173,7 @@ def run_schedule(config, workdir) -> dict:
         summary["evaluation"] = evaluation.evaluate_stages(config, wd)
     if jax.process_index() == 0:
         (wd / "schedule.json").write_text(json.dumps(summary, indent=1))
-        if "evaluation" in summary:
-            print(f"evaluation on {config.data.name} in {config.data.dir}:", flush=True)
-            print(evaluation.format_table(summary["evaluation"]), flush=True)
+    if "evaluation" in summary:
+        console.say(f"evaluation on {config.data.name} in {config.data.dir}:")
+        console.say(evaluation.format_table(summary["evaluation"]))
     return summary

@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+from cvtcl_jax import console
+
 LOCK_FILE = "run.lock"
 HEARTBEAT_S = 30.0
 STALE_S = 180.0
@@ -101,10 +103,7 @@ def acquire(workdir: str | Path) -> dict:
                     f"stop it, or choose another --workdir (a lock left by a dead process is taken over "
                     f"by itself; {path} names the holder)"
                 ) from None
-            print(
-                f"taking over the lock of {workdir} from a run that is gone: {_describe(holder)}",
-                file=sys.stderr,
-            )
+            console.warn(f"taking over the lock of {workdir} from a run that is gone: {_describe(holder)}")
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
             continue

@@ -27,6 +27,8 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from jax.experimental import multihost_utils
 
+from cvtcl_jax import console
+
 # Metrics that stop the run when they are not finite (the others, e.g. accuracies, only inform).
 WATCHED = ("loss", "grad_norm")
 # main.py's exit code after a preemption (EX_TEMPFAIL: run the same command again).
@@ -138,7 +140,8 @@ class Loop:
         pending = None  # the previous step's (batch number, metrics), checked while the next runs
         last_log = (start, time.perf_counter())
         final: dict = {}  # the last window's means
-        with StopSignals() as signals:
+        bar = console.Progress(self.total, self.name, initial=start, unit="batch")
+        with StopSignals() as signals, bar:
             for i in range(start, self.total):
                 batch = next(batches)
                 padded = batch.pop("padded", None)
@@ -163,6 +166,14 @@ class Loop:
                 if log_now:
                     final, last_log = self._log(n, window, last_log, progress), (n, time.perf_counter())
                     window = []
+                    shown = {k: final[k] for k in ("loss", "top1") if k in final}
+                    bar.update(
+                        n,
+                        **shown,
+                        **({"clips/s": round(final["clips_per_sec"], 1)} if "clips_per_sec" in final else {}),
+                    )
+                else:
+                    bar.update(n)
                 if evaluate_now:
                     with report.timed(self.evaluation_name):
                         result = self.evaluate(state)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 from absl import logging
 from clu import metric_writers
 
-from cvtcl_jax import checkpoints, optim
+from cvtcl_jax import checkpoints, console, optim
 from cvtcl_jax.data import pipeline
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import load_dataset_info
@@ -121,9 +122,7 @@ def with_weight_settings(model_cfg, source: str | Path | None, what: str) -> dic
         return model_cfg
     theirs, ours = weight_settings(source_model_config(source)), weight_settings(model_cfg)
     if theirs != ours:
-        logging.warning(
-            "%s runs the weights of %s with their own %s (the config says %s)", what, source, theirs, ours
-        )
+        console.warn(f"{what} runs the weights of {source} with their own {theirs} (the config says {ours})")
     return {**model_cfg, **theirs}
 
 
@@ -213,7 +212,7 @@ def resume_history(config, workdir: Path, stage: Stage, total: int) -> list[dict
     allowed = config.get("resume", {}).get("allow_changes")
     changes = resume.check(stage.name, workdir, info["config"], checkpoints.config_json(config), allowed)
     if changes:
-        logging.warning("%s resumes with changes allowed by resume.allow_changes: %s", stage.name, changes)
+        console.warn(f"{stage.name} resumes with changes allowed by resume.allow_changes: {changes}")
     longer = (round(info["progress"].get("epoch", 0)), stage.epochs) if info["progress"].get("done") else None
     return [resume.history_entry(ran, changes, longer)] if changes or longer else []
 
@@ -233,7 +232,7 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
                 "finished stage is not shortened. Ask for at least as many, or export or evaluate one of "
                 "its checkpoints instead"
             )
-        logging.info("stage %s in %s is finished; not training it again", stage.name, workdir)
+        console.say(f"{stage.name}: finished in {workdir}, not training it again")
         return finished_summary(workdir)
     config = stage_config(config, stage)
     workdir = Path(workdir)
@@ -245,9 +244,7 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
     total = stage.epochs * steps_per_epoch
     history = resume_history(config, workdir, stage, total)
     if ran is not None:
-        logging.warning(
-            "%s finished %d epochs; extending it to %d as the config asks", stage.name, ran, stage.epochs
-        )
+        console.warn(f"{stage.name} finished {ran} epochs; extending it to {stage.epochs} as the config asks")
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh()
     model = encoder_from_config(config.model)
@@ -267,17 +264,14 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
 
     shapes = jax.eval_shape(init, jax.random.key(seed))
     state = jax.jit(init, out_shardings=state_sharding(mesh, shapes))(jax.random.key(seed))
-    logging.info(
-        "stage %s: %s view%s, %d epochs x %d steps of %d clips, %d processes, %d devices",
-        stage.name,
-        stage.view,
-        f" (other view {stage.other_view} frozen)" if stage.cotrain else "",
-        stage.epochs,
-        steps_per_epoch,
-        config.global_batch,
-        jax.process_count(),
-        jax.device_count(),
+    console.say(
+        f"{stage.name}: the {stage.view} view"
+        + (f" (the {stage.other_view} view frozen)" if stage.cotrain else "")
+        + f", {stage.epochs} epochs x {steps_per_epoch} steps of {config.global_batch} clips on "
+        f"{jax.device_count()} device(s)"
+        + (f", {jax.process_count()} hosts" if jax.process_count() > 1 else "")
     )
+    started = time.perf_counter()
 
     with contextlib.ExitStack() as stack:
         mngr = stack.enter_context(checkpoints.manager(workdir, keep=tc.keep_checkpoints))
@@ -293,7 +287,7 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
         if mngr.latest_step() is not None:
             state, progress = checkpoints.restore_state(mngr, state)
             progress["history"] = [*progress.get("history", []), *history]
-            logging.info("resumed %s from its checkpoint at batch %d", stage.name, progress["batches"])
+            console.warn(f"resumed {stage.name} from its checkpoint at batch {progress['batches']}")
             if stage.cotrain:
                 frozen = (frozen_encoder(state, stage),)
         else:
@@ -363,4 +357,16 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
     }
     if jax.process_index() == 0:
         (workdir / "metrics.json").write_text(json.dumps(result, indent=1))
+    console.say(
+        f"{stage.name}: done in {console.duration(time.perf_counter() - started)}, {_outcome(result)}"
+    )
     return result
+
+
+def _outcome(result: dict) -> str:
+    """A finished stage in a few words: its final loss and its last retrieval check."""
+    loss = result["final"].get("loss")
+    words = [f"loss {loss:.3f}"] if loss is not None else []
+    if result["retrieval"]:
+        words.append(f"R@1 {result['retrieval'][-1]['R@1']:.1f}")
+    return ", ".join(words) or f"{result['batches']} batches"
