@@ -80,6 +80,7 @@ def table3(config, workdir, seeds, top_ks=(0, 1, 5), views=("rgb",), init_dir: s
     """Table 3: {'summary': {view: {row: metrics}}, 'tables': [per seed]} with rows random init,
     initialized and 'K = k' (co-trained with contrast.top_k = k) for each co-trained view."""
     from cvtcl_jax.modes import evaluation, training
+    from cvtcl_jax.training.stage import stage_name
 
     wd = Path(workdir)
     config, _ = fidelity.prepare(config, wd)
@@ -101,9 +102,8 @@ def table3(config, workdir, seeds, top_ks=(0, 1, 5), views=("rgb",), init_dir: s
             kcfg.schedule.eval_stages = ("cotrain",)
             for view in views:
                 other = training.other_view(view)
-                stage = training.cotrain_stage(
-                    kcfg, f"cotrain1_{view}", view, str(init / f"init_{view}"), str(init / f"init_{other}")
-                )
+                start, ranker = str(init / stage_name(view)), str(init / stage_name(other))
+                stage = training.cotrain_stage(kcfg, stage_name(view, 1), view, start, ranker)
                 training.run_stage(kcfg, run / stage.name, stage)
                 table[view][f"K = {k}"] = evaluation.evaluate_stages(kcfg, run, view)[view]["cotrain"]
         tables.append(table)
@@ -124,18 +124,18 @@ def _initialized(config, init: Path, init_dir: str | None, seed) -> Path:
     """INIT holding both views' initialized stages: trained there, or links to
     INIT_DIR/seed<k>/init_<view> (finished stages of this model)."""
     from cvtcl_jax.modes import checks
-    from cvtcl_jax.training.stage import finished_summary
+    from cvtcl_jax.training.stage import finished_summary, stage_name
 
     views = ("rgb", "flow")
     if init_dir is None:
-        linked = [init / f"init_{v}" for v in views if (init / f"init_{v}").is_symlink()]
+        linked = [init / stage_name(v) for v in views if (init / stage_name(v)).is_symlink()]
         if linked:
             raise ValueError(f"{linked[0]} links to {linked[0].resolve()}: pass that --init_dir again")
         fidelity.initialize(config, init, views)
         return init
     for view in views:
-        target = init / f"init_{view}"
-        source = (Path(init_dir) / f"seed{seed}" / f"init_{view}").resolve()
+        target = init / stage_name(view)
+        source = (Path(init_dir) / f"seed{seed}" / stage_name(view)).resolve()
         checks.check_stage_source(str(source), "--init_dir", view, config.model)
         if finished_summary(source) is None:
             raise ValueError(f"--init_dir: {source} has not finished its training; finish it first")

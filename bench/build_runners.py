@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from data_prep import synthetic  # noqa: E402
+from generated import synthetic  # noqa: E402
 
 
 def timed_build(raw: Path, out: Path, workers: int, flags: list[str]) -> float:

@@ -21,7 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_prep import synthetic, video  # noqa: E402
+from data_prep import video  # noqa: E402
+from generated import synthetic  # noqa: E402
 
 UCF101_FRAMES = 13_320 * 186
 

@@ -69,11 +69,12 @@ def format_summary(summary: dict) -> str:
 def initialize(config, workdir: Path, views) -> None:
     """Trains the initialization of each of `views` in WORKDIR/init_<view> (finished ones return)."""
     from cvtcl_jax.modes import training
+    from cvtcl_jax.training.stage import stage_name
 
     for view in views:
         cfg = config.copy_and_resolve_references()
         cfg.train.view = view
-        training.run_init(cfg, Path(workdir) / f"init_{view}")
+        training.run_init(cfg, Path(workdir) / stage_name(view))
 
 
 def _seed_table(config, workdir: Path, train: str, views) -> dict:

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.build_runners import speed_row, timed_build  # noqa: E402
-from data_prep import synthetic  # noqa: E402
+from generated import synthetic  # noqa: E402
 from tests import extracted_layouts as tools  # noqa: E402
 
 

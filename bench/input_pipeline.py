@@ -38,7 +38,8 @@ from cvtcl_jax.data.augment import AugmentConfig  # noqa: E402
 from cvtcl_jax.data.clip_spec import ClipSpec  # noqa: E402
 from cvtcl_jax.data.dataset_info import load_dataset_info  # noqa: E402
 from cvtcl_jax.sharding import make_mesh, shard_batch  # noqa: E402
-from data_prep import synthetic, video  # noqa: E402
+from data_prep import video  # noqa: E402
+from generated import synthetic  # noqa: E402
 
 HEIGHT, WIDTH = 128, 171
 STANDIN = "standin_videos/split1"

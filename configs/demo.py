@@ -24,12 +24,12 @@ def get_config():
     cfg.mode = "demo"
     cfg.demo = ml_collections.ConfigDict(
         dict(
-            # Speed classes with a heading that changes every 8 frames (data_prep/synthetic.py):
+            # Speed classes with a heading that changes every 8 frames (generated/synthetic.py):
             # the flow's direction, which untrained features pick up, says nothing of the class;
             # each look occurs in every class, so the look (most of the frame) says nothing of it
             # either. The class shows in the square's speed (what flow learns) and in its surface
             # pattern (what RGB learns: speed alone is beyond RGB in a CPU budget, see docs/demo.md).
-            set="synthetic",  # data_prep/synthetic.py; "motion": data_prep/motion_set.py
+            set="synthetic",  # generated/synthetic.py; "motion": generated/motion_set.py
             data_seed=0,  # the generator's seed (config.seed draws the training's randomness)
             data_dir=placeholder(str),  # where the set is generated and prepared; None: the workdir
             kind="speed",

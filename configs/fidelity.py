@@ -4,7 +4,7 @@
     python bench/fidelity.py --workdir=DIR                        # seeds, baselines, the table
     python bench/ablations.py --workdir=DIR --table=1 --views=flow   # the paper's Table 1
 
-data_prep/motion_set.py's 8 kinds of motion (a random look per video, a shaking camera, objects
+generated/motion_set.py's 8 kinds of motion (a random look per video, a shaking camera, objects
 of three sizes and two shapes; 96 train / 48 test videos, chance 12.5%), prepared with the real
 data_prep command, then the demo's schedule and evaluation table (docs/fidelity.md).
 """

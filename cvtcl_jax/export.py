@@ -38,6 +38,7 @@ from cvtcl_jax.models import (
     backbone_variables,
     encoder_from_config,
     to_torchvision_s3d,
+    variable_shapes,
     weight_settings,
 )
 from cvtcl_jax.models.imported_weights import META_BN_EPSILON, META_REVERSED
@@ -134,16 +135,13 @@ def export_backbone(
 
 
 def export_stage(source: str | Path, out_dir: str | Path, encoder: str = "encoder") -> dict:
-    """Exports the backbone of a stage's latest checkpoint (see cvtcl_jax/export.py)."""
-    from cvtcl_jax.export import export_backbone
-
+    """Exports the backbone of a stage's latest checkpoint (the directory: this module's docstring)."""
     info = checkpoints.stage_info(source)
     cfg = info["config"]
     model = encoder_from_config(cfg["model"])
     d = cfg["data"]
     clip = (d["num_frames"], d["crop_size"], d["crop_size"])
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *clip, 3)), train=False))
-    variables = checkpoints.restore_encoder(source, dict(shapes), encoder)
+    variables = checkpoints.restore_encoder(source, dict(variable_shapes(model, clip)), encoder)
     where = {
         "workdir": str(Path(source).absolute()),
         "stage": info["progress"].get("stage"),

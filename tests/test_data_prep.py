@@ -15,9 +15,10 @@ import pytest
 
 from cvtcl_jax.data.dataset_info import load_dataset_info
 from cvtcl_jax.data.records import read_examples
-from data_prep import layouts, synthetic
+from data_prep import layouts
 from data_prep.builders import dataset_name
 from data_prep.video import dequantize_flow, process_video, read_frames
+from generated import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 UCF = dataset_name("ucf101", 1, short_side=32)  # cvtcl_ucf101/split1_32px_q90

@@ -21,7 +21,8 @@ from configs import demo
 from cvtcl_jax import checkpoints, modes
 from cvtcl_jax.data import sampling
 from cvtcl_jax.modes.checks import ConfigError
-from data_prep import build, synthetic
+from data_prep import build
+from generated import synthetic
 from tests import tiny_config
 from tests.conftest import LENGTHS
 from tests.pattern_records import PATTERN_NAME, write_pattern_dataset
@@ -370,7 +371,7 @@ def _assert_learned_wins(scores, mean_margin=20, least_margin=12.5):
     """24 test videos, 4 classes (chance 25%): learned features must win by a wide margin, on
     average over retrieval R@1 and the linear probe, and clearly (3 videos) on each. On the pattern
     set RGB's margins were +50 / +62.5 (jax 0.10) and +58.3 / +62.5 (jax 0.12) with the test's
-    training seed, and at least +12.5 / +25 over seeds 0-2 on both (docs/performance.md)."""
+    training seed, and at least +12.5 / +25 over seeds 0-2 on both (docs/log.md)."""
     margins = [
         scores["learned", protocol][metric] - scores["random", protocol][metric]
         for protocol, metric in (("retrieval", "R@1"), ("linear_probe", "top1"))
@@ -387,7 +388,7 @@ def _assert_learned_wins(scores, mean_margin=20, least_margin=12.5):
 def test_learned_rgb_features_beat_random_init_on_pattern_classes(pattern_rgb_data, tmp_path):
     # The demo's RGB recipe with its milder augmentation, for its 150 epochs. On the demo's
     # marked set (shared looks) RGB sat at the knee of its curve: learned R@1 25-46 against random
-    # 17-38 over training seeds 0-2 on jax 0.10 and 0.12 (docs/performance.md).
+    # 17-38 over training seeds 0-2 on jax 0.10 and 0.12 (docs/log.md).
     aug = demo.get_config().data.aug
     scores = _learned_and_random_scores(pattern_rgb_data, "rgb", 150, tmp_path, data__aug=aug)
     _assert_learned_wins(scores)

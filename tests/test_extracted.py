@@ -12,10 +12,11 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import build, layouts, synthetic
+from data_prep import build, layouts
 from data_prep.builders import dataset_name
 from data_prep.extracted import detect
 from data_prep.video import VideoError, dequantize_flow
+from generated import synthetic
 from tests import extracted_layouts as tools
 from tests.test_data_prep import examples_of, metadata_of
 

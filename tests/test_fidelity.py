@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bench import fidelity, flow_statistics
-from data_prep import motion_set, synthetic
+from generated import motion_set, synthetic
 
 
 def test_motion_set_is_ucf101_layout_with_a_look_per_video_and_is_seeded(tmp_path):

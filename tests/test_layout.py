@@ -40,7 +40,8 @@ def test_imports_follow_the_layers():
         assert parts[1] in RANK, f"{path} is in no layer of the README's layout"
         for name in _imports(path):
             top = name.split(".")
-            if top[0] == "data_prep" and parts[1] != "modes":  # only the demo runs data_prep
+            # Only the demo mode generates a set and runs data_prep on it.
+            if top[0] in ("data_prep", "generated") and parts[1] != "modes":
                 against.append((str(path), name))
             if top[0] == "cvtcl_jax" and len(top) > 1 and RANK[top[1]] > RANK[parts[1]]:
                 against.append((str(path), name))
@@ -51,6 +52,13 @@ def test_data_prep_uses_only_the_data_and_flow_packages_and_the_console():
     for path in (ROOT / "data_prep").glob("*.py"):
         used = {n.split(".")[1] for n in _imports(path) if n.startswith("cvtcl_jax.")}
         assert used <= {"data", "flow", "console"}, (path, used)
+
+
+def test_generated_sets_stand_alone():
+    """The generated sets are data, written with NumPy and OpenCV alone: no part of the project."""
+    for path in (ROOT / "generated").glob("*.py"):
+        used = {n.split(".")[0] for n in _imports(path)} - {"__future__"}
+        assert used <= {"argparse", "pathlib", "cv2", "numpy", "generated"}, (path, used)
 
 
 def test_readme_layout_names_every_package_and_module_in_layer_order():

@@ -107,11 +107,11 @@ def test_resumed_run_continues_counts_and_history(tmp_path):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     values = [1.0, 2.0, 3.0, 4.0, np.nan, 6.0, 7.0]
     with manager(tmp_path) as mngr:
-        loop = make_loop(mngr, RecordingWriter(), 7, [], fix="Lower the lr,")
+        loop = make_loop(mngr, RecordingWriter(), 7, [], on_divergence="Lower the lr.")
         with pytest.raises(TrainingDiverged, match=r"toy: loss, grad_norm became NaN/Inf at batch 5") as err:
             loop.run({"w": jnp.float32(1.0)}, batches(0, values), 0, {})
         assert mngr.all_steps() == [3]
-    assert "last good checkpoint (batch 3)" in str(err.value) and "Lower the lr, then run" in str(err.value)
+    assert "last good checkpoint (batch 3)" in str(err.value) and "Lower the lr. Then run" in str(err.value)
 
 
 def test_accuracy_may_be_nan_without_stopping(tmp_path):

@@ -34,7 +34,7 @@ JITTER, GRAY, BLUR, SIGMA = 0, 1, 2, 3
 FACTORS = slice(4, 8)  # brightness, contrast, saturation, hue
 ORDER = slice(8, 12)  # the jitter operations' order, as in torchvision's ColorJitter
 COLOR_PARAMS = 12
-SUFFIX = "_color"
+COLOR_SUFFIX = "_color"  # batch key of a clip's colour parameters: <clip>_color
 
 # data.aug.on_device's settings (augment.AugmentConfig; here so that TF-free benchmarks can name them).
 ON_DEVICE = ("none", "color", "resize")
@@ -240,7 +240,7 @@ def apply_to_batch(batch: dict, blur_kernel_size: int, crop_size: int) -> dict:
     """The model's batch: every `<clip>` with a `<clip>_window` resized, flipped and coloured (with
     a `<clip>_color`) to crop_size, every other `<clip>` with a `<clip>_color` colour-augmented;
     the parameter entries dropped."""
-    out = {k: v for k, v in batch.items() if not k.endswith((SUFFIX, WINDOW_SUFFIX))}
+    out = {k: v for k, v in batch.items() if not k.endswith((COLOR_SUFFIX, WINDOW_SUFFIX))}
     for key in batch:
         if key.endswith(WINDOW_SUFFIX):
             clip = key[: -len(WINDOW_SUFFIX)]
@@ -249,10 +249,10 @@ def apply_to_batch(batch: dict, blur_kernel_size: int, crop_size: int) -> dict:
             else:
                 owner, index = SHARED_FRAMES[clip]
                 frames = batch[owner][:, index]
-            colors = batch.get(clip + SUFFIX)
+            colors = batch.get(clip + COLOR_SUFFIX)
             out[clip] = finish_clips(frames, batch[key], colors, crop_size, blur_kernel_size)
-        elif key.endswith(SUFFIX) and key[: -len(SUFFIX)] + WINDOW_SUFFIX not in batch:
-            clip = key[: -len(SUFFIX)]
+        elif key.endswith(COLOR_SUFFIX) and key[: -len(COLOR_SUFFIX)] + WINDOW_SUFFIX not in batch:
+            clip = key[: -len(COLOR_SUFFIX)]
             out[clip] = color_augment(batch[clip], batch[key], blur_kernel_size)
     return out
 
@@ -272,7 +272,7 @@ def make_batch_augmenter(mesh: Mesh, blur_kernel_size: int, crop_size: int) -> C
     warned = []
 
     def augment(batch: dict) -> dict:
-        if not any(k.endswith((SUFFIX, WINDOW_SUFFIX)) for k in batch):
+        if not any(k.endswith((COLOR_SUFFIX, WINDOW_SUFFIX)) for k in batch):
             return batch
         if not warned and mesh.devices.flat[0].platform == "cpu":
             warned.append(True)

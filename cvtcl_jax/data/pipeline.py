@@ -41,8 +41,7 @@ from cvtcl_jax.data import augment, device_augment, records, sampling
 from cvtcl_jax.data.augment import AugmentConfig
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import DatasetError, DatasetInfo, host_shards
-from cvtcl_jax.data.device_augment import SUFFIX as COLOR_SUFFIX
-from cvtcl_jax.data.device_augment import WINDOW_SUFFIX
+from cvtcl_jax.data.device_augment import COLOR_SUFFIX, WINDOW_SUFFIX
 
 # Finished training batches held ready on the host: a fixed count, so the host's memory is bounded
 # by (HOST_PREFETCH + 1) batches plus the samples in flight (one per pool thread).

@@ -174,7 +174,7 @@ def _train_on_clips(
             log_every=tc.log_every_steps,
             checkpoint_every=tc.checkpoint_every_steps,
             prefix=f"{protocol}/{view}/train/",
-            fix=f"Lower {'linear' if protocol == 'linear_probe' else 'finetune'}.lr (now {lr}),",
+            on_divergence=f"Lower {'linear' if protocol == 'linear_probe' else 'finetune'}.lr (now {lr}).",
         )
         state, _ = loop.run(state, batches, start, progress)
     return state, total

@@ -23,7 +23,13 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from cvtcl_jax import checkpoints
-from cvtcl_jax.models import S3D, backbone_from_config, backbone_variables, encoder_from_config
+from cvtcl_jax.models import (
+    S3D,
+    backbone_from_config,
+    backbone_variables,
+    encoder_from_config,
+    variable_shapes,
+)
 
 RANDOM = "random"
 
@@ -105,34 +111,21 @@ def describe(
     return desc
 
 
-def _backbone_template(model_cfg: Mapping, clip: tuple[int, int]) -> dict:
-    t, s = clip
-    return jax.eval_shape(
-        lambda: backbone_from_config(model_cfg).init(
-            jax.random.key(0), jnp.zeros((1, t, s, s, 3)), train=False
-        )
-    )
-
-
 def load(desc: Mapping, seed: int = 0) -> Backbone:
     """The backbone `describe` found. Random init draws from (seed, view)."""
     model_cfg, clip = dict(desc["model"]), tuple(desc["clip"])
+    t, s = clip
     if desc["kind"] == RANDOM:
-        t, s = clip
         key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(desc["view"].encode()))
         # One compiled program instead of every op of the network dispatched on its own.
         init = functools.partial(backbone_from_config(model_cfg).init, train=False)
         variables = jax.jit(init)(key, jnp.zeros((1, t, s, s, 3)))
     elif desc["kind"] == "export":
-        template = _backbone_template(model_cfg, clip)
+        template = variable_shapes(backbone_from_config(model_cfg), (t, s, s))
         with ocp.StandardCheckpointer() as ckpt:
             variables = ckpt.restore(Path(desc["path"]) / "params", template)
     else:
-        model = encoder_from_config(model_cfg)
-        t, s = clip
-        shapes = jax.eval_shape(
-            lambda: model.init(jax.random.key(0), jnp.zeros((1, t, s, s, 3)), train=False)
-        )
+        shapes = variable_shapes(encoder_from_config(model_cfg), (t, s, s))
         encoder = checkpoints.restore_encoder(desc["path"], dict(shapes), desc["encoder"])
         variables = backbone_variables(encoder)
     variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}

@@ -2,7 +2,8 @@
 
 s3d                  the S3D backbone (torchvision's), feature_map_size
 contrastive_encoder  ContrastiveEncoder f + g: S3D and the projection head
-builders             the networks of a config's `model` section, the backbone's variables
+builders             the networks of a config's `model` section, the backbone's variables and
+                     the variables' shapes
 batchnorm            BatchNorm over groups of clips (the paper's per-GPU statistics)
 conv, pooling        the 3D convolutions and max pooling, with their faster lowerings
 preprocess           uint8 frames -> ImageNet-normalised floats
@@ -16,6 +17,7 @@ from cvtcl_jax.models.builders import (
     backbone_from_config,
     backbone_variables,
     encoder_from_config,
+    variable_shapes,
     weight_settings,
 )
 from cvtcl_jax.models.contrastive_encoder import ContrastiveEncoder, ProjectionHead, l2_normalize
@@ -37,5 +39,6 @@ __all__ = [
     "load_torchvision_s3d",
     "to_torchvision_s3d",
     "WEIGHT_SETTINGS",
+    "variable_shapes",
     "weight_settings",
 ]

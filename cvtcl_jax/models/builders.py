@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from cvtcl_jax.models.contrastive_encoder import ContrastiveEncoder
@@ -56,3 +57,10 @@ def backbone_from_config(model_cfg: Mapping[str, Any]) -> S3D:
 def backbone_variables(encoder: Mapping) -> dict:
     """{'params', 'batch_stats'} of the backbone inside a ContrastiveEncoder's variables."""
     return {"params": encoder["params"]["backbone"], "batch_stats": encoder["batch_stats"]["backbone"]}
+
+
+def variable_shapes(module, clip: tuple[int, int, int]) -> dict:
+    """The shapes and dtypes of `module`'s variables (a backbone or an encoder) for clips of
+    (T, H, W) frames, by `jax.eval_shape`: nothing is computed or allocated. The template that
+    restoring a checkpoint needs."""
+    return jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, *clip, 3)), train=False))

@@ -27,9 +27,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from cvtcl_jax.models.builders import variable_shapes
 from cvtcl_jax.models.s3d import DEFAULT_BN_EPSILON, MIXED_4, S3D
 from cvtcl_jax.models.torch_checkpoint import TorchFileError, load_torch_file
 from cvtcl_jax.models.torchvision_weights import conv_bn_units, load_torchvision_s3d, to_torchvision_s3d
@@ -84,8 +84,7 @@ def coclr_to_torchvision_names() -> dict[str, str]:
 @functools.cache
 def torchvision_shapes() -> dict[str, tuple[int, ...]]:
     """torchvision key -> shape of the full S3D's `features.*` (num_batches_tracked left out)."""
-    shapes = jax.eval_shape(lambda: S3D().init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)), train=False))
-    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), variable_shapes(S3D(), (8, 32, 32)))
     return {k: v.shape for k, v in to_torchvision_s3d(zeros).items() if not k.endswith("num_batches_tracked")}
 
 

@@ -12,14 +12,13 @@ import jax
 
 from cvtcl_jax import checkpoints
 from cvtcl_jax.data.augment import AugmentConfig, check_eval_crops
-from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import VIEWS, DatasetError, load_dataset_info, verify_shards
 from cvtcl_jax.eval.run import EVAL_VIEWS, source_descriptions, views_of
 from cvtcl_jax.models.conv import CONV_LOWERINGS
 from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD, POOL_GRADS
 from cvtcl_jax.models.s3d import DEFAULT_BN_EPSILON, feature_map_size
 from cvtcl_jax.queue import check_queue_size
-from cvtcl_jax.steps import ContrastConfig
+from cvtcl_jax.training.stage import clip_spec, contrast_config
 
 SHAPE_KEYS = ("width_multiplier", "num_mixed_4", "head_hidden_dim", "embed_dim")
 
@@ -28,7 +27,10 @@ class ConfigError(ValueError):
     """The config cannot work; the message says what to change."""
 
 
-def _wrap(fn, *args, prefix: str = "", **kwargs):
+def _as_config_error(fn, *args, prefix: str = "", **kwargs):
+    """fn(*args, **kwargs), with the errors that a bad value raises in the code that uses it (a
+    ValueError from ClipSpec, a missing checkpoint, ...) raised as a ConfigError whose message
+    starts with `prefix`, the setting it came from."""
     try:
         return fn(*args, **kwargs)
     except (ValueError, TypeError, KeyError, checkpoints.CheckpointError, DatasetError) as e:
@@ -51,15 +53,15 @@ def check_batch(config) -> None:
             f"global_batch={b} is not a multiple of model.bn_group_size={group} (BN statistics are taken "
             f"over groups of {group} clips); change one of them"
         )
-    _wrap(check_queue_size, config.queue_size, b)
+    _as_config_error(check_queue_size, config.queue_size, b)
 
 
 def check_model_and_data_shapes(config) -> None:
     d = config.data
-    spec = _wrap(ClipSpec, d.num_frames, d.crop_size, d.num_segments, d.segment_len, prefix="data: ")
-    contrast = _wrap(lambda: ContrastConfig(**config.contrast), prefix="contrast: ")
-    _wrap(lambda: AugmentConfig(**d.aug), prefix="data.aug: ")
-    _wrap(
+    spec = _as_config_error(clip_spec, config, prefix="data: ")
+    contrast = _as_config_error(contrast_config, config, prefix="contrast: ")
+    _as_config_error(lambda: AugmentConfig(**d.aug), prefix="data.aug: ")
+    _as_config_error(
         feature_map_size,
         spec.num_frames,
         spec.crop_size,
@@ -67,8 +69,10 @@ def check_model_and_data_shapes(config) -> None:
         prefix="data.num_frames/crop_size: ",
     )
     if contrast.use_ltcl:
-        _wrap(feature_map_size, spec.segment_len, spec.crop_size, spec.crop_size, prefix="data.segment_len: ")
-    _wrap(check_eval_crops, d.eval_crops, d.ten_crop_scale, prefix="data: ")
+        _as_config_error(
+            feature_map_size, spec.segment_len, spec.crop_size, spec.crop_size, prefix="data.segment_len: "
+        )
+    _as_config_error(check_eval_crops, d.eval_crops, d.ten_crop_scale, prefix="data: ")
     if config.model.get("pool_grad", DEFAULT_POOL_GRAD) not in POOL_GRADS:
         raise ConfigError(f"model.pool_grad={config.model.pool_grad!r} must be one of {sorted(POOL_GRADS)}")
     if config.model.get("conv_lowering", "fold") not in CONV_LOWERINGS:
@@ -103,16 +107,16 @@ def dataset_info(d):
                 "(a TFDS data_dir) and --config.data.name to the dataset it printed, e.g. "
                 "cvtcl_ucf101/split1 (or run configs/demo.py, which makes its own data)"
             )
-    return _wrap(load_dataset_info, d.dir, d.name)
+    return _as_config_error(load_dataset_info, d.dir, d.name)
 
 
 def check_data(config, views) -> None:
     """The dataset exists, has the views, a train split with at least one global batch of videos."""
     info = dataset_info(config.data)
-    _wrap(info.check_views, views)
-    _wrap(info.check_crop, config.data.crop_size)
-    train = _wrap(info.subset, "train")
-    _wrap(verify_shards, info, ["train"] + ["test"] * (config.train.retrieval_every_epochs > 0))
+    _as_config_error(info.check_views, views)
+    _as_config_error(info.check_crop, config.data.crop_size)
+    train = _as_config_error(info.subset, "train")
+    _as_config_error(verify_shards, info, ["train"] + ["test"] * (config.train.retrieval_every_epochs > 0))
     if train.num_videos < config.global_batch:
         raise ConfigError(
             f"{info.name} in {config.data.dir} has {train.num_videos} training videos, "
@@ -120,14 +124,14 @@ def check_data(config, views) -> None:
         )
     check_padded_windows(config, train)
     if config.train.retrieval_every_epochs > 0:  # the held-out retrieval check queries test videos
-        _wrap(info.subset, "test", prefix="train.retrieval_every_epochs > 0 needs it: ")
+        _as_config_error(info.subset, "test", prefix="train.retrieval_every_epochs > 0 needs it: ")
 
 
 def check_padded_windows(config, train) -> None:
     """on_device 'resize' pads the shipped frames to the training subset's largest frame, which
     the metadata must record."""
     if config.data.aug.get("on_device") == "resize":
-        _wrap(train.require_max_frame_size)
+        _as_config_error(train.require_max_frame_size)
 
 
 def check_view(view: str, key: str = "train.view") -> None:
@@ -166,7 +170,7 @@ def check_stage_source(path: str, key: str, view: str | None, model_cfg=None) ->
         raise ConfigError(f"{key} is unset: set it to the workdir of the stage to start from")
     if not Path(path).is_dir():
         raise ConfigError(f"{key}={path} does not exist: set it to the workdir of a trained stage")
-    info = _wrap(checkpoints.stage_info, path, prefix=f"{key}: ")
+    info = _as_config_error(checkpoints.stage_info, path, prefix=f"{key}: ")
     seen_view = info["progress"].get("view")
     if view is not None and seen_view != view:
         raise ConfigError(f"{key}={path} holds a {seen_view!r} encoder, but the {view!r} view is needed here")
@@ -193,22 +197,22 @@ def check_evaluation(config, protocol: str) -> dict:
         )
     if ec.num_pictures < 0:
         raise ConfigError(f"eval.num_pictures={ec.num_pictures} must be >= 0")
-    sources = _wrap(source_descriptions, config)
+    sources = _as_config_error(source_descriptions, config)
     d = config.data
-    _wrap(check_eval_crops, d.eval_crops, d.ten_crop_scale, prefix="data: ")
+    _as_config_error(check_eval_crops, d.eval_crops, d.ten_crop_scale, prefix="data: ")
     if d.eval_stride < 1:
         raise ConfigError(f"data.eval_stride={d.eval_stride} must be >= 1")
     for view, desc in sources.items():
         t, s = desc["clip"] if ec.clip_from_source else (d.num_frames, d.crop_size)
-        _wrap(feature_map_size, t, s, s, prefix=f"{view} evaluation clip ({t}x{s}x{s}): ")
+        _as_config_error(feature_map_size, t, s, s, prefix=f"{view} evaluation clip ({t}x{s}x{s}): ")
     info = dataset_info(d)
-    _wrap(info.check_views, views_of(ec.view))
-    _wrap(verify_shards, info, ("train", "test"))
+    _as_config_error(info.check_views, views_of(ec.view))
+    _as_config_error(verify_shards, info, ("train", "test"))
     for view, desc in sources.items():
         s = desc["clip"][1] if ec.clip_from_source else d.crop_size
-        _wrap(info.check_crop, s, f"the {view} evaluation clip's crop")
-    train = _wrap(info.subset, "train")
-    _wrap(info.subset, "test")
+        _as_config_error(info.check_crop, s, f"the {view} evaluation clip's crop")
+    train = _as_config_error(info.subset, "train")
+    _as_config_error(info.subset, "test")
     if protocol == "linear_probe":
         lc = config.linear
         _check_numbers("linear", lc, positive=("epochs", "lr"), non_negative=("weight_decay",))
@@ -223,7 +227,7 @@ def check_evaluation(config, protocol: str) -> dict:
             raise ConfigError(f"finetune.dropout={fc.dropout} must be in [0, 1)")
     on_clips = protocol == "finetune" or (protocol == "linear_probe" and not config.linear.cached)
     if on_clips:
-        _wrap(lambda: AugmentConfig(**d.aug), prefix="data.aug: ")
+        _as_config_error(lambda: AugmentConfig(**d.aug), prefix="data.aug: ")
         check_padded_windows(config, train)
         if train.num_videos < b:
             raise ConfigError(

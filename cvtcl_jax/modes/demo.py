@@ -10,7 +10,7 @@ import jax
 
 from cvtcl_jax.modes import checks, evaluation, training
 
-# The generators: data_prep/synthetic.py (the demo's speed classes) and data_prep/motion_set.py
+# The generators: generated/synthetic.py (the demo's speed classes) and generated/motion_set.py
 # (the fidelity benchmark's kinds of motion, docs/fidelity.md).
 DEMO_SETS = ("synthetic", "motion")
 
@@ -25,7 +25,8 @@ def check_demo(config) -> None:
 def prepare_data(config, root: Path) -> tuple[str, str]:
     """Generates and prepares the demo's set under root (raw/ and data/; a re-run reuses both).
     Returns the TFDS (data_dir, name) to train and evaluate on."""
-    from data_prep import build, builders, motion_set, synthetic
+    from data_prep import build, builders
+    from generated import motion_set, synthetic
 
     raw, prepared = root / "raw", root / "data"
     demo = config.demo

@@ -17,6 +17,7 @@ from cvtcl_jax.eval.run import (
 )
 from cvtcl_jax.modes import checks
 from cvtcl_jax.modes.checks import ConfigError
+from cvtcl_jax.training.stage import stage_name
 
 EVAL_STAGES = ("random_init", "init", "cotrain")
 TABLE_METRICS = {"retrieval": ("R@1", "R@5"), "linear_probe": ("top1",), "finetune": ("top1",)}
@@ -64,7 +65,8 @@ def init_sources(config, workdir: str | Path) -> dict[str, str]:
     """{view: the schedule's initialization}: schedule.init_from_<view> where given (weights
     trained elsewhere, e.g. imported CoCLR checkpoints), else its init_<view> stage."""
     return {
-        v: config.schedule.get(f"init_from_{v}") or str(Path(workdir) / f"init_{v}") for v in ("rgb", "flow")
+        v: config.schedule.get(f"init_from_{v}") or str(Path(workdir) / stage_name(v))
+        for v in ("rgb", "flow")
     }
 
 
@@ -74,7 +76,7 @@ def stage_sources(config, workdir: str | Path) -> dict[str, dict[str, str]]:
     out = {"random_init": {"rgb": "random", "flow": "random"}, "init": init_sources(config, wd)}
     cycles = config.schedule.cotrain_cycles
     if cycles:
-        out["cotrain"] = {v: str(wd / f"cotrain{cycles}_{v}") for v in ("rgb", "flow")}
+        out["cotrain"] = {v: str(wd / stage_name(v, cycles)) for v in ("rgb", "flow")}
     return out
 
 

@@ -1,8 +1,9 @@
 """The training modes: one stage (init, cotrain), the paper's whole schedule, and export.
 
-Stage names: `init_<view>` for initialization, `cotrain<cycle>_<view>` for co-training (the
-cotrain mode's single run is `cotrain_<view>`); each stage trains in WORKDIR/<stage name> under
-the schedule, in WORKDIR itself under the init and cotrain modes.
+Stage names (`training.stage.stage_name`): `init_<view>` for initialization,
+`cotrain<cycle>_<view>` for co-training (the cotrain mode's single run is `cotrain_<view>`); each
+stage trains in WORKDIR/<stage name> under the schedule, in WORKDIR itself under the init and
+cotrain modes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from cvtcl_jax.eval.training_check import RetrievalCheck
 from cvtcl_jax.export import export_stage
 from cvtcl_jax.modes import checks, evaluation
 from cvtcl_jax.modes.checks import ConfigError
-from cvtcl_jax.training.stage import Stage, finished_epochs, other_view, stage_config, train_stage
+from cvtcl_jax.training.stage import (
+    Stage,
+    finished_epochs,
+    other_view,
+    stage_config,
+    stage_name,
+    train_stage,
+)
 
 
 def run_stage(config, workdir, stage: Stage) -> dict:
@@ -31,7 +39,7 @@ def init_stage(config, view: str, init_from: str | None = None) -> Stage:
     """Initialization of `view`: alpha * InfoNCE + beta * LTCL (docs/method.md §3); from a fresh
     network, or continued from the encoders in init_from (a stage's or imported weights)."""
     return Stage(
-        f"init_{view}",
+        stage_name(view),
         view,
         config.schedule.init_epochs,
         tuple(config.optim.decay_epochs),
@@ -90,7 +98,9 @@ def run_init(config, workdir) -> dict:
 def run_cotrain(config, workdir) -> dict:
     view, tc = config.train.view, config.train
     return run_stage(
-        config, workdir, cotrain_stage(config, f"cotrain_{view}", view, tc.init_from, tc.other_from)
+        config,
+        workdir,
+        cotrain_stage(config, stage_name(view, cotrain=True), view, tc.init_from, tc.other_from),
     )
 
 
@@ -108,7 +118,7 @@ def schedule_stages(config, workdir: str | Path) -> list[Stage]:
     last = evaluation.init_sources(config, wd)
     for cycle in range(1, config.schedule.cotrain_cycles + 1):
         for view in ("rgb", "flow"):
-            name = f"cotrain{cycle}_{view}"
+            name = stage_name(view, cycle)
             stages.append(cotrain_stage(config, name, view, last[view], last[other_view(view)]))
             last[view] = str(wd / name)
     return stages

@@ -94,7 +94,8 @@ class Loop:
     prefix: TensorBoard prefix of the metric means ('train/', 'finetune/rgb/train/').
     evaluate: optional (state) -> {name: float}, run every `evaluate_every` batches and at the
       end; its results go to TensorBoard under `evaluation_name/` and into the progress.
-    fix: what to change when the loss diverges (added to the error message).
+    on_divergence: the setting to change when the loss diverges, a sentence of the error message
+      ('Lower optim.lr (now 0.003).').
     """
 
     name: str
@@ -111,7 +112,7 @@ class Loop:
     evaluate: Callable[[Any], dict] | None = None
     evaluate_every: int = 0
     evaluation_name: str = "retrieval"
-    fix: str = ""
+    on_divergence: str = ""
 
     def _checked(self, batch_no: int, metrics) -> dict:
         host = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -121,8 +122,8 @@ class Loop:
             raise TrainingDiverged(
                 f"{self.name}: {', '.join(bad)} became NaN/Inf at batch {batch_no} ({host}). Training "
                 f"stopped; the last good checkpoint (batch {self.mngr.latest_step()}) is kept in "
-                f"{self.mngr.directory}. {self.fix}{' t' if self.fix else 'T'}hen run the same command "
-                "to resume from it"
+                f"{self.mngr.directory}. {self.on_divergence + ' ' if self.on_divergence else ''}Then run "
+                "the same command to resume from it"
             )
         return host
 

@@ -73,6 +73,15 @@ def other_view(view: str) -> str:
     return "flow" if view == "rgb" else "rgb"
 
 
+def stage_name(view: str, cycle: int | None = None, cotrain: bool = False) -> str:
+    """A stage's name, which is also its directory in a schedule's workdir: `init_<view>`, the
+    schedule's `cotrain<cycle>_<view>`, or the cotrain mode's single run `cotrain_<view>`
+    (cotrain and no cycle)."""
+    if cycle is None and not cotrain:
+        return f"init_{view}"
+    return f"cotrain{cycle or ''}_{view}"
+
+
 def clip_spec(config, ltcl: bool = True) -> ClipSpec:
     d = config.data
     return ClipSpec(d.num_frames, d.crop_size, d.num_segments if ltcl else 0, d.segment_len)
@@ -340,7 +349,7 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
             if evaluate is None or not tc.retrieval_every_epochs
             else lambda state: evaluate(_encoder_template(state)),
             evaluate_every=tc.retrieval_every_epochs * steps_per_epoch,
-            fix=f"Lower {lr_key} (now {base_lr}) or raise contrast.tau,",
+            on_divergence=f"Lower {lr_key} (now {base_lr}) or raise contrast.tau.",
         )
         _, progress = loop.run(state, batches, start, progress)
 

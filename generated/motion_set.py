@@ -1,8 +1,8 @@
 """The fidelity benchmark's generated set: 8 kinds of motion, a random look per video, a shaking camera.
 
-    python -m data_prep.motion_set --out_dir=RAW [--groups=9 --clips_per_group=2]
+    python -m generated.motion_set --out_dir=RAW [--groups=9 --clips_per_group=2]
 
-Unlike the demo's set (data_prep/synthetic.py: speeds, looks shared across classes, a surface
+Unlike the demo's set (generated/synthetic.py: speeds, looks shared across classes, a surface
 pattern per class), the class here is the kind of an object's motion and nothing else:
 
   Slide   translates horizontally, left or right     Spin    rotates in place, either way
@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_prep.synthetic import texture, write_avi, write_ucf_lists
+from generated.synthetic import texture, write_avi, write_ucf_lists
 
 CLASSES = ("Slide", "Rise", "Fall", "Grow", "Shrink", "Spin", "Orbit", "Shake")
 HALF_SIZES = (5.0, 7.0, 9.0)  # the object's half side (or radius), pixels at a 48-pixel short side
@@ -161,7 +161,7 @@ def generate(
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m data_prep.motion_set", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m generated.motion_set", description=__doc__)
     p.add_argument("--out_dir", required=True)
     p.add_argument("--groups", type=int, default=9)
     p.add_argument("--clips_per_group", type=int, default=2)

@@ -1,6 +1,6 @@
 """A small synthetic video set in the UCF101 layout, for the demo and the tests.
 
-    python -m data_prep.synthetic --out_dir=RAW [--num_classes=6 --groups=9 --clips_per_group=2]
+    python -m generated.synthetic --out_dir=RAW [--num_classes=6 --groups=9 --clips_per_group=2]
 
 Each class is a kind of motion (a textured object moving right, left, up, down, growing or
 shrinking over a textured background); appearance is random per group, so that, as in UCF101, the
@@ -294,7 +294,7 @@ def generate(
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m data_prep.synthetic", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m generated.synthetic", description=__doc__)
     p.add_argument("--out_dir", required=True)
     p.add_argument("--num_classes", type=int, default=6)
     p.add_argument("--groups", type=int, default=9)
