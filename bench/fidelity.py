@@ -80,7 +80,7 @@ def initialize(config, workdir: Path, views) -> None:
 def _seed_table(config, workdir: Path, train: str, views) -> dict:
     """One seed's table {view: {stage: metrics}}: the schedule's, or the initialization of
     `views` and its evaluation."""
-    from cvtcl_jax.eval.run import TWO_STREAM
+    from cvtcl_jax.eval.store import TWO_STREAM
     from cvtcl_jax.modes import evaluation, training
 
     if train == "schedule":

@@ -90,3 +90,22 @@ def test_cotrain_lr_sets_the_cotraining_runs_only(tmp_path):
         "init_flow": None,
         **{f"cotrain{c}_{v}": 5e-4 for c in (1, 2) for v in ("rgb", "flow")},
     }
+
+
+def test_every_protocol_is_one_record_that_the_modes_checks_and_table_read():
+    """PROTOCOLS: each protocol a mode, its checks naming settings of its own section, its
+    table columns in the schedule's column order."""
+    from cvtcl_jax import modes
+    from cvtcl_jax.eval.protocols import PROTOCOLS
+    from cvtcl_jax.modes import evaluation
+
+    cfg = get_config()
+    for name, protocol in PROTOCOLS.items():
+        assert protocol.name == name and name in modes.MODES
+        if protocol.section is None:
+            assert not (protocol.positive or protocol.non_negative or protocol.fractions)
+        for key in (*protocol.positive, *protocol.non_negative, *protocol.fractions):
+            assert key in cfg[protocol.section], (name, key)
+    table = {"rgb": {"init": {"finetune_top1": 1.0, "R@5": 2.0, "linear_top1": 3.0, "R@1": 4.0}}}
+    header = evaluation.format_table(table).splitlines()[0].split()
+    assert header == ["view", "stage", "R@1", "R@5", "linear_top1", "finetune_top1"]

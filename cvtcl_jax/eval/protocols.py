@@ -3,7 +3,7 @@
 Each protocol evaluates the view `eval.view` ('rgb', 'flow' or 'two_stream') of the encoders named
 by `eval.rgb_source` / `eval.flow_source` (a stage workdir, an export directory or 'random', see
 eval/sources.py) on the dataset `data.name` in `data.dir` (UCF101 or HMDB51 as data_prep builds them).
-What a run leaves in its workdir: eval/run.py.
+What a run leaves in its workdir: eval/store.py.
 
 Two-stream: retrieval averages the two views' normalised video features; the classifiers average
 the two views' per-video softmax. Every view is also reported on its own.
@@ -11,8 +11,8 @@ the two views' per-video softmax. Every view is also reported on its own.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import zlib
 from collections.abc import Callable
 
 import jax
@@ -24,45 +24,12 @@ from cvtcl_jax import checkpoints, optim
 from cvtcl_jax.data import pipeline
 from cvtcl_jax.eval import accuracy, classifier, features, pictures, retrieval
 from cvtcl_jax.eval.classifier import FinetuneModel, LinearHead
-from cvtcl_jax.eval.run import TWO_STREAM, EvalRun, summary_line, views_and_fused, views_of
+from cvtcl_jax.eval.store import TWO_STREAM, EvalRun, summary_line, views_and_fused, views_of
 from cvtcl_jax.sharding import replicated
-from cvtcl_jax.training.inputs import device_batches
+from cvtcl_jax.training.inputs import batches_per_epoch, device_batches, run_seed
 from cvtcl_jax.training.loop import Loop
 
 # ---------------------------------------------------------------------- retrieval
-
-
-def _retrieval_sets(train: dict, test: dict, coclr: bool, seed: int) -> dict:
-    """Query (test) and gallery (train) video features of one view."""
-    qv, ql, q = retrieval.video_features(test["features"], test["video_index"], test["label"])
-    if coclr:
-        gv, gl, g = retrieval.single_clip_features(
-            train["features"], train["video_index"], train["label"], seed
-        )
-        q, g = retrieval.centre(q), retrieval.centre(g)
-    else:
-        gv, gl, g = retrieval.video_features(train["features"], train["video_index"], train["label"])
-    return {
-        "query_videos": qv,
-        "query_labels": ql,
-        "query": q,
-        "gallery_videos": gv,
-        "gallery_labels": gl,
-        "gallery": g,
-    }
-
-
-def _fused_sets(a: dict, b: dict) -> dict:
-    for key in ("query_videos", "gallery_videos"):
-        if not np.array_equal(a[key], b[key]):
-            raise ValueError(
-                "two-stream retrieval needs both views of the same videos; the view features differ"
-            )
-    return {
-        **a,
-        "query": retrieval.fuse(a["query"], b["query"]),
-        "gallery": retrieval.fuse(a["gallery"], b["gallery"]),
-    }
 
 
 def _retrieval(run: EvalRun, config) -> dict:
@@ -73,9 +40,9 @@ def _retrieval(run: EvalRun, config) -> dict:
         backbone = run.load(view)
         train = run.clip_features(backbone, "train", "center")
         test = run.clip_features(backbone, "test", "center")
-        sets[view] = _retrieval_sets(train, test, coclr, config.seed)
+        sets[view] = retrieval.query_and_gallery(train, test, coclr, config.seed)
     if config.eval.view == TWO_STREAM:
-        sets[TWO_STREAM] = _fused_sets(sets["rgb"], sets["flow"])
+        sets[TWO_STREAM] = retrieval.fused_sets(sets["rgb"], sets["flow"])
     settings = {
         "protocol": "coclr" if coclr else "dense",
         "crops": "center",
@@ -83,12 +50,10 @@ def _retrieval(run: EvalRun, config) -> dict:
     }
     results = {}
     for view in views_and_fused(config.eval.view):
-        s = sets[view]
-        metrics = retrieval.recall_at_k(s["query"], s["query_labels"], s["gallery"], s["gallery_labels"])
-        results[view] = run.write_result("retrieval", view, metrics, settings)
+        results[view] = run.write_result(view, retrieval.recall(sets[view]), settings)
     pictures.write_neighbours(run, config.eval.view, sets[config.eval.view])
     run.writer.flush()
-    logging.info(summary_line("retrieval", results))
+    logging.info(summary_line(run.protocol, results))
     return results
 
 
@@ -119,7 +84,6 @@ def _fit_cached_head(run: EvalRun, view: str, train: dict) -> tuple[dict, int]:
 
 def _train_on_clips(
     run: EvalRun,
-    protocol: str,
     view: str,
     apply: Callable,
     variables: dict,
@@ -135,8 +99,9 @@ def _train_on_clips(
     restored without building its step or input). Returns (state, steps)."""
     config = run.config
     tc = config.train
+    protocol = run.protocol.name
     run_dir = run.workdir / f"{protocol}_{view}"
-    steps_per_epoch = run.info.subset("train").num_videos // config.global_batch
+    steps_per_epoch = batches_per_epoch(run.info, config.global_batch)
     total = epochs * steps_per_epoch
     schedule = optim.step_decay_schedule(lr, steps_per_epoch, decay_epochs)
     optimizer = optimizer_fn(schedule)
@@ -153,7 +118,7 @@ def _train_on_clips(
         if start >= total:
             return state, total
 
-        seed = (config.seed * 1_000_003 + zlib.crc32(f"{protocol}_{view}".encode())) % 2**31
+        seed = run_seed(config.seed, f"{protocol}_{view}")
         batches = device_batches(
             config, run.info, run.mesh, pipeline.labelled_clip_dataset, run.spec(view), seed, start, view=view
         )
@@ -174,13 +139,13 @@ def _train_on_clips(
             log_every=tc.log_every_steps,
             checkpoint_every=tc.checkpoint_every_steps,
             prefix=f"{protocol}/{view}/train/",
-            on_divergence=f"Lower {'linear' if protocol == 'linear_probe' else 'finetune'}.lr (now {lr}).",
+            on_divergence=f"Lower {run.protocol.section}.lr (now {lr}).",
         )
         state, _ = loop.run(state, batches, start, progress)
     return state, total
 
 
-def _classifier_results(run: EvalRun, protocol: str, per_view: dict, settings: dict, steps: int) -> dict:
+def _classifier_results(run: EvalRun, per_view: dict, settings: dict, steps: int) -> dict:
     """Writes each view's (and the fused) video-level accuracy; per_view: {view: (videos, labels, probs)}."""
     if run.config.eval.view == TWO_STREAM:
         (va, la, pa), (vb, _, pb) = per_view["rgb"], per_view["flow"]
@@ -190,13 +155,16 @@ def _classifier_results(run: EvalRun, protocol: str, per_view: dict, settings: d
     results = {}
     for view, (videos, labels, probs) in per_view.items():
         metrics = accuracy.accuracy(probs, labels)
-        results[view] = run.write_result(protocol, view, metrics, settings, steps)
+        results[view] = run.write_result(view, metrics, settings, steps)
         if jax.process_index() == 0:
             np.savez(
-                run.workdir / f"{protocol}_{view}_predictions.npz", videos=videos, labels=labels, probs=probs
+                run.workdir / f"{run.protocol.name}_{view}_predictions.npz",
+                videos=videos,
+                labels=labels,
+                probs=probs,
             )
     run.writer.flush()
-    logging.info(summary_line(protocol, results))
+    logging.info(summary_line(run.protocol, results))
     return results
 
 
@@ -222,7 +190,6 @@ def _linear_probe(run: EvalRun, config) -> dict:
 
             state, steps = _train_on_clips(
                 run,
-                "linear_probe",
                 view,
                 head.apply,
                 init,
@@ -252,7 +219,7 @@ def _linear_probe(run: EvalRun, config) -> dict:
         "test_crops": crops,
         **run.clip_settings(),
     }
-    return _classifier_results(run, "linear_probe", per_view, settings, steps)
+    return _classifier_results(run, per_view, settings, steps)
 
 
 def _finetune(run: EvalRun, config) -> dict:
@@ -275,7 +242,6 @@ def _finetune(run: EvalRun, config) -> dict:
         }
         state, steps = _train_on_clips(
             run,
-            "finetune",
             view,
             model.apply,
             variables,
@@ -305,11 +271,70 @@ def _finetune(run: EvalRun, config) -> dict:
         "test_crops": crops,
         **run.clip_settings(),
     }
-    return _classifier_results(run, "finetune", per_view, settings, steps)
+    return _classifier_results(run, per_view, settings, steps)
 
 
-def run_protocol(protocol: str, config, workdir) -> dict:
-    """Runs `protocol` ('retrieval', 'linear_probe', 'finetune') in `workdir`; {view: result record}."""
-    body = {"retrieval": _retrieval, "linear_probe": _linear_probe, "finetune": _finetune}[protocol]
-    with EvalRun.create(config, workdir) as run:
-        return body(run, config)
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """An evaluation protocol as everything that names one reads it: the modes, the config checks,
+    the result files and the schedule's table.
+
+    section: its own config section (None: eval and data only); part of a result's key, and the
+      prefix of its columns in the schedule's table ('linear_top1').
+    runner: (EvalRun, config) -> {view: result record}.
+    positive, non_negative, fractions: settings of its section that must be > 0, >= 0, in [0, 1).
+    on_clips: (config) -> whether it trains on augmented clips of the train videos (then the
+      augmentation and a batch of train videos are checked).
+    table_metrics: its metrics in the schedule's table; summary_metrics: in its console line.
+    """
+
+    name: str
+    section: str | None
+    runner: Callable
+    table_metrics: tuple[str, ...]
+    summary_metrics: tuple[str, ...]
+    on_clips: Callable = lambda config: False
+    positive: tuple[str, ...] = ()
+    non_negative: tuple[str, ...] = ()
+    fractions: tuple[str, ...] = ()
+
+    def column(self, metric: str) -> str:
+        """The schedule table's name of one of its metrics."""
+        return metric if self.section is None else f"{self.section}_{metric}"
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        Protocol("retrieval", None, _retrieval, ("R@1", "R@5"), tuple(f"R@{k}" for k in retrieval.RECALL_KS)),
+        Protocol(
+            "linear_probe",
+            "linear",
+            _linear_probe,
+            ("top1",),
+            ("top1", "top5"),
+            on_clips=lambda config: not config.linear.cached,
+            positive=("epochs", "lr"),
+            non_negative=("weight_decay",),
+            fractions=("momentum",),
+        ),
+        Protocol(
+            "finetune",
+            "finetune",
+            _finetune,
+            ("top1",),
+            ("top1", "top5"),
+            on_clips=lambda config: True,
+            positive=("epochs", "lr"),
+            non_negative=("weight_decay", "backbone_lr_mult"),
+            fractions=("dropout",),
+        ),
+    )
+}
+
+
+def run_protocol(name: str, config, workdir) -> dict:
+    """Runs the protocol `name` (a key of PROTOCOLS) in `workdir`; {view: result record}."""
+    protocol = PROTOCOLS[name]
+    with EvalRun.create(config, workdir, protocol) as run:
+        return protocol.runner(run, config)

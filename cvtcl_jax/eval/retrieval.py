@@ -11,7 +11,7 @@ subtracted before the features are normalised.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -79,3 +79,42 @@ def recall_at_k(
     hits = gallery_labels[ranking(query, gallery)] == query_labels[:, None]  # (Q, G) in rank order
     first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), len(gallery))
     return {f"R@{k}": float(100.0 * np.mean(first_hit < min(k, len(gallery)))) for k in ks}
+
+
+def query_and_gallery(train: Mapping, test: Mapping, coclr: bool = False, seed: int = 0) -> dict:
+    """The retrieval sets of one view from per-clip rows ({'features', 'video_index', 'label'}):
+    test videos query train videos, each side dense (`video_features`) or, with `coclr`, CoCLR's
+    protocol (one clip per gallery video, both sides centred).
+
+    Returns {'query', 'gallery': (V, F) unit vectors; 'query_videos', 'query_labels',
+    'gallery_videos', 'gallery_labels': (V,)}.
+    """
+    qv, ql, q = video_features(test["features"], test["video_index"], test["label"])
+    if coclr:
+        gv, gl, g = single_clip_features(train["features"], train["video_index"], train["label"], seed)
+        q, g = centre(q), centre(g)
+    else:
+        gv, gl, g = video_features(train["features"], train["video_index"], train["label"])
+    return {
+        "query_videos": qv,
+        "query_labels": ql,
+        "query": q,
+        "gallery_videos": gv,
+        "gallery_labels": gl,
+        "gallery": g,
+    }
+
+
+def fused_sets(a: Mapping, b: Mapping) -> dict:
+    """Two-stream retrieval sets from the two views' sets of the same videos."""
+    for key in ("query_videos", "gallery_videos"):
+        if not np.array_equal(a[key], b[key]):
+            raise ValueError(
+                "two-stream retrieval needs both views of the same videos; the view features differ"
+            )
+    return {**a, "query": fuse(a["query"], b["query"]), "gallery": fuse(a["gallery"], b["gallery"])}
+
+
+def recall(sets: Mapping, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """`recall_at_k` of retrieval sets: what the evaluation and the in-training check report."""
+    return recall_at_k(sets["query"], sets["query_labels"], sets["gallery"], sets["gallery_labels"], ks)

@@ -1,11 +1,12 @@
 """The held-out check a pretraining stage runs every train.retrieval_every_epochs: R@k of test
-videos querying train videos with the backbone's features (docs/method.md §6, centre crops)."""
+videos querying train videos with the backbone's features (docs/method.md §6, centre crops),
+computed by the retrieval protocol's own functions (eval/retrieval.py)."""
 
 from __future__ import annotations
 
 from cvtcl_jax.data.dataset_info import load_dataset_info
 from cvtcl_jax.eval import features, retrieval
-from cvtcl_jax.eval.run import dataset_rows
+from cvtcl_jax.eval.store import dataset_rows
 from cvtcl_jax.models import backbone_from_config, backbone_variables
 from cvtcl_jax.sharding import make_mesh
 from cvtcl_jax.training.stage import clip_spec
@@ -30,9 +31,8 @@ class RetrievalCheck:
             self._info = load_dataset_info(config.data.dir, config.data.name)
         variables = backbone_variables(encoder_variables)
         spec = clip_spec(config, ltcl=False)
-        sets = {}
-        for subset in ("train", "test"):
-            rows = dataset_rows(
+        rows = {
+            subset: dataset_rows(
                 self._fn,
                 variables,
                 config,
@@ -44,7 +44,6 @@ class RetrievalCheck:
                 "center",
                 config.train.retrieval_max_videos,
             )
-            sets[subset] = retrieval.video_features(rows["features"], rows["video_index"], rows["label"])
-        _, train_labels, train_feats = sets["train"]
-        _, test_labels, test_feats = sets["test"]
-        return retrieval.recall_at_k(test_feats, test_labels, train_feats, train_labels)
+            for subset in ("train", "test")
+        }
+        return retrieval.recall(retrieval.query_and_gallery(rows["train"], rows["test"]))

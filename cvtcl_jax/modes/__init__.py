@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cvtcl_jax import console, report
-from cvtcl_jax.eval.run import PROTOCOLS
+from cvtcl_jax.eval.protocols import PROTOCOLS
 from cvtcl_jax.modes import demo, evaluation, import_weights, run_record, training, workdir_lock
 from cvtcl_jax.modes.checks import ConfigError
 from cvtcl_jax.training.resume import ResumeError

@@ -13,7 +13,8 @@ import jax
 from cvtcl_jax import checkpoints
 from cvtcl_jax.data.augment import AugmentConfig, check_eval_crops
 from cvtcl_jax.data.dataset_info import VIEWS, DatasetError, load_dataset_info, verify_shards
-from cvtcl_jax.eval.run import EVAL_VIEWS, source_descriptions, views_of
+from cvtcl_jax.eval.protocols import PROTOCOLS
+from cvtcl_jax.eval.store import EVAL_VIEWS, source_descriptions, views_of
 from cvtcl_jax.models.conv import CONV_LOWERINGS
 from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD, POOL_GRADS
 from cvtcl_jax.models.s3d import DEFAULT_BN_EPSILON, feature_map_size
@@ -213,20 +214,14 @@ def check_evaluation(config, protocol: str) -> dict:
         _as_config_error(info.check_crop, s, f"the {view} evaluation clip's crop")
     train = _as_config_error(info.subset, "train")
     _as_config_error(info.subset, "test")
-    if protocol == "linear_probe":
-        lc = config.linear
-        _check_numbers("linear", lc, positive=("epochs", "lr"), non_negative=("weight_decay",))
-        if not 0 <= lc.momentum < 1:
-            raise ConfigError(f"linear.momentum={lc.momentum} must be in [0, 1)")
-    if protocol == "finetune":
-        fc = config.finetune
-        _check_numbers(
-            "finetune", fc, positive=("epochs", "lr"), non_negative=("weight_decay", "backbone_lr_mult")
-        )
-        if not 0 <= fc.dropout < 1:
-            raise ConfigError(f"finetune.dropout={fc.dropout} must be in [0, 1)")
-    on_clips = protocol == "finetune" or (protocol == "linear_probe" and not config.linear.cached)
-    if on_clips:
+    record = PROTOCOLS[protocol]
+    if record.section is not None:
+        values = config[record.section]
+        _check_numbers(record.section, values, record.positive, record.non_negative)
+        for key in record.fractions:
+            if not 0 <= values[key] < 1:
+                raise ConfigError(f"{record.section}.{key}={values[key]} must be in [0, 1)")
+    if record.on_clips(config):
         _as_config_error(lambda: AugmentConfig(**d.aug), prefix="data.aug: ")
         check_padded_windows(config, train)
         if train.num_videos < b:

@@ -7,8 +7,8 @@ from pathlib import Path
 from absl import logging
 
 from cvtcl_jax import console
-from cvtcl_jax.eval.protocols import run_protocol
-from cvtcl_jax.eval.run import (
+from cvtcl_jax.eval.protocols import PROTOCOLS, run_protocol
+from cvtcl_jax.eval.store import (
     TWO_STREAM,
     finished_results,
     summary_line,
@@ -20,7 +20,6 @@ from cvtcl_jax.modes.checks import ConfigError
 from cvtcl_jax.training.stage import stage_name
 
 EVAL_STAGES = ("random_init", "init", "cotrain")
-TABLE_METRICS = {"retrieval": ("R@1", "R@5"), "linear_probe": ("top1",), "finetune": ("top1",)}
 
 
 def protocol_check(protocol: str):
@@ -33,7 +32,7 @@ def protocol_check(protocol: str):
 def protocol_runner(protocol: str):
     def run(config, workdir) -> dict:
         results = run_protocol(protocol, config, workdir)
-        console.say(summary_line(protocol, results))
+        console.say(summary_line(PROTOCOLS[protocol], results))
         return results
 
     return run
@@ -43,11 +42,11 @@ def check_eval_names(config) -> None:
     """schedule.eval_stages and eval_protocols name known stages and protocols."""
     s = config.schedule
     unknown = [x for x in s.eval_stages if x not in EVAL_STAGES]
-    unknown += [x for x in s.eval_protocols if x not in TABLE_METRICS]
+    unknown += [x for x in s.eval_protocols if x not in PROTOCOLS]
     if unknown:
         raise ConfigError(
             f"schedule.eval_stages / eval_protocols name {unknown}; stages are {EVAL_STAGES}, protocols "
-            f"{tuple(TABLE_METRICS)} (empty tuples skip the evaluation)"
+            f"{tuple(PROTOCOLS)} (empty tuples skip the evaluation)"
         )
 
 
@@ -96,21 +95,21 @@ def evaluate_stages(config, workdir: str | Path, eval_view: str = TWO_STREAM) ->
             cfg.eval.view = eval_view
             for view in views_of(eval_view):
                 cfg.eval[f"{view}_source"] = sources[stage][view]
-        for protocol in config.schedule.eval_protocols:
-            cfg.mode = protocol
-            checks.check_evaluation(cfg, protocol)
+        for name in config.schedule.eval_protocols:
+            protocol = PROTOCOLS[name]
+            cfg.mode = name
+            checks.check_evaluation(cfg, name)
             stage_dir = Path(workdir) / "eval" / stage
             results = finished_results(cfg, stage_dir, protocol)
             if results is None:
-                results = run_protocol(protocol, cfg, stage_dir)
+                results = run_protocol(name, cfg, stage_dir)
                 console.say(f"{stage} encoders, {summary_line(protocol, results)}")
             else:
-                logging.info("%s of the %s encoders is done; not repeating it", protocol, stage)
+                logging.info("%s of the %s encoders is done; not repeating it", name, stage)
             for view, record in results.items():
                 row = table[view].setdefault(stage, {})
-                for metric in TABLE_METRICS[protocol]:
-                    name = metric if protocol == "retrieval" else f"{protocol.split('_')[0]}_{metric}"
-                    row[name] = round(record["metrics"][metric], 2)
+                for metric in protocol.table_metrics:
+                    row[protocol.column(metric)] = round(record["metrics"][metric], 2)
     return table
 
 
@@ -119,15 +118,15 @@ def format_table(table: dict) -> str:
     columns = sorted(
         {k for stages in table.values() for row in stages.values() for k in row}, key=_column_order
     )
-    lines = [f"{'view':<12}{'stage':<13}" + "".join(f"{c:>13}" for c in columns)]
+    widths = {c: max(13, len(c) + 2) for c in columns}
+    lines = [f"{'view':<12}{'stage':<13}" + "".join(f"{c:>{widths[c]}}" for c in columns)]
     for view, stages in table.items():
         for stage, row in stages.items():
-            lines.append(
-                f"{view:<12}{stage:<13}" + "".join(f"{row.get(c, float('nan')):>13.1f}" for c in columns)
-            )
+            cells = "".join(f"{row.get(c, float('nan')):>{widths[c]}.1f}" for c in columns)
+            lines.append(f"{view:<12}{stage:<13}" + cells)
     return "\n".join(lines)
 
 
 def _column_order(name: str):
-    order = ["R@1", "R@5", "linear_top1", "finetune_top1"]
+    order = [p.column(m) for p in PROTOCOLS.values() for m in p.table_metrics]
     return order.index(name) if name in order else len(order)

@@ -4,6 +4,7 @@ augmentation's on-device tail applied as they are sent."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterator
 
 import jax
@@ -15,6 +16,17 @@ from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import host_shards
 from cvtcl_jax.data.records import naming_damaged_records
 from cvtcl_jax.sharding import prefetch_to_mesh
+
+
+def run_seed(seed: int, name: str) -> int:
+    """The seed of one training run (a stage, a classifier of one view) from config.seed and the
+    run's name: its initialization and its input stream, different for every run of a config."""
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % 2**31
+
+
+def batches_per_epoch(info, global_batch: int) -> int:
+    """Batches of one epoch over the training subset (the last partial batch is dropped)."""
+    return info.subset("train").num_videos // global_batch
 
 
 def device_batches(

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import json
 import time
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from cvtcl_jax.sharding import make_mesh
 from cvtcl_jax.state import FrozenEncoder, create_train_state, state_sharding
 from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step
 from cvtcl_jax.training import resume
-from cvtcl_jax.training.inputs import device_batches
+from cvtcl_jax.training.inputs import batches_per_epoch, device_batches, run_seed
 from cvtcl_jax.training.loop import Loop
 
 # A held-out check run during training: the query encoder's variables {'params', 'batch_stats'}
@@ -92,10 +91,6 @@ def contrast_config(config, beta: float | None = None) -> ContrastConfig:
     if beta is not None:
         fields["beta"] = beta
     return ContrastConfig(**fields)
-
-
-def _stage_seed(config, stage: Stage) -> int:
-    return (int(config.seed) * 1_000_003 + zlib.crc32(stage.name.encode())) % 2**31
 
 
 def _flat_hparams(config) -> dict:
@@ -249,7 +244,7 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
 
     # ------------------------------------------------------------------ set-up
     info = load_dataset_info(config.data.dir, config.data.name)
-    steps_per_epoch = info.subset("train").num_videos // config.global_batch
+    steps_per_epoch = batches_per_epoch(info, config.global_batch)
     total = stage.epochs * steps_per_epoch
     history = resume_history(config, workdir, stage, total)
     if ran is not None:
@@ -266,7 +261,7 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
     )
     optimizer = optim.adam_l2(schedule, config.optim.weight_decay)
     clip_shape = (spec.num_frames, spec.crop_size, spec.crop_size, 3)
-    seed = _stage_seed(config, stage)
+    seed = run_seed(config.seed, stage.name)
 
     def init(rng):
         return create_train_state(model, optimizer, rng, clip_shape, config.queue_size, config.global_batch)

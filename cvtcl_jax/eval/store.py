@@ -18,6 +18,7 @@ import datetime
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
@@ -32,7 +33,9 @@ from cvtcl_jax.data.records import naming_damaged_records
 from cvtcl_jax.eval import features, sources
 from cvtcl_jax.sharding import make_mesh
 
-PROTOCOLS = ("retrieval", "linear_probe", "finetune")
+if TYPE_CHECKING:
+    from cvtcl_jax.eval.protocols import Protocol
+
 EVAL_VIEWS = ("rgb", "flow", "two_stream")
 TWO_STREAM = "two_stream"
 
@@ -59,11 +62,13 @@ def source_descriptions(config) -> dict[str, dict]:
 
 @dataclasses.dataclass
 class EvalRun:
-    """One evaluation run in `workdir`: use as `with EvalRun.create(config, workdir) as run:` so
-    its writer is closed on every exit path."""
+    """One run of one protocol (eval/protocols.py's `Protocol`) in `workdir`: use as
+    `with EvalRun.create(config, workdir, protocol) as run:` so its writer is closed on every exit
+    path."""
 
     config: object
     workdir: Path
+    protocol: Protocol
     info: DatasetInfo
     mesh: object
     writer: metric_writers.MetricWriter
@@ -71,12 +76,13 @@ class EvalRun:
     _fns: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def create(cls, config, workdir) -> EvalRun:
+    def create(cls, config, workdir, protocol: Protocol) -> EvalRun:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         return cls(
             config,
             workdir,
+            protocol,
             load_dataset_info(config.data.dir, config.data.name),
             make_mesh(),
             metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0),
@@ -162,8 +168,9 @@ class EvalRun:
             np.savez(path, key=json.dumps(key), **rows)
         return rows
 
-    def write_result(self, protocol: str, view: str, metrics: dict, settings: dict, step: int = 0) -> dict:
+    def write_result(self, view: str, metrics: dict, settings: dict, step: int = 0) -> dict:
         """WORKDIR/<protocol>_<dataset>_<view>.json and the scalars in TensorBoard."""
+        protocol = self.protocol.name
         record = {
             "protocol": protocol,
             "view": view,
@@ -172,7 +179,7 @@ class EvalRun:
             "dataset": self.info.name,
             "data_dir": str(Path(self.info.data_dir).absolute()),
             "sources": {v: self.sources[v] for v in views_of(view)},
-            "config": run_key(self.config, protocol),
+            "config": run_key(self.config, self.protocol),
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "devices": jax.device_count(),
             "processes": jax.process_count(),
@@ -222,16 +229,17 @@ def dataset_rows(
     return features.extract(fn, variables, batches, mesh, view, empty)
 
 
-def run_key(config, protocol: str) -> dict:
-    """The config values a protocol's result depends on (a re-run with equal ones is skipped)."""
+def run_key(config, protocol: Protocol) -> dict:
+    """The config values a protocol's result depends on (a re-run with equal ones is skipped):
+    data, eval, model, seed, batch and the protocol's own section."""
     key = {k: config[k].to_dict() for k in ("data", "eval", "model")}
     key.update(seed=int(config.seed), global_batch=int(config.global_batch))
-    if protocol in ("linear_probe", "finetune"):
-        key[protocol] = config["linear" if protocol == "linear_probe" else "finetune"].to_dict()
+    if protocol.section is not None:
+        key[protocol.name] = config[protocol.section].to_dict()
     return json.loads(json.dumps(key))
 
 
-def finished_results(config, workdir, protocol: str) -> dict | None:
+def finished_results(config, workdir, protocol: Protocol) -> dict | None:
     """The results of an earlier run of this very evaluation in `workdir` (same sources, data and
     settings), or None. The schedule uses it so a re-run does not evaluate again."""
     info = load_dataset_info(config.data.dir, config.data.name)
@@ -239,7 +247,7 @@ def finished_results(config, workdir, protocol: str) -> dict | None:
     key = run_key(config, protocol)
     out = {}
     for view in views_and_fused(config.eval.view):
-        path = Path(workdir) / f"{protocol}_{info.key}_{view}.json"
+        path = Path(workdir) / f"{protocol.name}_{info.key}_{view}.json"
         if not path.is_file():
             return None
         record = json.loads(path.read_text())
@@ -253,9 +261,11 @@ def views_and_fused(view: str) -> tuple[str, ...]:
     return ("rgb", "flow", TWO_STREAM) if view == TWO_STREAM else (view,)
 
 
-def summary_line(protocol: str, results: dict) -> str:
-    """One line for the end of a run: the main metrics of every view evaluated."""
-    main = {"retrieval": ("R@1", "R@5", "R@10", "R@20")}.get(protocol, ("top1", "top5"))
-    parts = [f"{view} " + " ".join(f"{k} {r['metrics'][k]:.1f}" for k in main) for view, r in results.items()]
+def summary_line(protocol: Protocol, results: dict) -> str:
+    """One line for the end of a run: the protocol's summary metrics of every view evaluated."""
+    parts = [
+        f"{view} " + " ".join(f"{k} {r['metrics'][k]:.1f}" for k in protocol.summary_metrics)
+        for view, r in results.items()
+    ]
     first = next(iter(results.values()))
-    return f"{protocol} {first['dataset']}: " + "; ".join(parts)
+    return f"{protocol.name} {first['dataset']}: " + "; ".join(parts)

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from cvtcl_jax.eval import features, run
+from cvtcl_jax.eval import features, store
+from cvtcl_jax.eval.protocols import PROTOCOLS
 from tests import tiny_config
 
 
@@ -19,7 +20,7 @@ def _config(data_dir, **data):
 
 def test_clip_features_are_cached_per_key(data, tmp_path, monkeypatch):
     cfg = _config(data)
-    with run.EvalRun.create(cfg, tmp_path) as ev:
+    with store.EvalRun.create(cfg, tmp_path, PROTOCOLS["retrieval"]) as ev:
         backbone = ev.load("rgb")
         first = ev.clip_features(backbone, "test", "center")
         test_videos = ev.info.subset("test").num_videos
@@ -35,23 +36,25 @@ def test_clip_features_are_cached_per_key(data, tmp_path, monkeypatch):
             np.testing.assert_array_equal(again[key], first[key])
         monkeypatch.undo()
     cfg = _config(data, eval_stride=cfg.data.eval_stride * 2)  # another key: a miss
-    with run.EvalRun.create(cfg, tmp_path) as ev:
+    with store.EvalRun.create(cfg, tmp_path, PROTOCOLS["retrieval"]) as ev:
         sparser = ev.clip_features(ev.load("rgb"), "test", "center")
     assert len(sparser["label"]) < len(first["label"])
 
 
 def test_results_are_read_back_only_for_the_same_evaluation(data, tmp_path):
     cfg = _config(data)
-    with run.EvalRun.create(cfg, tmp_path) as ev:
-        record = ev.write_result("retrieval", "rgb", {"R@1": 50.0}, {"crops": "center"})
+    with store.EvalRun.create(cfg, tmp_path, PROTOCOLS["retrieval"]) as ev:
+        record = ev.write_result("rgb", {"R@1": 50.0}, {"crops": "center"})
     saved = json.loads((tmp_path / "retrieval_pattern_videos_split1_rgb.json").read_text())
     assert saved == json.loads(json.dumps(record))
-    assert saved["sources"]["rgb"]["kind"] == "random" and saved["config"] == run.run_key(cfg, "retrieval")
-    assert run.finished_results(cfg, tmp_path, "retrieval") == {"rgb": saved}
-    assert run.finished_results(_config(data, eval_stride=3), tmp_path, "retrieval") is None
-    assert run.finished_results(cfg, tmp_path, "linear_probe") is None
+    assert saved["sources"]["rgb"]["kind"] == "random" and saved["config"] == store.run_key(
+        cfg, PROTOCOLS["retrieval"]
+    )
+    assert store.finished_results(cfg, tmp_path, PROTOCOLS["retrieval"]) == {"rgb": saved}
+    assert store.finished_results(_config(data, eval_stride=3), tmp_path, PROTOCOLS["retrieval"]) is None
+    assert store.finished_results(cfg, tmp_path, PROTOCOLS["linear_probe"]) is None
 
 
 @pytest.mark.parametrize("view, views", [("rgb", ("rgb",)), ("two_stream", ("rgb", "flow", "two_stream"))])
 def test_views_and_fused(view, views):
-    assert run.views_and_fused(view) == views
+    assert store.views_and_fused(view) == views
