@@ -62,7 +62,7 @@ def test_cadences_windows_and_progress(tmp_path):
     writer, evaluated = RecordingWriter(), []
     with manager(tmp_path) as mngr:
         loop = make_loop(mngr, writer, 7, evaluated, clips_per_batch=4)
-        state, progress = loop.run({"w": jnp.float32(1.0)}, batches(0, values), 0, {"view": "toy"})
+        state, progress = loop.train({"w": jnp.float32(1.0)}, batches(0, values), 0, {"view": "toy"})
         assert mngr.all_steps() == [3, 6, 7]  # every 3 and the last
     assert float(state["w"]) == 8.0 and writer.flushed
     # Window means at batches 2, 4, 6 and the last (7); batch i (from 0) sees w = i + 1.
@@ -89,15 +89,15 @@ def test_cadences_windows_and_progress(tmp_path):
 def test_resumed_run_continues_counts_and_history(tmp_path):
     values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
     with manager(tmp_path / "a") as mngr:
-        whole, _ = make_loop(mngr, RecordingWriter(), 7, []).run(
+        whole, _ = make_loop(mngr, RecordingWriter(), 7, []).train(
             {"w": jnp.float32(1.0)}, batches(0, values), 0, {}
         )
     with manager(tmp_path / "b") as mngr:  # a run stopped after its checkpoint at batch 6
-        make_loop(mngr, RecordingWriter(), 6, []).run({"w": jnp.float32(1.0)}, batches(0, values), 0, {})
+        make_loop(mngr, RecordingWriter(), 6, []).train({"w": jnp.float32(1.0)}, batches(0, values), 0, {})
     with manager(tmp_path / "b") as mngr:
         state, progress = checkpoints.restore_classifier(mngr, {"w": jnp.float32(0)})
         assert progress["batches"] == 6 and progress["padded_videos"] == 6
-        state, progress = make_loop(mngr, RecordingWriter(), 7, []).run(
+        state, progress = make_loop(mngr, RecordingWriter(), 7, []).train(
             state, batches(6, values), 6, progress
         )
     assert float(state["w"]) == float(whole["w"])
@@ -109,7 +109,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with manager(tmp_path) as mngr:
         loop = make_loop(mngr, RecordingWriter(), 7, [], on_divergence="Lower the lr.")
         with pytest.raises(TrainingDiverged, match=r"toy: loss, grad_norm became NaN/Inf at batch 5") as err:
-            loop.run({"w": jnp.float32(1.0)}, batches(0, values), 0, {})
+            loop.train({"w": jnp.float32(1.0)}, batches(0, values), 0, {})
         assert mngr.all_steps() == [3]
     assert "last good checkpoint (batch 3)" in str(err.value) and "Lower the lr. Then run" in str(err.value)
 
@@ -121,5 +121,5 @@ def test_accuracy_may_be_nan_without_stopping(tmp_path):
 
     with manager(tmp_path) as mngr:
         loop = Loop("toy", step, checkpoints.save_classifier, mngr, RecordingWriter(), 3, 3, 1, 3)
-        _, progress = loop.run({"w": jnp.float32(0)}, batches(0, [1.0, 2.0, 3.0]), 0, {})
+        _, progress = loop.train({"w": jnp.float32(0)}, batches(0, [1.0, 2.0, 3.0]), 0, {})
     assert progress["done"] and "retrieval" not in progress

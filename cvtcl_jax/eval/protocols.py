@@ -141,7 +141,7 @@ def _train_on_clips(
             prefix=f"{protocol}/{view}/train/",
             on_divergence=f"Lower {run.protocol.section}.lr (now {lr}).",
         )
-        state, _ = loop.run(state, batches, start, progress)
+        state, _ = loop.train(state, batches, start, progress)
     return state, total
 
 

@@ -30,7 +30,7 @@ from cvtcl_jax.training.resume import ResumeError
 @dataclasses.dataclass(frozen=True)
 class Mode:
     check: Callable  # (config) -> None; raises ConfigError
-    run: Callable  # (config, workdir) -> dict summary
+    work: Callable  # (config, workdir) -> dict summary: what the mode does
     reported: bool = True  # the run ends by writing WORKDIR/report.html (config.report)
 
 
@@ -67,7 +67,7 @@ def run(config, workdir: str | Path) -> dict:
             raise ConfigError(str(e)) from None
         record = run_record.start(config, workdir) if jax.process_index() == 0 else None
         try:
-            result = mode.run(config, workdir)
+            result = mode.work(config, workdir)
         except ResumeError as e:  # found before the stage does any work
             raise ConfigError(str(e)) from None
         finally:

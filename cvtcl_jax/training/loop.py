@@ -127,7 +127,7 @@ class Loop:
             )
         return host
 
-    def run(self, state, batches: Iterator[dict], start: int, progress: dict) -> tuple[Any, dict]:
+    def train(self, state, batches: Iterator[dict], start: int, progress: dict) -> tuple[Any, dict]:
         """Trains from batch `start` (the checkpoint's) on; `progress` is the checkpoint's (its
         'padded_videos' count and evaluation history continue). Returns (state, progress) where
         progress also holds 'final': the last window's means."""

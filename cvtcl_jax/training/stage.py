@@ -346,7 +346,7 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
             evaluate_every=tc.retrieval_every_epochs * steps_per_epoch,
             on_divergence=f"Lower {lr_key} (now {base_lr}) or raise contrast.tau.",
         )
-        _, progress = loop.run(state, batches, start, progress)
+        _, progress = loop.train(state, batches, start, progress)
 
     result = {
         "stage": stage.name,
