@@ -21,8 +21,8 @@ import tempfile
 
 # XLA's CPU compiler spends much of the suite's time: compiling the tiny networks takes minutes
 # where running their steps takes seconds. LLVM at -O1 instead of XLA's default -O3 compiles the
-# parameter initialisations twice as fast and the steps in the same time, to steps as fast
-# (docs/log.md, "Test suite and installations"). A flag is kept only if this jaxlib accepts it
+# parameter initialisations twice as fast and the steps in the same time, and the steps run as
+# fast (docs/log.md, "Test suite and installations"). A flag is kept only if this jaxlib accepts it
 # (XLA aborts on an unknown one); a user's own XLA_FLAGS are left alone. jaxlib 0.10's
 # --xla_cpu_use_fusion_emitters=false would compile the train steps a third faster still, but
 # TV-L1's program more than ten times slower.
