@@ -1,6 +1,8 @@
 """data_prep end to end: the TFDS builders and the real command on tiny AVIs in the official layouts."""
 
+import contextlib
 import csv
+import io
 import os
 import shutil
 import signal
@@ -15,6 +17,7 @@ import pytest
 
 from cvtcl_jax.data.dataset_info import load_dataset_info
 from cvtcl_jax.data.records import read_examples
+from data_prep import build as data_prep_build
 from data_prep import layouts
 from data_prep.builders import dataset_name
 from data_prep.video import dequantize_flow, process_video, read_frames
@@ -24,19 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 UCF = dataset_name("ucf101", 1, short_side=32)  # cvtcl_ucf101/split1_32px_q90
 
 
-def build(raw, out, *extra, dataset="ucf101", check=True):
-    cmd = [
-        sys.executable,
-        "-m",
-        "data_prep.build",
-        f"--dataset={dataset}",
-        f"--raw_dir={raw}",
-        f"--out_dir={out}",
-    ]
-    cmd += ["--workers=2", "--quiet", "--short_side=32", *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+def build(raw, out, *extra, dataset="ucf101", check=True) -> subprocess.CompletedProcess:
+    """`python -m data_prep.build` with these arguments, run in this process (the command is
+    its main() with the console moved to a log file; starting one costs seconds of imports), its
+    lines captured as the command's standard output and error."""
+    argv = [f"--dataset={dataset}", f"--raw_dir={raw}", f"--out_dir={out}"]
+    argv += ["--workers=2", "--quiet", "--short_side=32", *extra]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = data_prep_build.main(argv)
+    proc = subprocess.CompletedProcess(argv, code, stdout.getvalue(), stderr.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"build failed ({code}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 

@@ -1,6 +1,10 @@
 """The fidelity benchmark's parts: its generated motion set, the hand-made flow baseline and the
 table over seeds (bench/fidelity.py)."""
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -9,6 +13,7 @@ import pytest
 
 from bench import fidelity, flow_statistics
 from generated import motion_set, synthetic
+from tests import learning_runs
 
 
 def test_motion_set_is_ucf101_layout_with_a_look_per_video_and_is_seeded(tmp_path):
@@ -139,26 +144,28 @@ def test_summary_gives_mean_and_spread_over_seeds():
 
 
 # The CI-size benchmark: 48 videos (32 train / 16 test) of 24 frames, 450 flow initialization
-# steps. On training seeds 0, 1, 2 (2026-12-03, one CPU device) initialization lifted R@1 over
-# random init by 68.8, 31.3 and 25.0 points (12.5 -> 81.3, 25.0 -> 56.3, 18.8 -> 43.8;
-# docs/fidelity.md), and under the tests' 8 emulated devices seed 0 by 31.3 on jax 0.10 and 43.8
-# on jax 0.12; the test asks for half the smallest lift, two of the 16 test queries.
+# steps, as the benchmark's command on one emulated device (tests/learning_runs.py). There, on
+# 2026-12-07, initialization took R@1 from 12.5 to 43.8 with the test's training seed 0 (as on
+# eight devices), from 25.0 to 25.0 with seed 1 and from 18.8 to 50.0 with seed 2 (docs/log.md):
+# the recipe does not learn on every seed of this set (issue 44's question). The test asks seed 0
+# for less than half its lift, two of the 16 test queries.
 MARGIN = 12.5
 
 
 @pytest.mark.slow
 def test_learned_flow_beats_random_init_on_the_motion_set(tmp_path):
-    from configs import fidelity as fidelity_config
-
-    cfg = fidelity_config.get_config()
-    cfg.demo.update(groups=3, num_frames=24)
-    cfg.schedule.init_epochs = 225  # 450 steps of 16 clips over 32 train videos
-    cfg.queue_size = 48  # the demo's, as measured
-    cfg.train.retrieval_every_epochs = 0
-    result = fidelity.benchmark(cfg, tmp_path, seeds=[0], train="init", views=["flow"])
+    cmd = [sys.executable, "bench/fidelity.py", f"--workdir={tmp_path}", "--seeds=0", "--train=init"]
+    cmd += ["--views=flow", "--config.demo.groups=3", "--config.demo.num_frames=24"]
+    cmd += ["--config.schedule.init_epochs=225"]  # 450 steps of 16 clips over 32 train videos
+    cmd += ["--config.queue_size=48", "--config.train.retrieval_every_epochs=0"]  # the demo's queue
+    env = {**os.environ, **learning_runs.ONE_DEVICE}
+    proc = subprocess.run(cmd, cwd=learning_runs.REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "fidelity.json").read_text())
     row = result["tables"][0]["flow"]
     assert row["init"]["R@1"] >= row["random_init"]["R@1"] + MARGIN, row
-    assert (tmp_path / "fidelity.json").is_file() and result["summary"]["flow"]["init"]["R@1"]["std"] == 0.0
+    assert result["summary"]["flow"]["init"]["R@1"]["std"] == 0.0
+    assert "flow_statistics" in row and "flow" in proc.stdout
 
 
 def test_an_unknown_generated_set_or_view_fails_before_any_work(tmp_path):
