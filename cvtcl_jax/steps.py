@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +67,23 @@ class ContrastConfig:
 StepFn = Callable[..., tuple[TrainState, dict]]
 
 
+class Keys(NamedTuple):
+    """What the key encoder f_k gives a step: key embeddings (B, D), the LTCL segments' (B, S, D)
+    (None without LTCL), and its BN statistics after both passes."""
+
+    key: jax.Array
+    segments: jax.Array | None
+    batch_stats: dict
+
+
+class Positives(NamedTuple):
+    """Co-training's positives in the queue (B, N) bool (Eqs. (3)/(5)) and whether each row's own
+    key stays a positive (B,) bool (self-positive dropout)."""
+
+    queue: jax.Array
+    keep_self: jax.Array
+
+
 def _key_embed(model, params, batch_stats, clips, rng):
     """Key encoder on a shuffled batch (shuffle-BN), returned in the original order.
 
@@ -80,8 +98,73 @@ def _key_embed(model, params, batch_stats, clips, rng):
     return lax.stop_gradient(z), updates["batch_stats"]
 
 
+def _keys(model, use_ltcl: bool, params, batch_stats, batch: dict, rngs) -> Keys:
+    """The key clips, and the LTCL segments when `use_ltcl`, through the key encoder."""
+    k, stats = _key_embed(model, params, batch_stats, batch["key"], rngs[0])
+    if not use_ltcl:
+        return Keys(k, None, stats)
+    seg = batch["segments"]
+    b, s = seg.shape[:2]
+    zs, stats = _key_embed(model, params, stats, seg.reshape((b * s, *seg.shape[2:])), rngs[1])
+    return Keys(k, zs.reshape((b, s, -1)), stats)
+
+
+def _query_embed(model, params, batch_stats, clips):
+    """clips through the query encoder f_q in training mode: ((N, D), updated batch_stats)."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    (_, z), updates = model.apply(variables, clips, train=True, mutable=["batch_stats"])
+    return z, updates["batch_stats"]
+
+
 def _select(pred, new, old):
     return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
+
+
+def _cross_view_positives(other_model, cfg, frozen, batch, queue, ids, mining, rng):
+    """Co-training's positives: the key clips in the other view through the frozen network
+    (inference mode) rank the queue's other-view entries. No mining until `mining` (the queue
+    full): its other-view entries are still random. -> (other-view embeddings (B, D), Positives,
+    metrics)."""
+    _, other_z = other_model.apply(
+        {"params": frozen.params, "batch_stats": frozen.batch_stats}, batch["other_key"], train=False
+    )
+    other_z = lax.stop_gradient(other_z)
+    mask = losses.mined_positive_mask(other_z, queue.other, queue.ids, ids, queue.valid(), cfg.top_k)
+    mask = mask & mining
+    drop = jax.random.bernoulli(rng, cfg.self_pos_dropout)
+    keep_self = ~(drop & jnp.any(mask, axis=-1))
+    metrics = {
+        "mined_positives": jnp.mean(jnp.sum(mask, axis=-1)),
+        "self_positive_dropped": jnp.mean(~keep_self),
+    }
+    return other_z, Positives(mask, keep_self), metrics
+
+
+def _objective(model, cfg, params, batch_stats, batch: dict, keys: Keys, queue_keys, positives):
+    """The query encoder's loss, L1 = alpha * InfoNCE + beta * LTCL (initialization, `positives`
+    None) or L2 = alpha * L_RF + beta * LTCL (co-training), each term the `losses` function its
+    equation names. -> (loss, (updated batch_stats, terms))."""
+    q, stats = _query_embed(model, params, batch_stats, batch["query"])
+    k, tau = keys.key, cfg.tau
+    if positives is None:
+        glob = jnp.mean(losses.info_nce(q, k, queue_keys, tau))  # Eq. (1)
+        terms = {"loss_infonce": glob}
+    else:  # Eqs. (2)/(4)
+        glob = jnp.mean(losses.cross_view_loss(q, k, queue_keys, positives.queue, positives.keep_self, tau))
+        terms = {"loss_rf": glob}
+    terms["inst_top1"] = jnp.mean(losses.instance_top1(losses.instance_logits(q, k, queue_keys, tau)))
+    terms["embed_spread"] = losses.embedding_spread(q)
+    loss = cfg.alpha * glob
+    if cfg.use_ltcl:
+        z1, stats = _query_embed(model, params, stats, batch["anchor"])
+        zs = keys.segments
+        local = jnp.mean(losses.local_loss(z1, zs, queue_keys, tau))  # Eq. (6)
+        lt = jnp.mean(losses.local_temporal_loss(z1, zs[:, 0], zs[:, 1:], tau))  # Eq. (7)
+        ltcl = cfg.local_weight * local + cfg.lt_weight * lt
+        terms.update(loss_local=local, loss_lt=lt, loss_ltcl=ltcl)
+        loss = loss + cfg.beta * ltcl
+    terms["loss"] = loss
+    return loss, (stats, terms)
 
 
 def make_train_step(
@@ -91,7 +174,7 @@ def make_train_step(
     schedule: optax.Schedule,
     other_model=None,
 ) -> StepFn:
-    """Builds the step of one stage.
+    """Builds the step of one stage (docs/method.md, Algorithm 1).
 
     Without `other_model`: the initialization step, L1 = alpha * InfoNCE + beta * LTCL, called as
     `step(state, batch)`. With `other_model` (the frozen other view's ContrastiveEncoder): the
@@ -111,67 +194,21 @@ def make_train_step(
         # Momentum update before the keys are computed, as MoCo does.
         ema_params = optax.incremental_update(state.params, state.ema_params, 1.0 - cfg.momentum)
         ema_params = _select(do_update, ema_params, state.ema_params)
-        k, ema_stats = _key_embed(model, ema_params, state.ema_batch_stats, batch["key"], k_perm)
-        if cfg.use_ltcl:
-            seg = batch["segments"]
-            b, s = seg.shape[:2]
-            zs, ema_stats = _key_embed(
-                model, ema_params, ema_stats, seg.reshape((b * s, *seg.shape[2:])), k_seg_perm
-            )
-            zs = zs.reshape((b, s, -1))
-
-        metrics = {}
+        keys = _keys(model, cfg.use_ltcl, ema_params, state.ema_batch_stats, batch, (k_perm, k_seg_perm))
+        metrics, positives, other_keys = {}, None, jnp.zeros_like(keys.key)
         if cotrain:
-            _, other_z = other_model.apply(
-                {"params": frozen.params, "batch_stats": frozen.batch_stats},
-                batch["other_key"],
-                train=False,
+            other_keys, positives, metrics = _cross_view_positives(
+                other_model, cfg, frozen, batch, queue, ids, do_update, k_drop
             )
-            other_z = lax.stop_gradient(other_z)
-            queue_pos = losses.mined_positive_mask(
-                other_z, queue.other, queue.ids, ids, queue.valid(), cfg.top_k
-            )
-            # No mining until the queue is full: its other-view entries are still random.
-            queue_pos = queue_pos & do_update
-            has_other = jnp.any(queue_pos, axis=-1)
-            drop = jax.random.bernoulli(k_drop, cfg.self_pos_dropout)
-            keep_self = ~(drop & has_other)
-            metrics["mined_positives"] = jnp.mean(jnp.sum(queue_pos, axis=-1))
-            metrics["self_positive_dropped"] = jnp.mean(~keep_self)
 
         def loss_fn(params):
-            variables = {"params": params, "batch_stats": state.batch_stats}
-            (_, q), upd = model.apply(variables, batch["query"], train=True, mutable=["batch_stats"])
-            stats = upd["batch_stats"]
-            logits = losses.instance_logits(q, k, queue.keys, cfg.tau)
-            if cotrain:
-                mask = jnp.concatenate([keep_self[:, None], queue_pos], axis=-1)
-                glob = jnp.mean(losses.multi_positive_nce(logits, mask))
-                terms = {"loss_rf": glob}
-            else:
-                glob = jnp.mean(losses.first_column_nce(logits))
-                terms = {"loss_infonce": glob}
-            terms["inst_top1"] = jnp.mean(losses.instance_top1(logits))
-            terms["embed_spread"] = losses.embedding_spread(q)
-            loss = cfg.alpha * glob
-            if cfg.use_ltcl:
-                variables = {"params": params, "batch_stats": stats}
-                (_, z1), upd = model.apply(variables, batch["anchor"], train=True, mutable=["batch_stats"])
-                stats = upd["batch_stats"]
-                local = jnp.mean(losses.local_loss(z1, zs, queue.keys, cfg.tau))
-                lt = jnp.mean(losses.local_temporal_loss(z1, zs[:, 0], zs[:, 1:], cfg.tau))
-                ltcl = cfg.local_weight * local + cfg.lt_weight * lt
-                terms.update(loss_local=local, loss_lt=lt, loss_ltcl=ltcl)
-                loss = loss + cfg.beta * ltcl
-            terms["loss"] = loss
-            return loss, (stats, terms)
+            return _objective(model, cfg, params, state.batch_stats, batch, keys, queue.keys, positives)
 
         (_, (batch_stats, terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
-        other_keys = other_z if cotrain else jnp.zeros_like(k)
-        new_queue = enqueue(queue, k, other_keys, ids)
+        new_queue = enqueue(queue, keys.key, other_keys, ids)
         metrics.update(terms)
         metrics.update(
             grad_norm=optax.tree.norm(grads),
@@ -184,7 +221,7 @@ def make_train_step(
             params=_select(do_update, params, state.params),
             batch_stats=batch_stats,
             ema_params=ema_params,
-            ema_batch_stats=ema_stats,
+            ema_batch_stats=keys.batch_stats,
             opt_state=_select(do_update, opt_state, state.opt_state),
             queue=new_queue,
             rng=jax.random.key_data(rng),
