@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors import safe_open
@@ -290,8 +291,11 @@ def test_imported_encoders_evaluate_train_and_re_export_like_ours(imported, tmp_
     stage = modes.training.init_stage(init, "rgb", init.train.init_from)
     model = encoder_from_config(training_stage.stage_config(init, stage).model)
     optimizer = optim.adam_l2(1e-3, 0.0)
-    fresh = jax.jit(lambda rng: create_train_state(model, optimizer, rng, (8, 32, 32, 3), 16, 8))
-    state = training_stage.start_from(fresh(jax.random.key(0)), stage)
+    shapes = jax.eval_shape(
+        lambda: create_train_state(model, optimizer, jax.random.key(0), (8, 32, 32, 3), 16, 8)
+    )
+    fresh = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # the full network's init uncompiled
+    state = training_stage.start_from(fresh, stage)
     coclr, _ = import_checkpoint(sources["rgb"].parent / "coclr_rgb.pth.tar", "rgb")
     for params in (state.params, state.ema_params):
         jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), coclr.encoder["params"])
