@@ -84,6 +84,14 @@ class Positives(NamedTuple):
     keep_self: jax.Array
 
 
+def _embed(model, params, batch_stats, clips):
+    """clips through an encoder in training mode (BN statistics of the batch, running ones
+    updated): ((N, D) embeddings, updated batch_stats)."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    (_, z), updates = model.apply(variables, clips, train=True, mutable=["batch_stats"])
+    return z, updates["batch_stats"]
+
+
 def _key_embed(model, params, batch_stats, clips, rng):
     """Key encoder on a shuffled batch (shuffle-BN), returned in the original order.
 
@@ -91,11 +99,9 @@ def _key_embed(model, params, batch_stats, clips, rng):
     puts each clip into a different BN group than its query, so BN cannot leak the pairing.
     """
     perm = jax.random.permutation(rng, clips.shape[0])
-    (_, z), updates = model.apply(
-        {"params": params, "batch_stats": batch_stats}, clips[perm], train=True, mutable=["batch_stats"]
-    )
+    z, stats = _embed(model, params, batch_stats, clips[perm])
     z = jnp.zeros_like(z).at[perm].set(z)
-    return lax.stop_gradient(z), updates["batch_stats"]
+    return lax.stop_gradient(z), stats
 
 
 def _keys(model, use_ltcl: bool, params, batch_stats, batch: dict, rngs) -> Keys:
@@ -107,13 +113,6 @@ def _keys(model, use_ltcl: bool, params, batch_stats, batch: dict, rngs) -> Keys
     b, s = seg.shape[:2]
     zs, stats = _key_embed(model, params, stats, seg.reshape((b * s, *seg.shape[2:])), rngs[1])
     return Keys(k, zs.reshape((b, s, -1)), stats)
-
-
-def _query_embed(model, params, batch_stats, clips):
-    """clips through the query encoder f_q in training mode: ((N, D), updated batch_stats)."""
-    variables = {"params": params, "batch_stats": batch_stats}
-    (_, z), updates = model.apply(variables, clips, train=True, mutable=["batch_stats"])
-    return z, updates["batch_stats"]
 
 
 def _select(pred, new, old):
@@ -144,7 +143,7 @@ def _objective(model, cfg, params, batch_stats, batch: dict, keys: Keys, queue_k
     """The query encoder's loss, L1 = alpha * InfoNCE + beta * LTCL (initialization, `positives`
     None) or L2 = alpha * L_RF + beta * LTCL (co-training), each term the `losses` function its
     equation names. -> (loss, (updated batch_stats, terms))."""
-    q, stats = _query_embed(model, params, batch_stats, batch["query"])
+    q, stats = _embed(model, params, batch_stats, batch["query"])
     k, tau = keys.key, cfg.tau
     if positives is None:
         glob = jnp.mean(losses.info_nce(q, k, queue_keys, tau))  # Eq. (1)
@@ -156,7 +155,7 @@ def _objective(model, cfg, params, batch_stats, batch: dict, keys: Keys, queue_k
     terms["embed_spread"] = losses.embedding_spread(q)
     loss = cfg.alpha * glob
     if cfg.use_ltcl:
-        z1, stats = _query_embed(model, params, stats, batch["anchor"])
+        z1, stats = _embed(model, params, stats, batch["anchor"])
         zs = keys.segments
         local = jnp.mean(losses.local_loss(z1, zs, queue_keys, tau))  # Eq. (6)
         lt = jnp.mean(losses.local_temporal_loss(z1, zs[:, 0], zs[:, 1:], tau))  # Eq. (7)
