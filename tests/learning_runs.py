@@ -21,6 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 ONE_DEVICE = {"JAX_NUM_CPU_DEVICES": "1", "JAX_PLATFORMS": "cpu"}
 
 
+def _override(cfg, changes: dict):
+    """cfg with changes given as {"section__name": value} applied."""
+    for key, value in changes.items():
+        section, name = key.split("__")
+        cfg[section][name] = value
+    return cfg
+
+
 def eval_config(data_dir, mode, view="two_stream", rgb="random", flow="random", **changes):
     """The tiny config's evaluation `mode` of `view` from sources `rgb`/`flow` (a workdir, an
     export or 'random'), short classifier schedules; changes as {"section__name": value}."""
@@ -30,10 +38,7 @@ def eval_config(data_dir, mode, view="two_stream", rgb="random", flow="random", 
     cfg.eval.update(view=view, rgb_source=rgb and str(rgb), flow_source=flow and str(flow))
     cfg.linear.update(epochs=4, decay_epochs=(3,))
     cfg.finetune.update(epochs=2, decay_epochs=(1,))
-    for key, value in changes.items():
-        section, name = key.split("__")
-        cfg[section][name] = value
-    return cfg
+    return _override(cfg, changes)
 
 
 def learned_and_random_scores(data_dir, view, epochs, workdir, seed=0, **changes) -> dict:
@@ -48,10 +53,7 @@ def learned_and_random_scores(data_dir, view, epochs, workdir, seed=0, **changes
     cfg.update(global_batch=16, queue_size=48, seed=seed)
     cfg.train.update(checkpoint_every_steps=150, log_every_steps=50)
     cfg.schedule.init_epochs = epochs
-    for key, value in changes.items():
-        section, name = key.split("__")
-        cfg[section][name] = value
-    modes.run(cfg, workdir / f"init_{view}")
+    modes.run(_override(cfg, changes), workdir / f"init_{view}")
     scores: dict = {}
     for name, source in (("random", "random"), ("learned", workdir / f"init_{view}")):
         for protocol in ("retrieval", "linear_probe"):

@@ -122,7 +122,7 @@ def test_padding_and_device_count_do_not_change_retrieval(two_class_data, tmp_pa
     padded.global_batch = 24
     wide = modes.run(padded, tmp_path / "b24")
     # ... and 1 device, CoCLR's protocol off and on, from the command line.
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "1", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, **learning_runs.ONE_DEVICE}
     cmd = _random_rgb_retrieval_command(two_class_data, tmp_path / "one")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
