@@ -100,7 +100,9 @@ def _lower(args, stage: str, batch: int, queue: int):
     check_global_batch(batch, mesh)
     model = ContrastiveEncoder(
         width_multiplier=args.width,
+        num_mixed_3=args.num_mixed_3,
         num_mixed_4=args.num_mixed_4,
+        num_mixed_5=args.num_mixed_5,
         bn_group_size=min(args.bn_group, batch),
         dtype=jnp.dtype(args.dtype),
         remat=args.remat,
@@ -402,7 +404,9 @@ def main():
     p.add_argument("--seg_len", type=int, default=8)
     p.add_argument("--queue", type=int, default=2048)
     p.add_argument("--width", type=float, default=1.0, help="S3D width multiplier (1.0 = real network)")
-    p.add_argument("--num_mixed_4", type=int, default=5)
+    p.add_argument("--num_mixed_3", type=int, default=2, help="Mixed_3 blocks kept (2 = real network)")
+    p.add_argument("--num_mixed_4", type=int, default=5, help="Mixed_4 blocks kept (5 = real network)")
+    p.add_argument("--num_mixed_5", type=int, default=2, help="Mixed_5 blocks kept (2 = real network)")
     p.add_argument("--bn_group", type=int, default=32)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)

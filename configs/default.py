@@ -35,7 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     cfg.model = ml_collections.ConfigDict(
         dict(
             width_multiplier=1.0,
+            num_mixed_3=2,  # Mixed blocks kept per stage: 2, 5, 2 is the paper's network
             num_mixed_4=5,
+            num_mixed_5=2,
             bn_group_size=32,
             bn_epsilon=1e-5,
             reverse_input_channels=False,

@@ -93,7 +93,6 @@ def export_backbone(
     save_file(torch_state, str(out / SAFETENSORS_FILE), metadata=meta)
 
     dim = int(jax.eval_shape(extract, jax.ShapeDtypeStruct((1, t, h, w, 3), jnp.uint8)).shape[1])
-    full = model_cfg["width_multiplier"] == 1.0 and model_cfg["num_mixed_4"] == 5
     manifest = {
         "view": view,
         "input": {
@@ -114,7 +113,7 @@ def export_backbone(
         },
         "model": dict(model_cfg),
         "batchnorm_epsilon": float(settings["bn_epsilon"]),
-        "torchvision_compatible": full,
+        "torchvision_compatible": backbone.is_full,
         "torchvision_state_dict": {
             "input_channels": "reversed: (128, dy, dx) for flow, as CoCLR read it"
             if settings["reverse_input_channels"]

@@ -100,7 +100,10 @@ def test_tvl1_bench_measures_both_and_carries_its_pairs_to_a_host_without_opencv
     assert ours["epe_vs_opencv_mean"] <= 0.1 and ours["epe_vs_opencv_p99"] <= 1.0
 
 
-TINY = "--frames 8 --size 32 --width 0.125 --num_mixed_4 1 --queue 16 --bn_group 8 --segments 2 --seg_len 2"
+TINY = (
+    "--frames 8 --size 32 --width 0.125 --num_mixed_3 1 --num_mixed_4 1 --num_mixed_5 1 "
+    "--queue 16 --bn_group 8 --segments 2 --seg_len 2"
+)
 
 
 def _run_bench(monkeypatch, capsys, argv: str) -> list[dict]:

@@ -9,6 +9,7 @@ from cvtcl_jax import optim
 from cvtcl_jax.eval import accuracy, classifier
 from cvtcl_jax.eval.classifier import FinetuneModel, LinearHead
 from cvtcl_jax.models import S3D
+from tests.tiny import SMALLEST
 
 PROBE = dict(epochs=30, lr=0.1, momentum=0.9, weight_decay=1e-3, decay_epochs=(20,), batch=16, seed=0)
 
@@ -81,7 +82,7 @@ def test_linear_head_normalises_then_batch_norms():
 
 @pytest.mark.slow
 def test_finetune_backbone_learns_at_a_tenth_of_the_classifier_rate():
-    model = FinetuneModel(S3D(width_multiplier=0.125, num_mixed_4=1), num_classes=3, dropout=0.5)
+    model = FinetuneModel(S3D(width_multiplier=0.125, **SMALLEST), num_classes=3, dropout=0.5)
     clips = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 8, 32, 32, 3)), jnp.uint8)
     variables = model.init(jax.random.key(0), clips)
     schedule = optim.step_decay_schedule(1e-3, 1)

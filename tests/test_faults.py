@@ -160,15 +160,16 @@ def test_resume_refuses_a_changed_config_unless_allowed_and_records_it(schedule_
         modes.run(_init(data, model__embed_dim=16, resume__allow_changes="model"), wd)
     assert checkpoints.stage_info(wd)["step"] == 4  # nothing ran
 
-    # Logging, cadences and paths may differ; an allowed change is recorded.
-    changed = _init(data, optim__lr=0.002, resume__allow_changes="optim.lr", train__log_every_steps=3)
+    # Logging, cadences and paths may differ; an allowed change is recorded. (A change outside the
+    # train step, so that the resumed run compiles the schedule's step again, not another.)
+    buffer = tiny_config.get_config().data.shuffle_buffer
+    changed = _init(data, data__shuffle_buffer=2 * buffer, train__log_every_steps=3)
+    changed.resume.allow_changes = "data.shuffle_buffer"
     modes.run(changed, wd)
     info = checkpoints.stage_info(wd)
-    assert info["step"] == 6 and info["config"]["optim"]["lr"] == 0.002
+    assert info["step"] == 6 and info["config"]["data"]["shuffle_buffer"] == 2 * buffer
     (entry,) = info["progress"]["history"]
-    assert entry["batch"] == 4 and entry["changes"] == {
-        "optim.lr": [tiny_config.get_config().optim.lr, 0.002]
-    }
+    assert entry["batch"] == 4 and entry["changes"] == {"data.shuffle_buffer": [buffer, 2 * buffer]}
 
 
 @pytest.mark.slow

@@ -234,7 +234,8 @@ def imported(tmp_path_factory):
 
 def full_size(cfg):
     """The tiny test config with CoCLR's network (the imported weights' shapes)."""
-    cfg.model.update(width_multiplier=1.0, num_mixed_4=5, head_hidden_dim=1024, embed_dim=128)
+    cfg.model.update(width_multiplier=1.0, num_mixed_3=2, num_mixed_4=5, num_mixed_5=2)
+    cfg.model.update(head_hidden_dim=1024, embed_dim=128)
     cfg.train.retrieval_every_epochs = 1
     return cfg
 

@@ -174,10 +174,10 @@ def test_cotrain_and_export_modes_take_stage_workdirs(schedule_run, data, tmp_pa
     # The training default (the tiny config inherits the demo's CPU setting): clips resized and
     # RGB clips coloured on the devices; the warning says the device path ran, on CPUs.
     cfg.data.aug.on_device = "resize"
-    cfg.schedule.update(cotrain_lr=5e-4, cotrain_decay_epochs=())  # instead of optim.lr (3e-3)
     result = modes.run(cfg, tmp_path / "cotrain")
     assert result["other_view"] == "flow" and "loss_rf" in result["final"]
-    assert result["final"]["lr"] == pytest.approx(5e-4)
+    assert cfg.schedule.cotrain_lr != cfg.optim.lr
+    assert result["final"]["lr"] == pytest.approx(cfg.schedule.cotrain_lr)
     assert "data.aug.on_device augments on CPU devices" in caplog.text
     export = _config(data, "export")
     export.export.update(source=str(tmp_path / "cotrain"), encoder="ema_encoder")
@@ -324,6 +324,7 @@ def _bad(data, tmp_path, change):
         (lambda c, t: c.update(mode="export") or c.export.update(source=str(t)), "no checkpoints at"),
         (lambda c, t: c.data.update(num_frames=4), "too small for S3D"),
         (lambda c, t: c.data.aug.update(flip_prob=2.0), "flip_prob=2.0 is not in"),
+        (lambda c, t: c.model.update(num_mixed_5=3), "model.num_mixed_5 must be in 1..2, got 3"),
         (lambda c, t: c.model.update(pool_grad="scatter"), "model.pool_grad='scatter' must be one of"),
         (lambda c, t: c.model.update(conv_lowering="2d"), "model.conv_lowering='2d' must be one of"),
         (lambda c, t: c.optim.update(lr=0.0), "optim.lr=0.0 must be > 0"),
@@ -345,6 +346,7 @@ def _bad(data, tmp_path, change):
         "export",
         "clip",
         "aug",
+        "mixed-blocks",
         "pool-grad",
         "conv-lowering",
         "lr",

@@ -16,9 +16,11 @@ from cvtcl_jax.models import (
     load_torchvision_s3d,
     pooling,
     to_torchvision_s3d,
+    variable_shapes,
 )
 from cvtcl_jax.models.s3d import feature_map_size
 from tests.s3d_reference import CASES, random_torchvision_state, reference_input
+from tests.tiny import SMALLEST
 
 # The real-size case compiles the whole network at 32x128x128: the full suite only.
 TIERED_CASES = [
@@ -86,14 +88,14 @@ def test_full_network_size_and_feature_map():
 
 @pytest.mark.slow
 def test_small_variant_and_bfloat16_compute():
-    model = S3D(width_multiplier=0.125, num_mixed_4=1, dtype=jnp.bfloat16)
+    model = S3D(width_multiplier=0.125, **SMALLEST, dtype=jnp.bfloat16)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 8, 32, 32, 3)), jnp.float32)
     variables = jax.jit(model.init)(jax.random.key(0), x)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
     y = jax.jit(model.apply)(variables, x)
-    assert y.shape == (2, model.out_features) == (2, 128)
+    assert y.shape == (2, model.out_features) == (2, 104)  # Mixed_5b's 832 channels at 1/8
     assert y.dtype == jnp.float32
-    y32 = jax.jit(S3D(width_multiplier=0.125, num_mixed_4=1).apply)(variables, x)
+    y32 = jax.jit(S3D(width_multiplier=0.125, **SMALLEST).apply)(variables, x)
     assert rel_err(y, np.asarray(y32)) < 0.05
 
 
@@ -103,7 +105,7 @@ def test_remat_keeps_variables_outputs_and_gradients():
     and gradients as without it (float64, training-mode BN), and the backward pass recomputes."""
     with jax.enable_x64(True):
         kw = dict(
-            width_multiplier=0.125, num_mixed_4=1, bn_group_size=2, dtype=jnp.float64, param_dtype=jnp.float64
+            width_multiplier=0.125, **SMALLEST, bn_group_size=2, dtype=jnp.float64, param_dtype=jnp.float64
         )
         plain, remat = S3D(**kw), S3D(**kw, remat=True)
         x = jnp.asarray(np.random.default_rng(2).standard_normal((4, 8, 32, 32, 3)), jnp.float64)
@@ -136,8 +138,9 @@ def test_remat_keeps_variables_outputs_and_gradients():
             jaxpr = str(jax.make_jaxpr(jax.grad(feature_sum))(variables["params"]))
             return jaxpr.count("conv_general") + jaxpr.count("dot_general")  # 1x1x1 convs are matmuls
 
-        # The 45 convolutions of the forward pass run again in the backward pass.
-        assert grad_convolutions(remat) == grad_convolutions(plain) + 45
+        # The forward pass's convolutions run again in the backward pass: the stem's two, conv_2b's,
+        # conv_2c's two and eight in each of the three Mixed blocks.
+        assert grad_convolutions(remat) == grad_convolutions(plain) + 29
 
 
 @pytest.mark.parametrize(
@@ -216,7 +219,7 @@ def test_conv_lowerings_give_the_same_network():
     with jax.enable_x64(True):
         # One BN group of 4 clips: groups of 2 leave so few values per channel in the last layers
         # that BN's division amplifies summation-order differences to 1e-7.
-        kw = dict(width_multiplier=0.125, num_mixed_4=1, dtype=jnp.float64, param_dtype=jnp.float64)
+        kw = dict(width_multiplier=0.125, **SMALLEST, dtype=jnp.float64, param_dtype=jnp.float64)
         fold, xla3d = S3D(**kw, conv_lowering="fold"), S3D(**kw, conv_lowering="xla3d")
         fold_s2d = S3D(**kw, conv_lowering="fold_s2d")
         x = jnp.asarray(np.random.default_rng(6).standard_normal((4, 8, 64, 64, 3)), jnp.float64)
@@ -307,7 +310,7 @@ def test_pool_grads_give_the_same_network():
     training-mode BN, ReLU zeros as ties); the slices variants leave no reduce-window in the
     program."""
     with jax.enable_x64(True):
-        kw = dict(width_multiplier=0.125, num_mixed_4=1, dtype=jnp.float64, param_dtype=jnp.float64)
+        kw = dict(width_multiplier=0.125, **SMALLEST, dtype=jnp.float64, param_dtype=jnp.float64)
         x = jnp.asarray(np.random.default_rng(7).standard_normal((4, 8, 32, 32, 3)), jnp.float64)
         variables = jax.jit(S3D(**kw).init)(jax.random.key(0), x)
 
@@ -347,7 +350,7 @@ def _primitive_names(jaxpr) -> set[str]:
 def test_bn_groups_normalise_each_group_alone():
     """With bn_group_size=2, a clip's output depends only on its own group of clips (float64)."""
     with jax.enable_x64(True):
-        model = S3D(width_multiplier=0.125, num_mixed_4=1, bn_group_size=2, dtype=jnp.float64)
+        model = S3D(width_multiplier=0.125, **SMALLEST, bn_group_size=2, dtype=jnp.float64)
         rng = np.random.default_rng(1)
         x = jnp.asarray(rng.standard_normal((4, 8, 32, 32, 3)), jnp.float64)
         variables = jax.jit(model.init)(jax.random.key(0), x)
@@ -368,6 +371,27 @@ def test_torchvision_round_trip(torchvision_state):
         np.testing.assert_array_equal(back[key], value)
 
 
+def test_small_variants_keep_the_first_blocks_of_each_stage():
+    """num_mixed_3/4/5 keep the first blocks of each stage; their torchvision state dicts hold
+    the same names minus the blocks left out, and convert back."""
+    blocks = ("3b", "3c", "4b", "4c", "4d", "4e", "4f", "5b", "5c")
+    assert S3D().mixed_blocks == tuple(f"mixed_{b}" for b in blocks)
+    assert S3D().is_full and not S3D(num_mixed_5=1).is_full and not S3D(width_multiplier=0.5).is_full
+    small = S3D(width_multiplier=0.125, **SMALLEST)
+    assert small.mixed_blocks == ("mixed_3b", "mixed_4b", "mixed_5b")
+    shapes = variable_shapes(small, (8, 32, 32))
+    assert set(shapes["params"]) == {"stem", "conv_2b", "conv_2c", "mixed_3b", "mixed_4b", "mixed_5b"}
+    rng = np.random.default_rng(0)
+    variables = jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
+    state = to_torchvision_s3d(variables)
+    assert "features.5.branch0.0.weight" in state and "features.6.branch0.0.weight" not in state  # 3b, 3c
+    assert "features.14.branch0.0.weight" in state and "features.15.branch0.0.weight" not in state  # 5b, 5c
+    jax.tree.map(np.testing.assert_array_equal, load_torchvision_s3d(state), variables)
+    for name, value in (("num_mixed_3", 0), ("num_mixed_4", 6), ("num_mixed_5", 3)):
+        with pytest.raises(ValueError, match=f"{name} must be in 1..[25], got {value}"):
+            S3D(**{name: value}).init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)))
+
+
 def test_bad_inputs_give_clear_errors(torchvision_state):
     with pytest.raises(ValueError, match="too small"):
         S3D().init(jax.random.key(0), jnp.zeros((1, 4, 32, 32, 3)))
@@ -384,20 +408,20 @@ def test_projection_head_gives_unit_vectors_and_the_encoder_its_shapes():
     feats = jnp.asarray(np.random.default_rng(2).standard_normal((5, 128)), jnp.float32)
     z = jax.jit(head.apply)(head.init(jax.random.key(0), feats), feats)
     np.testing.assert_allclose(jnp.linalg.norm(z, axis=-1), 1.0, rtol=1e-5)
-    model = ContrastiveEncoder(width_multiplier=0.125, num_mixed_4=1, head_hidden_dim=32, embed_dim=16)
+    model = ContrastiveEncoder(width_multiplier=0.125, **SMALLEST, head_hidden_dim=32, embed_dim=16)
     x = jax.ShapeDtypeStruct((3, 8, 32, 32, 3), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     assert set(variables["params"]) == {"backbone", "head"} and set(variables["batch_stats"]) == {"backbone"}
     feats, z = jax.eval_shape(model.apply, variables, x)
-    assert feats.shape == (3, 128) and z.shape == (3, 16)
+    assert feats.shape == (3, 104) and z.shape == (3, 16)
 
 
 @pytest.mark.slow
 def test_encoder_embeddings_are_unit_vectors():
-    model = ContrastiveEncoder(width_multiplier=0.125, num_mixed_4=1, head_hidden_dim=32, embed_dim=16)
+    model = ContrastiveEncoder(width_multiplier=0.125, **SMALLEST, head_hidden_dim=32, embed_dim=16)
     x = jnp.asarray(np.random.default_rng(2).standard_normal((3, 8, 32, 32, 3)), jnp.float32)
     variables = jax.jit(model.init)(jax.random.key(0), x)
     assert set(variables["params"]) == {"backbone", "head"}
     feats, z = jax.jit(model.apply)(variables, x)
-    assert feats.shape == (3, 128) and z.shape == (3, 16)
+    assert feats.shape == (3, 104) and z.shape == (3, 16)
     np.testing.assert_allclose(jnp.linalg.norm(z, axis=-1), 1.0, rtol=1e-5)

@@ -13,11 +13,14 @@ from cvtcl_jax.state import create_train_state, state_sharding
 BATCH, FRAMES, SIZE, SEGMENTS, SEG_LEN, QUEUE = 16, 8, 32, 2, 8, 64
 VIDEO_LEN, CANVAS = 32, 40
 
-# Width 1/4: the narrowest S3D that learns instance discrimination in a few dozen CPU steps.
-# BN groups of 8 clips span 4 of the 8 emulated devices.
-MODEL = ContrastiveEncoder(
-    width_multiplier=0.25, num_mixed_4=1, bn_group_size=8, head_hidden_dim=64, embed_dim=32
-)
+# The smallest S3D: one Mixed block per stage (its parts, and every kind of pool, stay), so each
+# of the many programs the tests compile is a third smaller than with the paper's blocks.
+SMALLEST = dict(num_mixed_3=1, num_mixed_4=1, num_mixed_5=1)
+# The tests' encoder (tests/tiny_config.py's too). Width 1/4: the narrowest S3D that learns
+# instance discrimination in a few dozen CPU steps. BN groups of 8 clips span 4 of the 8 emulated
+# devices.
+MODEL_SETTINGS = dict(width_multiplier=0.25, **SMALLEST, bn_group_size=8, head_hidden_dim=64, embed_dim=32)
+MODEL = ContrastiveEncoder(**MODEL_SETTINGS)
 # The same network computing in float64, for exact comparisons across device counts.
 MODEL64 = MODEL.clone(dtype=jnp.float64, param_dtype=jnp.float64)
 SCHEDULE = optim.step_decay_schedule(3e-3, steps_per_epoch=10, decay_epochs=(100,))

@@ -21,6 +21,18 @@ from cvtcl_jax.models.s3d import DEFAULT_BN_EPSILON, S3D
 WEIGHT_SETTINGS = {"bn_epsilon": DEFAULT_BN_EPSILON, "reverse_input_channels": False}
 
 
+# Model settings that fix the parameters' shapes: a checkpoint loads only into a model that agrees
+# on every one of them.
+SHAPE_KEYS = ("width_multiplier", "num_mixed_3", "num_mixed_4", "num_mixed_5", "head_hidden_dim", "embed_dim")
+
+
+def shape_settings(model_cfg: Mapping[str, Any]) -> dict:
+    """The SHAPE_KEYS of a model config; the encoder's defaults for those a config of an earlier
+    version of this code lacks (it ran with them)."""
+    fields = ContrastiveEncoder.__dataclass_fields__
+    return {k: model_cfg.get(k, fields[k].default) for k in SHAPE_KEYS}
+
+
 def weight_settings(model_cfg: Mapping[str, Any]) -> dict:
     """{'bn_epsilon', 'reverse_input_channels'} of a model config (defaults where absent)."""
     return {k: model_cfg.get(k, default) for k, default in WEIGHT_SETTINGS.items()}
@@ -41,8 +53,7 @@ def encoder_from_config(model_cfg: Mapping[str, Any]) -> ContrastiveEncoder:
 def backbone_from_config(model_cfg: Mapping[str, Any]) -> S3D:
     """The S3D of the encoder of `model_cfg` (the encoder's `backbone` variables apply to it)."""
     return S3D(
-        width_multiplier=model_cfg["width_multiplier"],
-        num_mixed_4=model_cfg["num_mixed_4"],
+        **{k: v for k, v in shape_settings(model_cfg).items() if k in S3D.__dataclass_fields__},
         bn_group_size=model_cfg.get("bn_group_size"),
         bn_epsilon=model_cfg.get("bn_epsilon", DEFAULT_BN_EPSILON),
         reverse_input_channels=model_cfg.get("reverse_input_channels", False),

@@ -46,7 +46,9 @@ class ContrastiveEncoder(nn.Module):
     """
 
     width_multiplier: float = 1.0
+    num_mixed_3: int = 2  # S3D.num_mixed_*: the Mixed blocks kept in each stage (small variants)
     num_mixed_4: int = 5
+    num_mixed_5: int = 2
     bn_group_size: int | None = None
     bn_epsilon: float = DEFAULT_BN_EPSILON  # S3D.bn_epsilon: belongs to the weights
     reverse_input_channels: bool = False  # S3D.reverse_input_channels: CoCLR's flow networks
@@ -61,7 +63,9 @@ class ContrastiveEncoder(nn.Module):
     def setup(self):
         self.backbone = S3D(
             width_multiplier=self.width_multiplier,
+            num_mixed_3=self.num_mixed_3,
             num_mixed_4=self.num_mixed_4,
+            num_mixed_5=self.num_mixed_5,
             bn_group_size=self.bn_group_size,
             bn_epsilon=self.bn_epsilon,
             reverse_input_channels=self.reverse_input_channels,

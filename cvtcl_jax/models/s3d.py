@@ -31,7 +31,10 @@ MIXED_BLOCKS = {
     "mixed_5b": (256, 160, 320, 32, 128, 128),
     "mixed_5c": (384, 192, 384, 48, 128, 128),
 }
+# The Mixed blocks of each stage, in order; small variants keep the first few of each.
+MIXED_3 = ("mixed_3b", "mixed_3c")
 MIXED_4 = ("mixed_4b", "mixed_4c", "mixed_4d", "mixed_4e", "mixed_4f")
+MIXED_5 = ("mixed_5b", "mixed_5c")
 
 # He-normal initialisation suits the conv + BN + ReLU units.
 _KERNEL_INIT = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
@@ -164,11 +167,14 @@ class S3D(nn.Module):
 
     The defaults give the full network of docs/method.md §4 (1024-d output, 7,910,048 parameters).
     Small variants for CPU tests and demos scale every width by `width_multiplier` and keep only
-    the first `num_mixed_4` of the five Mixed_4 blocks.
+    the first `num_mixed_3`, `num_mixed_4` and `num_mixed_5` blocks of each stage.
 
     Attributes:
       width_multiplier: factor on every channel count (1.0 for the real network).
+      num_mixed_3: how many of Mixed_3b, 3c to keep (2 for the real network).
       num_mixed_4: how many of Mixed_4b..4f to keep (5 for the real network).
+      num_mixed_5: how many of Mixed_5b, 5c to keep (2 for the real network); the pooled feature
+        has the last kept block's channels.
       bn_group_size: clips per BN statistics group in training mode (None: the whole batch).
       bn_epsilon: BatchNorm's epsilon. It belongs to the weights: 1e-5 (PyTorch's default) for
         ours and CoCLR's, 1e-3 for torchvision's `s3d` weights (docs/method.md §4).
@@ -191,7 +197,9 @@ class S3D(nn.Module):
     """
 
     width_multiplier: float = 1.0
-    num_mixed_4: int = 5
+    num_mixed_3: int = len(MIXED_3)
+    num_mixed_4: int = len(MIXED_4)
+    num_mixed_5: int = len(MIXED_5)
     bn_group_size: int | None = None
     bn_epsilon: float = DEFAULT_BN_EPSILON
     reverse_input_channels: bool = False
@@ -203,17 +211,35 @@ class S3D(nn.Module):
 
     @property
     def out_features(self) -> int:
-        """Channels of the pooled feature: the four branch outputs of Mixed_5c."""
-        widths = MIXED_BLOCKS["mixed_5c"]
+        """Channels of the pooled feature: the four branch outputs of the last Mixed_5 block."""
+        widths = MIXED_BLOCKS[self.mixed_blocks[-1]]
         return sum(_scaled(widths[i], self.width_multiplier) for i in (0, 2, 4, 5))
+
+    @property
+    def mixed_blocks(self) -> tuple[str, ...]:
+        """Names of the Mixed blocks this variant keeps, in order."""
+        kept = []
+        for name, stage, n in (
+            ("num_mixed_3", MIXED_3, self.num_mixed_3),
+            ("num_mixed_4", MIXED_4, self.num_mixed_4),
+            ("num_mixed_5", MIXED_5, self.num_mixed_5),
+        ):
+            if not 1 <= n <= len(stage):
+                raise ValueError(f"{name} must be in 1..{len(stage)}, got {n}")
+            kept += stage[:n]
+        return tuple(kept)
+
+    @property
+    def is_full(self) -> bool:
+        """Whether this is the paper's network, torchvision's `s3d`: every block at full width."""
+        return self.width_multiplier == 1.0 and self.mixed_blocks == (*MIXED_3, *MIXED_4, *MIXED_5)
 
     @nn.compact
     def __call__(self, x, train: bool = False, return_map: bool = False):
         if x.ndim != 5 or x.shape[-1] != 3:
             raise ValueError(f"S3D expects clips of shape (B, T, H, W, 3), got {x.shape}")
         feature_map_size(*x.shape[1:4])
-        if not 1 <= self.num_mixed_4 <= len(MIXED_4):
-            raise ValueError(f"num_mixed_4 must be in 1..5, got {self.num_mixed_4}")
+        mixed_blocks = self.mixed_blocks
         if self.pool_grad not in POOL_GRADS:
             raise ValueError(f"pool_grad must be one of {sorted(POOL_GRADS)}, got {self.pool_grad!r}")
         if self.conv_lowering not in CONV_LOWERINGS:
@@ -230,16 +256,13 @@ class S3D(nn.Module):
         x = conv_bn(_scaled(64, m), name="conv_2b", **kw)(x, train)
         x = sep_conv(_scaled(192, m), 3, name="conv_2c", **kw)(x, train)
         x = max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))
-        blocks = ["mixed_3b", "mixed_3c", "pool", *MIXED_4[: self.num_mixed_4]]
-        blocks += ["pool_5", "mixed_5b", "mixed_5c"]
-        for name in blocks:
-            if name == "pool":
+        for name in mixed_blocks:
+            if name == MIXED_4[0]:
                 x = max_pool3d(x, (3, 3, 3), (2, 2, 2), (1, 1, 1))
-            elif name == "pool_5":
+            elif name == MIXED_5[0]:
                 x = max_pool3d(x, (2, 2, 2), (2, 2, 2), (0, 0, 0))
-            else:
-                widths = tuple(_scaled(w, m) for w in MIXED_BLOCKS[name])
-                x = mixed(widths, pool_grad=self.pool_grad, name=name, **kw)(x, train)
+            widths = tuple(_scaled(w, m) for w in MIXED_BLOCKS[name])
+            x = mixed(widths, pool_grad=self.pool_grad, name=name, **kw)(x, train)
         if return_map:
             return x
         # Pool in (at least) float32: the feature feeds the head, retrieval and the linear probe.

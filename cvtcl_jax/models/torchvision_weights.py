@@ -2,8 +2,8 @@
 
 Works on NumPy arrays keyed by torchvision's names (`features.0.0.0.weight`, ...), so neither
 direction needs torch at run time. torchvision's `s3d` itself is the full network (default
-`S3D()` arguments); the small variants (`num_mixed_4` < 5, any width) convert too, under the same
-names minus the Mixed_4 blocks they lack, so their exports round-trip.
+`S3D()` arguments); the small variants (fewer Mixed blocks, any width) convert too, under the same
+names minus the blocks they lack, so their exports round-trip.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 import numpy as np
+
+from cvtcl_jax.models.s3d import MIXED_3, MIXED_4, MIXED_5
 
 # torchvision `features` index of each of our top-level modules.
 _TOP = {
@@ -38,8 +40,8 @@ _MIXED = (
 )
 
 
-# Blocks that the small variants (num_mixed_4 < 5) leave out.
-_OPTIONAL = ("mixed_4c", "mixed_4d", "mixed_4e", "mixed_4f")
+# Blocks that the small variants may leave out (all but the first of each stage).
+_OPTIONAL = (*MIXED_3[1:], *MIXED_4[1:], *MIXED_5[1:])
 
 
 def conv_bn_units(skip: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str]]:

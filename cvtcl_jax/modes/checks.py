@@ -15,13 +15,12 @@ from cvtcl_jax.data.augment import AugmentConfig, check_eval_crops
 from cvtcl_jax.data.dataset_info import VIEWS, DatasetError, load_dataset_info, verify_shards
 from cvtcl_jax.eval.protocols import PROTOCOLS
 from cvtcl_jax.eval.store import EVAL_VIEWS, source_descriptions, views_of
+from cvtcl_jax.models.builders import backbone_from_config, shape_settings
 from cvtcl_jax.models.conv import CONV_LOWERINGS
 from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD, POOL_GRADS
 from cvtcl_jax.models.s3d import DEFAULT_BN_EPSILON, feature_map_size
 from cvtcl_jax.queue import check_queue_size
 from cvtcl_jax.training.stage import clip_spec, contrast_config
-
-SHAPE_KEYS = ("width_multiplier", "num_mixed_4", "head_hidden_dim", "embed_dim")
 
 
 class ConfigError(ValueError):
@@ -74,6 +73,7 @@ def check_model_and_data_shapes(config) -> None:
             feature_map_size, spec.segment_len, spec.crop_size, spec.crop_size, prefix="data.segment_len: "
         )
     _as_config_error(check_eval_crops, d.eval_crops, d.ten_crop_scale, prefix="data: ")
+    _as_config_error(lambda: backbone_from_config(config.model).mixed_blocks, prefix="model.")
     if config.model.get("pool_grad", DEFAULT_POOL_GRAD) not in POOL_GRADS:
         raise ConfigError(f"model.pool_grad={config.model.pool_grad!r} must be one of {sorted(POOL_GRADS)}")
     if config.model.get("conv_lowering", "fold") not in CONV_LOWERINGS:
@@ -176,8 +176,8 @@ def check_stage_source(path: str, key: str, view: str | None, model_cfg=None) ->
     if view is not None and seen_view != view:
         raise ConfigError(f"{key}={path} holds a {seen_view!r} encoder, but the {view!r} view is needed here")
     if model_cfg is not None:  # the keys that fix parameter shapes (dtype and BN groups may differ)
-        theirs = {k: info["config"].get("model", {}).get(k) for k in SHAPE_KEYS}
-        ours = {k: model_cfg[k] for k in SHAPE_KEYS}
+        theirs = shape_settings(info["config"].get("model", {}))
+        ours = shape_settings(model_cfg)
         if theirs != ours:
             raise ConfigError(
                 f"{key}={path} was trained with model {theirs}; this config has {ours}; they must agree"

@@ -96,7 +96,9 @@ def run_import(config, workdir) -> dict:
     cfg = config.copy_and_resolve_references()
     cfg.model.update(
         width_multiplier=1.0,
+        num_mixed_3=2,
         num_mixed_4=5,
+        num_mixed_5=2,
         bn_epsilon=weights.bn_epsilon,
         reverse_input_channels=weights.reverse_input_channels,
     )

@@ -15,6 +15,8 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping
 
+from cvtcl_jax.models.builders import SHAPE_KEYS
+
 # Keys (or sections, ending with ".") that may differ freely on resume.
 FREE = (
     "mode",
@@ -52,7 +54,7 @@ FREE = (
     "weights.",
 )
 # Keys that fix the shapes of the checkpoint's arrays: no resume can change them.
-SHAPES = ("model.width_multiplier", "model.num_mixed_4", "model.head_hidden_dim", "model.embed_dim")
+SHAPES = tuple(f"model.{k}" for k in SHAPE_KEYS)
 
 
 class ResumeError(ValueError):
