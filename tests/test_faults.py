@@ -127,6 +127,14 @@ def test_what_a_resume_may_change():
     assert resume.check("s", "w", saved, new, "optim") == {"optim.lr": [1e-3, 2e-3]}
     with pytest.raises(resume.ResumeError, match=r"optim.lr +0.001 -> 0.002\n.*allow_changes=optim.lr"):
         resume.check("s", "w", saved, new, "optim.lrr,seed")
+    # The co-training stages' own settings are free for an initialization, and the other way round.
+    saved = {"schedule": {"cotrain_lr": None, "cotrain_decay_epochs": [80]}, "optim": {"decay_epochs": []}}
+    new = {"schedule": {"cotrain_lr": 5e-4, "cotrain_decay_epochs": []}, "optim": {"decay_epochs": [250]}}
+    assert resume.differences(saved, new, cotrain=False) == {"optim.decay_epochs": ([], [250])}
+    assert resume.differences(saved, new, cotrain=True) == {
+        "schedule.cotrain_decay_epochs": ([80], []),
+        "schedule.cotrain_lr": (None, 5e-4),
+    }
 
 
 def _half_done_copy(schedule_run, tmp_path) -> Path:

@@ -2,12 +2,13 @@
 its length.
 
 Started again, a stage compares the new config with the one its latest checkpoint holds before
-any work. Logging, checkpoint and evaluation cadences, evaluation settings and paths may differ
-freely; anything else that shapes the model, the data, the method or the optimiser stops the run
-with a table of the differences (`ResumeError`, exit code 2), unless `resume.allow_changes` names
-it (a key or a section, comma-separated), which the stage's history then records. A stage asked
-for more epochs than it ran continues (the learning-rate schedule goes on as configured, a
-finished stage included); fewer than it has already run are refused.
+any work. Logging, checkpoint and evaluation cadences, evaluation settings, paths and the other
+kind of stage's own settings may differ freely; anything else that shapes the model, the data,
+the method or the optimiser stops the run with a table of the differences (`ResumeError`, exit
+code 2), unless `resume.allow_changes` names it (a key or a section, comma-separated), which the
+stage's history then records. A stage asked for more epochs than it ran continues (the
+learning-rate schedule goes on as configured, a finished stage included); fewer than it has
+already run are refused.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ FREE = (
     "resume.",
     "weights.",
 )
+# Settings of the other kind of stage only: free for this one (an interrupted initialization
+# may resume after the co-training settings were changed, and the other way round).
+COTRAIN_ONLY = (
+    "schedule.cotrain_lr",
+    "schedule.cotrain_decay_epochs",
+    "schedule.cotrain_flow_beta",
+    "train.other_encoder",
+)
+INIT_ONLY = ("optim.decay_epochs",)
 # Keys that fix the shapes of the checkpoint's arrays: no resume can change them.
 SHAPES = tuple(f"model.{k}" for k in SHAPE_KEYS)
 
@@ -75,23 +85,27 @@ def _matches(key: str, names) -> bool:
     return any(key == n or key.startswith(n if n.endswith(".") else n + ".") for n in names)
 
 
-def differences(saved: Mapping, new: Mapping) -> dict[str, tuple]:
+def differences(saved: Mapping, new: Mapping, cotrain: bool = False) -> dict[str, tuple]:
     """{key: (saved value, new value)} of the keys both configs have that differ and may not
-    differ freely (JSON configs). A key only one of them has came or went with a new version of
-    this code, which ran with its default where it was absent."""
+    differ freely for a co-training (`cotrain`) or an initialization stage (JSON configs). A key
+    only one of them has came or went with a new version of this code, which ran with its default
+    where it was absent."""
+    free = FREE + (INIT_ONLY if cotrain else COTRAIN_ONLY)
     a, b = _flat(saved), _flat(new)
     keys = sorted(set(a) & set(b))
-    return {k: (a[k], b[k]) for k in keys if a[k] != b[k] and not _matches(k, FREE)}
+    return {k: (a[k], b[k]) for k in keys if a[k] != b[k] and not _matches(k, free)}
 
 
 def allowed_names(allow_changes: str | None) -> list[str]:
     return [n.strip() for n in (allow_changes or "").split(",") if n.strip()]
 
 
-def check(stage: str, workdir, saved: Mapping, new: Mapping, allow_changes: str | None) -> dict:
-    """The changes a resume of `stage` makes, once allowed: {key: [saved, new]} (empty: none).
-    Raises ResumeError with the table of the others."""
-    changes = differences(saved, new)
+def check(
+    stage: str, workdir, saved: Mapping, new: Mapping, allow_changes: str | None, cotrain: bool = False
+) -> dict:
+    """The changes a resume of `stage` (a co-training stage if `cotrain`) makes, once allowed:
+    {key: [saved, new]} (empty: none). Raises ResumeError with the table of the others."""
+    changes = differences(saved, new, cotrain)
     allowed = allowed_names(allow_changes)
     shapes = [k for k in changes if k in SHAPES]
     refused = {k: v for k, v in changes.items() if k in shapes or not _matches(k, allowed)}

@@ -214,7 +214,8 @@ def resume_history(config, workdir: Path, stage: Stage, total: int) -> list[dict
             "export or evaluate one of its checkpoints instead"
         )
     allowed = config.get("resume", {}).get("allow_changes")
-    changes = resume.check(stage.name, workdir, info["config"], checkpoints.config_json(config), allowed)
+    saved, new = info["config"], checkpoints.config_json(config)
+    changes = resume.check(stage.name, workdir, saved, new, allowed, stage.cotrain)
     if changes:
         console.warn(f"{stage.name} resumes with changes allowed by resume.allow_changes: {changes}")
     longer = (round(info["progress"].get("epoch", 0)), stage.epochs) if info["progress"].get("done") else None
