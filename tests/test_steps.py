@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from cvtcl_jax.sharding import check_global_batch, make_mesh, shard_batch
-from cvtcl_jax.state import FrozenEncoder
+from cvtcl_jax.state import FrozenEncoder, state_sharding
 from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step
 from tests import tiny
 
@@ -54,6 +54,8 @@ def test_init_step_is_the_same_on_1_and_8_devices(videos):
     batches = [tiny.sample_batch(rng, videos, np.arange(16) + 16 * i, False) for i in range(2)]
     results = []
     with jax.enable_x64(True):
+        # One start, placed on each mesh (one initialisation to compile, not two).
+        start = jax.device_get(tiny.make_state(make_mesh(jax.devices()[:1]), model=tiny.MODEL64))
         for devices in (jax.devices()[:1], jax.devices()):
             mesh = make_mesh(devices)
             step = jit_train_step(
@@ -61,7 +63,8 @@ def test_init_step_is_the_same_on_1_and_8_devices(videos):
                 mesh,
                 tiny.state_shapes(),
             )
-            state, metrics = run(step, mesh, tiny.make_state(mesh, model=tiny.MODEL64), batches)
+            state = jax.device_put(start, state_sharding(mesh, start))
+            state, metrics = run(step, mesh, state, batches)
             results.append((jax.device_get(state), metrics))
     (s1, m1), (s8, m8) = results
     for a, b in zip(m1, m8, strict=True):
