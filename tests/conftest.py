@@ -9,7 +9,8 @@ The suite runs on pytest-xdist workers (pyproject's addopts), the controller's c
 shared by all of them. Each test is in a group that one worker runs whole
 (`pytest_collection_modifyitems` below), so module and session fixtures are built once: a group
 per module, and one for every test of the session's schedule run, which test_main and
-test_evaluation share.
+test_evaluation share (and for tests marked `xdist_group("schedule")`, which train one of its
+stages again and so run after it, its steps in the compilation cache).
 """
 
 import atexit

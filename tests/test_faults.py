@@ -76,6 +76,7 @@ def test_the_lock_names_a_live_holder_and_takes_over_a_dead_ones(tmp_path, capsy
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("schedule")  # trains the schedule's init_rgb: after it, its step from the cache
 def test_a_second_launch_on_a_workdir_in_use_stops_and_the_first_run_is_untouched(data, tmp_path):
     wd = tmp_path / "run"
     first = _launch(wd, data)

@@ -268,6 +268,7 @@ def test_killed_run_resumes_to_the_same_parameters(schedule_run, data, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("schedule")  # the schedule's init_rgb step: after the schedule, from the cache
 def test_nan_loss_stops_with_the_last_good_checkpoint_kept(data, tmp_path):
     cfg = _config(data, retrieval_every_epochs=0)
     cfg.schedule.init_epochs = 6
