@@ -13,8 +13,8 @@ from cvtcl_jax.state import create_train_state, state_sharding
 BATCH, FRAMES, SIZE, SEGMENTS, SEG_LEN, QUEUE = 16, 8, 32, 2, 8, 64
 VIDEO_LEN, CANVAS = 32, 40
 
-# The smallest S3D: one Mixed block per stage (its parts, and every kind of pool, stay), so each
-# of the many programs the tests compile is a third smaller than with the paper's blocks.
+# The smallest S3D: one Mixed block per stage (its parts, and every kind of pool, stay), so the
+# many programs the tests compile take about a quarter less time than with the paper's blocks.
 SMALLEST = dict(num_mixed_3=1, num_mixed_4=1, num_mixed_5=1)
 # The tests' encoder (tests/tiny_config.py's too). Width 1/4: the narrowest S3D that learns
 # instance discrimination in a few dozen CPU steps. BN groups of 8 clips span 4 of the 8 emulated
