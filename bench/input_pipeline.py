@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
-from cvtcl_jax.data import device_augment, pipeline, records  # noqa: E402
+from cvtcl_jax.data import device_augment, records, training_clips  # noqa: E402
 from cvtcl_jax.data.augment import AugmentConfig  # noqa: E402
 from cvtcl_jax.data.clip_spec import ClipSpec  # noqa: E402
 from cvtcl_jax.data.dataset_info import load_dataset_info  # noqa: E402
@@ -70,7 +70,7 @@ def write_standin(root: Path, num_videos: int, num_frames: int) -> None:
 
 def measure(info, views, aug: AugmentConfig, threads: int, batches: int, batch: int) -> tuple[float, dict]:
     """(samples/s, the last batch)."""
-    ds = pipeline.pretrain_dataset(
+    ds = training_clips.pretrain_dataset(
         info,
         subset="train",
         views=views,

@@ -83,6 +83,15 @@ def export_backbone(
     (out / EXPORT_FILE).write_bytes(exported.serialize())
 
     settings = weight_settings(model_cfg)
+    _save_torchvision(variables, settings, view, out / SAFETENSORS_FILE)
+    dim = int(jax.eval_shape(extract, jax.ShapeDtypeStruct((1, t, h, w, 3), jnp.uint8)).shape[1])
+    manifest = _manifest(model_cfg, settings, view, (t, h, w), dim, backbone.is_full, exported, source)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _save_torchvision(variables: Mapping, settings: dict, view: str, path: Path) -> None:
+    """torchvision's S3D state dict as safetensors, with the settings its numbers assume."""
     torch_state = {k: np.ascontiguousarray(v) for k, v in to_torchvision_s3d(variables).items()}
     # The numbers assume this epsilon and channel order: torchvision's stock s3d() has eps 1e-3.
     meta = {
@@ -90,10 +99,13 @@ def export_backbone(
         META_REVERSED: str(settings["reverse_input_channels"]).lower(),
         "view": view,
     }
-    save_file(torch_state, str(out / SAFETENSORS_FILE), metadata=meta)
+    save_file(torch_state, str(path), metadata=meta)
 
-    dim = int(jax.eval_shape(extract, jax.ShapeDtypeStruct((1, t, h, w, 3), jnp.uint8)).shape[1])
-    manifest = {
+
+def _manifest(model_cfg, settings: dict, view: str, clip, dim: int, full: bool, exported, source) -> dict:
+    """manifest.json: what the exported extractor takes and gives, and where it came from."""
+    t, h, w = clip
+    return {
         "view": view,
         "input": {
             "shape": ["batch", t, h, w, 3],
@@ -113,7 +125,7 @@ def export_backbone(
         },
         "model": dict(model_cfg),
         "batchnorm_epsilon": float(settings["bn_epsilon"]),
-        "torchvision_compatible": backbone.is_full,
+        "torchvision_compatible": full,
         "torchvision_state_dict": {
             "input_channels": "reversed: (128, dy, dx) for flow, as CoCLR read it"
             if settings["reverse_input_channels"]
@@ -129,8 +141,6 @@ def export_backbone(
         "source": dict(source),
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return manifest
 
 
 def export_stage(source: str | Path, out_dir: str | Path, encoder: str = "encoder") -> dict:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cvtcl_jax.data import augment, device_augment, pipeline, sampling
+from cvtcl_jax.data import augment, device_augment, eval_clips, sampling, training_clips
 from cvtcl_jax.data.augment import AugmentConfig
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import DatasetError, host_shards, load_dataset_info
@@ -48,7 +48,7 @@ def _batches(ds, n):
 
 
 def _pretrain(info, views=("rgb",), aug=NO_COLOR, seed=0, local_batch=4, **kw):
-    return pipeline.pretrain_dataset(
+    return training_clips.pretrain_dataset(
         info,
         subset="train",
         views=views,
@@ -242,7 +242,7 @@ def test_on_device_batches_carry_colour_parameters_and_colour_like_the_pipeline(
         assert diff.max() <= 4 and diff.mean() < 0.5, (key, diff.max(), diff.mean())
         assert np.abs(raw[key].astype(int) - cpu[key].astype(int)).mean() > 3  # colour was left out
     (clip_batch,) = _batches(
-        pipeline.labelled_clip_dataset(
+        training_clips.labelled_clip_dataset(
             info, subset="train", view="rgb", local_batch=4, spec=SPEC, aug=on_device, seed=0
         ),
         1,
@@ -348,13 +348,13 @@ def test_resize_on_device_gives_the_tf_data_batches(mixed_info, colour):
         diff = np.abs(out[name].astype(int) - cpu[name].astype(int))
         assert diff.max() <= 4 and diff.mean() < 0.2, (name, diff.max(), diff.mean())
     (clips,) = _batches(
-        pipeline.labelled_clip_dataset(
+        training_clips.labelled_clip_dataset(
             mixed_info, subset="train", view="rgb", local_batch=8, spec=SPEC, aug=resize, seed=0
         ),
         1,
     )
     (cpu_clips,) = _batches(
-        pipeline.labelled_clip_dataset(
+        training_clips.labelled_clip_dataset(
             mixed_info, subset="train", view="rgb", local_batch=8, spec=SPEC, aug=base, seed=0
         ),
         1,
@@ -493,7 +493,7 @@ def test_bad_requests_name_the_problem(info, tmp_path):
 
 
 def _eval_rows(info, crops="center", views=("rgb",), local_batch=8):
-    ds = pipeline.eval_dataset(
+    ds = eval_clips.eval_dataset(
         info, subset="test", views=views, local_batch=local_batch, spec=SPEC, stride=8, crops=crops
     )
     batches = list(ds.as_numpy_iterator())
@@ -536,7 +536,7 @@ def test_ten_crops_are_five_windows_and_their_flips(info):
 
 def test_eval_rejects_unknown_crops(info):
     with pytest.raises(ValueError, match="eval crops"):
-        pipeline.eval_dataset(info, subset="test", views=("rgb",), local_batch=4, spec=SPEC, crops="five")
+        eval_clips.eval_dataset(info, subset="test", views=("rgb",), local_batch=4, spec=SPEC, crops="five")
 
 
 # ---------------------------------------------------------------- to the devices

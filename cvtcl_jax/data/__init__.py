@@ -7,7 +7,9 @@
   sampling       frame indices (clips, segments, dense evaluation clips)
   augment        per-clip augmentations, flow-aware flips
   device_augment the colour augmentations in JAX, on the accelerators (data.aug.on_device) (no TensorFlow)
-  pipeline       pretrain_dataset / eval_dataset
+  record_stream  parsed records and endless, resumable, deterministic streams of them
+  training_clips pretrain_dataset / labelled_clip_dataset: augmented training samples
+  eval_clips     eval_dataset: dense evaluation clips; middle_frames for the pictures
 
 Nothing is imported here, so the TF-free modules stay importable on hosts without TensorFlow.
 """

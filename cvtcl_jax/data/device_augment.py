@@ -34,7 +34,6 @@ JITTER, GRAY, BLUR, SIGMA = 0, 1, 2, 3
 FACTORS = slice(4, 8)  # brightness, contrast, saturation, hue
 ORDER = slice(8, 12)  # the jitter operations' order, as in torchvision's ColorJitter
 COLOR_PARAMS = 12
-COLOR_SUFFIX = "_color"  # batch key of a clip's colour parameters: <clip>_color
 
 # data.aug.on_device's settings (augment.AugmentConfig; here so that TF-free benchmarks can name them).
 ON_DEVICE = ("none", "color", "resize")
@@ -43,7 +42,7 @@ ON_DEVICE = ("none", "color", "resize")
 # the shipped frames, whether to flip, and whether the clip is flow (a flip negates its dx).
 WIN_Y, WIN_X, WIN_H, WIN_W, WIN_FLIP, WIN_FLOW = range(6)
 WINDOW_PARAMS = 6
-WINDOW_SUFFIX = "_window"
+_COLOR_SUFFIX, _WINDOW_SUFFIX = "_color", "_window"
 # Clips shipped without frames of their own: (the clip whose frames they use, index on axis 1).
 SHARED_FRAMES = {"anchor": ("segments", 0)}
 
@@ -236,23 +235,38 @@ def finish_clips(frames, windows, colors, size: int, blur_kernel_size: int):
     )
 
 
+def color_key(clip: str) -> str:
+    """The batch key of a clip's colour parameters: `<clip>_color`."""
+    return clip + _COLOR_SUFFIX
+
+
+def window_key(clip: str) -> str:
+    """The batch key of a clip's crop window (on_device 'resize'): `<clip>_window`."""
+    return clip + _WINDOW_SUFFIX
+
+
+def is_parameter_key(key: str) -> bool:
+    """Whether a batch key holds a clip's augmentation parameters rather than data."""
+    return key.endswith((_COLOR_SUFFIX, _WINDOW_SUFFIX))
+
+
 def apply_to_batch(batch: dict, blur_kernel_size: int, crop_size: int) -> dict:
     """The model's batch: every `<clip>` with a `<clip>_window` resized, flipped and coloured (with
     a `<clip>_color`) to crop_size, every other `<clip>` with a `<clip>_color` colour-augmented;
     the parameter entries dropped."""
-    out = {k: v for k, v in batch.items() if not k.endswith((COLOR_SUFFIX, WINDOW_SUFFIX))}
+    out = {k: v for k, v in batch.items() if not is_parameter_key(k)}
     for key in batch:
-        if key.endswith(WINDOW_SUFFIX):
-            clip = key[: -len(WINDOW_SUFFIX)]
+        if key.endswith(_WINDOW_SUFFIX):
+            clip = key.removesuffix(_WINDOW_SUFFIX)
             if clip in batch:
                 frames = batch[clip]
             else:
                 owner, index = SHARED_FRAMES[clip]
                 frames = batch[owner][:, index]
-            colors = batch.get(clip + COLOR_SUFFIX)
+            colors = batch.get(color_key(clip))
             out[clip] = finish_clips(frames, batch[key], colors, crop_size, blur_kernel_size)
-        elif key.endswith(COLOR_SUFFIX) and key[: -len(COLOR_SUFFIX)] + WINDOW_SUFFIX not in batch:
-            clip = key[: -len(COLOR_SUFFIX)]
+        elif key.endswith(_COLOR_SUFFIX) and window_key(key.removesuffix(_COLOR_SUFFIX)) not in batch:
+            clip = key.removesuffix(_COLOR_SUFFIX)
             out[clip] = color_augment(batch[clip], batch[key], blur_kernel_size)
     return out
 
@@ -272,7 +286,7 @@ def make_batch_augmenter(mesh: Mesh, blur_kernel_size: int, crop_size: int) -> C
     warned = []
 
     def augment(batch: dict) -> dict:
-        if not any(k.endswith((COLOR_SUFFIX, WINDOW_SUFFIX)) for k in batch):
+        if not any(is_parameter_key(k) for k in batch):
             return batch
         if not warned and mesh.devices.flat[0].platform == "cpu":
             warned.append(True)

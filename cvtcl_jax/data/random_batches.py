@@ -36,7 +36,7 @@ def random_pretrain_batch(
     on_device: str = "none",
     frame_hw: tuple[int, int] = (128, 171),
 ) -> dict:
-    """A pretraining batch like `pipeline.pretrain_dataset` yields with `data.aug.on_device`
+    """A pretraining batch like `training_clips.pretrain_dataset` yields with `data.aug.on_device`
     ('none', 'color' or 'resize'): uint8 clips, int32 ids, and with 'color' / 'resize' the
     `<clip>_color` parameters of the trained view's clips (the other view is flow, which gets
     none); with 'resize' the clips are whole (H, W) = frame_hw frames with their `<clip>_window`,
@@ -61,12 +61,13 @@ def random_pretrain_batch(
         lead.update(anchor=(batch,), segments=(batch, spec.num_segments))
     for key, shape in lead.items():
         if on_device != "none":
-            out[key + "_color"] = random_color_params(rng, *shape)
+            out[device_augment.color_key(key)] = random_color_params(rng, *shape)
         if on_device == "resize":
-            out[key + "_window"] = random_window_params(rng, frame_hw, *shape)
+            out[device_augment.window_key(key)] = random_window_params(rng, frame_hw, *shape)
     if cotrain:
         out["other_key"] = clips(batch, t)
         if on_device == "resize":  # the key's frames, crop and flip in the other view (flow)
-            out["other_key_window"] = out["key_window"].copy()
-            out["other_key_window"][:, device_augment.WIN_FLOW] = 1
+            window = out[device_augment.window_key("key")].copy()
+            window[:, device_augment.WIN_FLOW] = 1
+            out[device_augment.window_key("other_key")] = window
     return out

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from cvtcl_jax.data import pipeline
+from cvtcl_jax.data import eval_clips
 from cvtcl_jax.eval import retrieval
 
 WHITE, GREEN, RED = (255, 255, 255), (40, 200, 40), (220, 40, 40)
@@ -67,7 +67,7 @@ def write_neighbours(run, view: str, sets: dict, k: int = 3) -> None:
     same = sets["gallery_labels"][order] == sets["query_labels"][rows][:, None]
     # RGB frames are the readable picture for either view when the data has them.
     shown = "rgb" if "rgb" in run.info.views else view
-    q_frames = pipeline.middle_frames(run.info, "test", shown, queries)
-    g_frames = pipeline.middle_frames(run.info, "train", shown, neighbours.ravel())
+    q_frames = eval_clips.middle_frames(run.info, "test", shown, queries)
+    g_frames = eval_clips.middle_frames(run.info, "train", shown, neighbours.ravel())
     grid = neighbour_grid(queries.tolist(), neighbours.tolist(), same.tolist(), q_frames, g_frames)
     run.writer.write_images(0, {f"retrieval/{view}/nearest_neighbours": grid[None]})

@@ -20,14 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from cvtcl_jax import checkpoints, optim
-from cvtcl_jax.data import pipeline
+from cvtcl_jax.data import training_clips
 from cvtcl_jax.eval import accuracy, classifier, features, pictures, retrieval
 from cvtcl_jax.eval.classifier import FinetuneModel, LinearHead
 from cvtcl_jax.eval.store import TWO_STREAM, EvalRun, summary_line, views_and_fused, views_of
 from cvtcl_jax.sharding import replicated
-from cvtcl_jax.training.inputs import batches_per_epoch, device_batches, run_seed
-from cvtcl_jax.training.loop import Loop
+from cvtcl_jax.training.trainer import CLASSIFIER, Trainer
 
 # ---------------------------------------------------------------------- retrieval
 
@@ -94,55 +92,48 @@ def _train_on_clips(
     frozen: Callable | None = None,
     frozen_variables=None,
 ) -> tuple[classifier.ClassifierState, int]:
-    """Trains a classifier on augmented clips of the train videos through the training loop,
+    """Trains a classifier on augmented clips of the train videos through the training skeleton,
     checkpointed in WORKDIR/<protocol>_<view>/ (a restarted run resumes there; a finished one is
     restored without building its step or input). Returns (state, steps)."""
-    config = run.config
-    tc = config.train
     protocol = run.protocol.name
-    run_dir = run.workdir / f"{protocol}_{view}"
-    steps_per_epoch = batches_per_epoch(run.info, config.global_batch)
-    total = epochs * steps_per_epoch
-    schedule = optim.step_decay_schedule(lr, steps_per_epoch, decay_epochs)
-    optimizer = optimizer_fn(schedule)
+    trainer = Trainer(
+        name=f"{protocol}_{view}",
+        config=run.config,
+        info=run.info,
+        mesh=run.mesh,
+        workdir=run.workdir / f"{protocol}_{view}",
+        epochs=epochs,
+        lr=lr,
+        decay_epochs=decay_epochs,
+        optimizer_fn=optimizer_fn,
+    )
     rep = replicated(run.mesh)
-    state = jax.device_put(classifier.create_state(variables, optimizer, config.seed), rep)
-    with checkpoints.manager(
-        run_dir, keep=tc.keep_checkpoints, item_names=checkpoints.CLASSIFIER_ITEMS
-    ) as mngr:
-        progress = {}
-        if mngr.latest_step() is not None:
-            state, progress = checkpoints.restore_classifier(mngr, state)
-            logging.info("resumed %s of %s at batch %d", protocol, view, progress["batches"])
-        start = int(progress.get("batches", 0))
-        if start >= total:
-            return state, total
 
-        seed = run_seed(config.seed, f"{protocol}_{view}")
-        batches = device_batches(
-            config, run.info, run.mesh, pipeline.labelled_clip_dataset, run.spec(view), seed, start, view=view
-        )
+    def make_step(state):
         step_fn = jax.jit(
-            classifier.make_train_step(apply, optimizer, schedule, frozen),
+            classifier.make_train_step(apply, trainer.optimizer, trainer.schedule, frozen),
             donate_argnums=0,
             out_shardings=(rep, rep),
         )
         extra = () if frozen is None else (jax.device_put(frozen_variables, rep),)
-        loop = Loop(
-            name=f"{protocol} {view}",
-            step=lambda state, batch: step_fn(state, batch[view], batch["label"], *extra),
-            save=checkpoints.save_classifier,
-            mngr=mngr,
-            writer=run.writer,
-            total=total,
-            steps_per_epoch=steps_per_epoch,
-            log_every=tc.log_every_steps,
-            checkpoint_every=tc.checkpoint_every_steps,
-            prefix=f"{protocol}/{view}/train/",
-            on_divergence=f"Lower {run.protocol.section}.lr (now {lr}).",
-        )
-        state, _ = loop.train(state, batches, start, progress)
-    return state, total
+        return lambda state, batch: step_fn(state, batch[view], batch["label"], *extra)
+
+    def resumed(progress):
+        logging.info("resumed %s of %s at batch %d", protocol, view, progress["batches"])
+        return progress
+
+    state, _ = trainer.fit(
+        jax.device_put(classifier.create_state(variables, trainer.optimizer, run.config.seed), rep),
+        CLASSIFIER,
+        make_step,
+        functools.partial(training_clips.labelled_clip_dataset, view=view),
+        run.spec(view),
+        resumed=resumed,
+        writer=run.writer,
+        prefix=f"{protocol}/{view}/train/",
+        on_divergence=f"Lower {run.protocol.section}.lr (now {lr}).",
+    )
+    return state, trainer.total
 
 
 def _classifier_results(run: EvalRun, per_view: dict, settings: dict, steps: int) -> dict:

@@ -26,7 +26,7 @@ from absl import logging
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
-from cvtcl_jax.data import pipeline
+from cvtcl_jax.data import eval_clips
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import DatasetInfo, host_shards, load_dataset_info
 from cvtcl_jax.data.records import naming_damaged_records
@@ -209,7 +209,7 @@ def dataset_rows(
     max_videos: at most that many videos of each host (None: all)."""
     d = config.data
     local_batch = config.global_batch // jax.process_count()
-    ds = pipeline.eval_dataset(
+    ds = eval_clips.eval_dataset(
         info,
         subset=subset,
         views=(view,),

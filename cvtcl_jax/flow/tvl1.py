@@ -251,6 +251,27 @@ def remap_cubic(images, u1, u2, heights, widths):
     return total
 
 
+def _data_step(u1, u2, rho_c, i1wx, i1wy, grad, l_t):
+    """OpenCV's thresholding of the data term (its `estimateV`): the flow moved towards where the
+    warped image's linearised residual rho = rho_c + grad(I1w) . u is zero, by at most l_t * grad.
+    All (N, H, W); returns the moved (v1, v2)."""
+    rho = rho_c + (i1wx * u1 + i1wy * u2)
+    below, above = rho < -l_t * grad, rho > l_t * grad
+    inside = grad > _FLT_EPSILON
+    fi = -rho / jnp.where(inside, grad, 1.0)
+    d1 = jnp.where(below, l_t * i1wx, jnp.where(above, -l_t * i1wx, jnp.where(inside, fi * i1wx, 0.0)))
+    d2 = jnp.where(below, l_t * i1wy, jnp.where(above, -l_t * i1wy, jnp.where(inside, fi * i1wy, 0.0)))
+    return u1 + d1, u2 + d2
+
+
+def _dual_step(u, p1, p2, heights, widths, taut):
+    """OpenCV's `estimateDualVariables` for one flow component u: the dual pair (p1, p2) moved
+    along u's forward gradient, Chambolle's fixed-point step. All (N, H, W)."""
+    ux, uy = forward_gradient(u, heights, widths)
+    norm = 1.0 + taut * jnp.hypot(ux, uy)
+    return (p1 + taut * ux) / norm, (p2 + taut * uy) / norm
+
+
 def _one_scale(i0, i1, u1, u2, heights, widths, epsilons, active, params: TVL1Params, steps_per_check: int):
     """OpenCV's `procOneScale` for a batch: `warps` warps of primal-dual iterations at one level.
 
@@ -287,30 +308,15 @@ def _one_scale(i0, i1, u1, u2, heights, widths, epsilons, active, params: TVL1Pa
         def step(state):
             n, running, u1, u2, p11, p12, p21, p22 = state
             u1k, u2k = median((n, u1, u2))
-            rho = rho_c + (i1wx * u1k + i1wy * u2k)
-            below, above = rho < -l_t * grad, rho > l_t * grad
-            inside = grad > _FLT_EPSILON
-            fi = -rho / jnp.where(inside, grad, 1.0)
-            d1 = jnp.where(
-                below, l_t * i1wx, jnp.where(above, -l_t * i1wx, jnp.where(inside, fi * i1wx, 0.0))
-            )
-            d2 = jnp.where(
-                below, l_t * i1wy, jnp.where(above, -l_t * i1wy, jnp.where(inside, fi * i1wy, 0.0))
-            )
-            new_u1 = (u1k + d1) + theta * divergence(p11, p12)
-            new_u2 = (u2k + d2) + theta * divergence(p21, p22)
+            v1, v2 = _data_step(u1k, u2k, rho_c, i1wx, i1wy, grad, l_t)
+            new_u1 = v1 + theta * divergence(p11, p12)
+            new_u2 = v2 + theta * divergence(p21, p22)
             error = jnp.sum(jnp.where(valid, (new_u1 - u1k) ** 2 + (new_u2 - u2k) ** 2, 0.0), axis=(1, 2))
-            u1x, u1y = forward_gradient(new_u1, heights, widths)
-            u2x, u2y = forward_gradient(new_u2, heights, widths)
-            ng1 = 1.0 + taut * jnp.hypot(u1x, u1y)
-            ng2 = 1.0 + taut * jnp.hypot(u2x, u2y)
             new = (
                 new_u1,
                 new_u2,
-                (p11 + taut * u1x) / ng1,
-                (p12 + taut * u1y) / ng1,
-                (p21 + taut * u2x) / ng2,
-                (p22 + taut * u2y) / ng2,
+                *_dual_step(new_u1, p11, p12, heights, widths, taut),
+                *_dual_step(new_u2, p21, p22, heights, widths, taut),
             )
             on = running[:, None, None]
             kept = tuple(jnp.where(on, a, b) for a, b in zip(new, (u1, u2, p11, p12, p21, p22), strict=True))

@@ -34,7 +34,7 @@ def device_batches(
 ) -> Iterator[dict]:
     """Global batches of the training subset from batch `start` on (an exact resume).
 
-    dataset_fn: `pipeline.pretrain_dataset` (dataset_kw: views) or `pipeline.labelled_clip_dataset`
+    dataset_fn: `training_clips.pretrain_dataset` (dataset_kw: views) or `labelled_clip_dataset`
     (view). Each batch keeps `padded` (how many of its videos repeat, per host) on the host.
     """
     d = config.data

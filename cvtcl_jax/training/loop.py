@@ -84,7 +84,7 @@ class StopSignals:
 class Loop:
     """Runs `step` over `batches` from batch `start` to `total`, checkpointing with `save`.
 
-    name: what the log calls the run ('init_rgb', 'finetune rgb').
+    name: what the log calls the run ('init_rgb', 'finetune_rgb').
     step: (state, batch) -> (state, metrics dict of scalars), jitted.
     save: (mngr, batch number, state, progress dict) -> None; asynchronous saves are fine.
     mngr, writer: the run's checkpoint manager and metric writer, opened and closed by the caller.
@@ -167,39 +167,35 @@ class Loop:
                 if log_now:
                     final, last_log = self._log(n, window, last_log, progress), (n, time.perf_counter())
                     window = []
-                    shown = {k: final[k] for k in ("loss", "top1") if k in final}
-                    bar.update(
-                        n,
-                        **shown,
-                        **({"clips/s": round(final["clips_per_sec"], 1)} if "clips_per_sec" in final else {}),
-                    )
-                else:
-                    bar.update(n)
+                bar.update(n, **(_shown(final) if log_now else {}))
                 if evaluate_now:
                     with report.timed(self.evaluation_name):
-                        result = self.evaluate(state)
-                    self.writer.write_scalars(
-                        n, {f"{self.evaluation_name}/{k}": v for k, v in result.items()}
-                    )
-                    progress[self.evaluation_name].append(
-                        {"batch": n, "epoch": n / self.steps_per_epoch, **result}
-                    )
-                    logging.info("%s batch %d %s: %s", self.name, n, self.evaluation_name, result)
+                        self._evaluate(n, state, progress)
                 if save_now:
                     progress.update(epoch=n / self.steps_per_epoch, done=last)
                     with report.timed("checkpoint"):
                         self.save(self.mngr, n, state, progress)
                 if stop:
-                    self.mngr.wait_until_finished()
-                    self.writer.flush()
-                    raise Preempted(
-                        f"{self.name}: {signals.received or 'a preemption notice'} stopped it after batch "
-                        f"{n} of {self.total}, with a checkpoint in {self.mngr.directory}. Run the same "
-                        "command to resume"
-                    )
+                    self._preempted(n, signals.received)
         self.mngr.wait_until_finished()
         self.writer.flush()
         return state, {**progress, "final": final}
+
+    def _evaluate(self, n: int, state, progress: dict) -> None:
+        """Runs the periodic evaluation after batch `n`; its results to TensorBoard and progress."""
+        result = self.evaluate(state)
+        self.writer.write_scalars(n, {f"{self.evaluation_name}/{k}": v for k, v in result.items()})
+        progress[self.evaluation_name].append({"batch": n, "epoch": n / self.steps_per_epoch, **result})
+        logging.info("%s batch %d %s: %s", self.name, n, self.evaluation_name, result)
+
+    def _preempted(self, n: int, received: str | None):
+        """Stops after batch `n`'s checkpoint has been written."""
+        self.mngr.wait_until_finished()
+        self.writer.flush()
+        raise Preempted(
+            f"{self.name}: {received or 'a preemption notice'} stopped it after batch {n} of "
+            f"{self.total}, with a checkpoint in {self.mngr.directory}. Run the same command to resume"
+        )
 
     def _log(self, n: int, window: list[dict], last_log: tuple[int, float], progress: dict) -> dict:
         """Writes and logs the window's means with throughput, ETA and epoch; returns them."""
@@ -226,3 +222,11 @@ class Loop:
             means["eta_minutes"],
         )
         return means
+
+
+def _shown(means: dict) -> dict:
+    """What the progress bar shows of a window's means: loss, accuracy, throughput."""
+    shown = {k: means[k] for k in ("loss", "top1") if k in means}
+    if "clips_per_sec" in means:
+        shown["clips/s"] = round(means["clips_per_sec"], 1)
+    return shown

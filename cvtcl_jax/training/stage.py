@@ -7,8 +7,8 @@ anything is built or compiled. The batches run through the one loop (training/lo
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -17,10 +17,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 from absl import logging
-from clu import metric_writers
 
 from cvtcl_jax import checkpoints, console, optim
-from cvtcl_jax.data import pipeline
+from cvtcl_jax.data import training_clips
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import load_dataset_info
 from cvtcl_jax.models import encoder_from_config, weight_settings
@@ -28,8 +27,7 @@ from cvtcl_jax.sharding import make_mesh
 from cvtcl_jax.state import FrozenEncoder, create_train_state, state_sharding
 from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step
 from cvtcl_jax.training import resume
-from cvtcl_jax.training.inputs import batches_per_epoch, device_batches, run_seed
-from cvtcl_jax.training.loop import Loop
+from cvtcl_jax.training.trainer import Checkpointing, Trainer
 
 # A held-out check run during training: the query encoder's variables {'params', 'batch_stats'}
 # -> {metric: value}. The modes pass the evaluation's retrieval (eval/training_check.py).
@@ -66,6 +64,11 @@ class Stage:
     @property
     def cotrain(self) -> bool:
         return self.other_view is not None
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The views its batches hold: its own, and the frozen one's when co-training."""
+        return (self.view, self.other_view) if self.cotrain else (self.view,)
 
 
 def other_view(view: str) -> str:
@@ -231,124 +234,142 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
     """
     ran = finished_epochs(workdir)
     if ran is not None and ran >= stage.epochs:
-        if ran > stage.epochs:
-            raise resume.ResumeError(
-                f"{stage.name} in {workdir} finished {ran} epochs; the config asks for {stage.epochs}: a "
-                "finished stage is not shortened. Ask for at least as many, or export or evaluate one of "
-                "its checkpoints instead"
-            )
-        console.say(f"{stage.name}: finished in {workdir}, not training it again")
-        return finished_summary(workdir)
+        return _finished(workdir, stage, ran)
     config = stage_config(config, stage)
     workdir = Path(workdir)
-    tc = config.train
-
-    # ------------------------------------------------------------------ set-up
-    info = load_dataset_info(config.data.dir, config.data.name)
-    steps_per_epoch = batches_per_epoch(info, config.global_batch)
-    total = stage.epochs * steps_per_epoch
-    history = resume_history(config, workdir, stage, total)
+    trainer = Trainer(
+        name=stage.name,
+        config=config,
+        info=load_dataset_info(config.data.dir, config.data.name),
+        mesh=make_mesh(),
+        workdir=workdir,
+        epochs=stage.epochs,
+        lr=stage.lr or config.optim.lr,
+        decay_epochs=stage.decay_epochs,
+        optimizer_fn=lambda schedule: optim.adam_l2(schedule, config.optim.weight_decay),
+        decay_factor=config.optim.decay_factor,
+    )
+    history = resume_history(config, workdir, stage, trainer.total)
     if ran is not None:
         console.warn(f"{stage.name} finished {ran} epochs; extending it to {stage.epochs} as the config asks")
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = make_mesh()
     model = encoder_from_config(config.model)
     ccfg = contrast_config(config, stage.beta)
     spec = clip_spec(config, ltcl=ccfg.use_ltcl)
-    base_lr = stage.lr or config.optim.lr
+    shapes, state = _fresh_state(trainer, model, spec)
+    console.say(_announcement(trainer, stage))
+    started = time.perf_counter()
+    every = config.train.retrieval_every_epochs
     lr_key = "schedule.cotrain_lr" if stage.lr else "optim.lr"
-    schedule = optim.step_decay_schedule(
-        base_lr, steps_per_epoch, stage.decay_epochs, config.optim.decay_factor
+    _, progress = trainer.fit(
+        state,
+        _checkpointing(config),
+        functools.partial(_make_step, trainer, stage, model, ccfg, shapes),
+        functools.partial(training_clips.pretrain_dataset, views=stage.views),
+        spec,
+        start=functools.partial(_start, config, stage),
+        resumed=functools.partial(_resumed, stage, history),
+        clips_per_batch=config.global_batch,
+        evaluate=None if evaluate is None or not every else lambda state: evaluate(_encoder_template(state)),
+        evaluate_every=every * trainer.steps_per_epoch,
+        on_divergence=f"Lower {lr_key} (now {trainer.lr}) or raise contrast.tau.",
     )
-    optimizer = optim.adam_l2(schedule, config.optim.weight_decay)
+    result = _result(workdir, stage, trainer.total, progress)
+    console.say(
+        f"{stage.name}: done in {console.duration(time.perf_counter() - started)}, {_outcome(result)}"
+    )
+    return result
+
+
+def _checkpointing(config) -> Checkpointing:
+    """A stage's checkpoint format: the train state's items, with the config it trains with."""
+    config_json = checkpoints.config_json(config)
+    return Checkpointing(
+        checkpoints.ITEMS,
+        checkpoints.restore_state,
+        lambda mngr, n, state, progress: checkpoints.save(mngr, n, state, config_json, progress),
+    )
+
+
+def _start(config, stage: Stage, state, writer) -> tuple[object, dict]:
+    """A stage's first state and progress without a checkpoint: its hyperparameters written,
+    init_from's encoders loaded when it has one."""
+    writer.write_hparams(_flat_hparams(config))
+    if stage.init_from:
+        state = start_from(state, stage)
+        logging.info(
+            "%s starts from the encoders of %s (key encoder from its %s)",
+            stage.name,
+            stage.init_from,
+            stage.key_from,
+        )
+    return state, {"stage": stage.name, "view": stage.view}
+
+
+def _resumed(stage: Stage, history: list[dict], progress: dict) -> dict:
+    """A restored stage's progress with this start's history entries added."""
+    console.warn(f"resumed {stage.name} from its checkpoint at batch {progress['batches']}")
+    return {**progress, "history": [*progress.get("history", []), *history]}
+
+
+def _make_step(trainer: Trainer, stage: Stage, model, ccfg: ContrastConfig, shapes, state) -> Callable:
+    """The stage's jitted step (state, batch) -> (state, metrics); co-training's frozen network,
+    restored into `state`'s placement, bound to it."""
+    config = trainer.config
+    other = encoder_from_config(other_model_config(config, stage)) if stage.cotrain else None
+    step_fn = jit_train_step(
+        make_train_step(model, ccfg, trainer.optimizer, trainer.schedule, other_model=other),
+        trainer.mesh,
+        shapes,
+        cotrain=stage.cotrain,
+    )
+    if not stage.cotrain:
+        return step_fn
+    frozen = frozen_encoder(state, stage)
+    logging.info("%s: %s's %s ranks", stage.name, stage.other_from, stage.other_encoder)
+    return lambda state, batch: step_fn(state, batch, frozen)
+
+
+def _finished(workdir: str | Path, stage: Stage, ran: int) -> dict:
+    """The summary of a stage that has run `ran` >= stage.epochs epochs, read, not trained again."""
+    if ran > stage.epochs:
+        raise resume.ResumeError(
+            f"{stage.name} in {workdir} finished {ran} epochs; the config asks for {stage.epochs}: a "
+            "finished stage is not shortened. Ask for at least as many, or export or evaluate one of "
+            "its checkpoints instead"
+        )
+    console.say(f"{stage.name}: finished in {workdir}, not training it again")
+    return finished_summary(workdir)
+
+
+def _fresh_state(trainer: Trainer, model, spec: ClipSpec):
+    """(the train state's shapes, a fresh train state placed on the mesh) from the trainer's seed."""
+    config = trainer.config
     clip_shape = (spec.num_frames, spec.crop_size, spec.crop_size, 3)
-    seed = run_seed(config.seed, stage.name)
 
     def init(rng):
-        return create_train_state(model, optimizer, rng, clip_shape, config.queue_size, config.global_batch)
+        return create_train_state(
+            model, trainer.optimizer, rng, clip_shape, config.queue_size, config.global_batch
+        )
 
-    shapes = jax.eval_shape(init, jax.random.key(seed))
-    state = jax.jit(init, out_shardings=state_sharding(mesh, shapes))(jax.random.key(seed))
-    console.say(
+    shapes = jax.eval_shape(init, jax.random.key(trainer.seed))
+    state = jax.jit(init, out_shardings=state_sharding(trainer.mesh, shapes))(jax.random.key(trainer.seed))
+    return shapes, state
+
+
+def _announcement(trainer: Trainer, stage: Stage) -> str:
+    """The console's line for a stage that starts: views, length, devices."""
+    return (
         f"{stage.name}: the {stage.view} view"
         + (f" (the {stage.other_view} view frozen)" if stage.cotrain else "")
-        + f", {stage.epochs} epochs x {steps_per_epoch} steps of {config.global_batch} clips on "
-        f"{jax.device_count()} device(s)"
+        + f", {stage.epochs} epochs x {trainer.steps_per_epoch} steps of {trainer.config.global_batch} "
+        f"clips on {jax.device_count()} device(s)"
         + (f", {jax.process_count()} hosts" if jax.process_count() > 1 else "")
     )
-    started = time.perf_counter()
 
-    with contextlib.ExitStack() as stack:
-        mngr = stack.enter_context(checkpoints.manager(workdir, keep=tc.keep_checkpoints))
-        writer = stack.enter_context(
-            contextlib.closing(
-                metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-            )
-        )
 
-        # -------------------------------------------------------------- restore
-        progress = {"stage": stage.name, "view": stage.view}
-        frozen = ()
-        if mngr.latest_step() is not None:
-            state, progress = checkpoints.restore_state(mngr, state)
-            progress["history"] = [*progress.get("history", []), *history]
-            console.warn(f"resumed {stage.name} from its checkpoint at batch {progress['batches']}")
-            if stage.cotrain:
-                frozen = (frozen_encoder(state, stage),)
-        else:
-            writer.write_hparams(_flat_hparams(config))
-            if stage.init_from:
-                state = start_from(state, stage)
-                logging.info(
-                    "%s starts from the encoders of %s (key encoder from its %s)",
-                    stage.name,
-                    stage.init_from,
-                    stage.key_from,
-                )
-            if stage.cotrain:
-                frozen = (frozen_encoder(state, stage),)
-                logging.info("%s: %s's %s ranks", stage.name, stage.other_from, stage.other_encoder)
-        start = int(progress.get("batches", 0))
-
-        # -------------------------------------------------------------- step and input
-        step_fn = jit_train_step(
-            make_train_step(
-                model,
-                ccfg,
-                optimizer,
-                schedule,
-                other_model=encoder_from_config(other_model_config(config, stage)) if stage.cotrain else None,
-            ),
-            mesh,
-            shapes,
-            cotrain=stage.cotrain,
-        )
-        views = (stage.view, stage.other_view) if stage.cotrain else (stage.view,)
-        batches = device_batches(
-            config, info, mesh, pipeline.pretrain_dataset, spec, seed, start, views=views
-        )
-
-        # -------------------------------------------------------------- loop
-        config_json = checkpoints.config_json(config)
-        loop = Loop(
-            name=stage.name,
-            step=lambda state, batch: step_fn(state, batch, *frozen),
-            save=lambda mngr, n, state, progress: checkpoints.save(mngr, n, state, config_json, progress),
-            mngr=mngr,
-            writer=writer,
-            total=total,
-            steps_per_epoch=steps_per_epoch,
-            log_every=tc.log_every_steps,
-            checkpoint_every=tc.checkpoint_every_steps,
-            clips_per_batch=config.global_batch,
-            evaluate=None
-            if evaluate is None or not tc.retrieval_every_epochs
-            else lambda state: evaluate(_encoder_template(state)),
-            evaluate_every=tc.retrieval_every_epochs * steps_per_epoch,
-            on_divergence=f"Lower {lr_key} (now {base_lr}) or raise contrast.tau.",
-        )
-        _, progress = loop.train(state, batches, start, progress)
-
+def _result(workdir: Path, stage: Stage, total: int, progress: dict) -> dict:
+    """A finished stage's summary, written to WORKDIR/metrics.json."""
     result = {
         "stage": stage.name,
         "view": stage.view,
@@ -357,14 +378,11 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
         "epochs": stage.epochs,
         "final": progress.get("final", {}),
         "retrieval": progress.get("retrieval", []),
-        "padded_videos": progress["padded_videos"],
+        "padded_videos": progress.get("padded_videos", 0),
         "checkpoint": str(workdir / checkpoints.CHECKPOINT_DIR / str(total)),
     }
     if jax.process_index() == 0:
         (workdir / "metrics.json").write_text(json.dumps(result, indent=1))
-    console.say(
-        f"{stage.name}: done in {console.duration(time.perf_counter() - started)}, {_outcome(result)}"
-    )
     return result
 
 
