@@ -1,5 +1,6 @@
 """Linear probe and finetuning pieces against hand-computed cases (no data, no backbone)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,6 +79,28 @@ def test_linear_head_normalises_then_batch_norms():
     np.testing.assert_allclose(head.apply(variables, x), scaled, rtol=1e-5)
     _, updates = head.apply(variables, x, train=True, mutable=["batch_stats"])
     assert not np.allclose(updates["batch_stats"]["bn"]["mean"], 0)  # running stats move in training
+
+
+class _PooledDense(nn.Module):
+    """A stand-in backbone (S3D's interface: clips, train -> (B, out_features)) that inits in ms."""
+
+    out_features: int = 6
+
+    @nn.compact
+    def __call__(self, clips, train=False):
+        x = jnp.mean(clips.astype(jnp.float32), axis=(1, 2, 3))
+        return nn.BatchNorm(use_running_average=not train)(nn.Dense(self.out_features)(x))
+
+
+def test_finetune_variables_draw_the_classifier_as_the_models_init():
+    model = FinetuneModel(_PooledDense(), num_classes=5, dropout=0.5)
+    clips = jnp.zeros((1, 2, 4, 4, 3), jnp.uint8)
+    full = model.init(jax.random.key(3), clips)
+    backbone = {"params": full["params"]["backbone"], "batch_stats": full["batch_stats"]["backbone"]}
+    got = classifier.finetune_variables(model, backbone, jax.random.key(3))
+    jax.tree.map(np.testing.assert_array_equal, got, dict(full))
+    other = classifier.finetune_variables(model, backbone, jax.random.key(4))
+    assert not np.array_equal(other["params"]["classifier"]["kernel"], full["params"]["classifier"]["kernel"])
 
 
 @pytest.mark.slow

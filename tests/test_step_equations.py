@@ -137,6 +137,8 @@ def _recompute(state, batch, frozen=None):
 
     (loss, (stats, terms)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(state.params)
     # torch.optim.Adam(weight_decay) at step 1: L2 term added to the gradient, bias-corrected moments.
+    # In NumPy: JAX would compile each operation for each parameter shape, hundreds of programs.
+    grads = jax.device_get(grads)
     lr = float(tiny.SCHEDULE(0))
 
     def adam(p, g):

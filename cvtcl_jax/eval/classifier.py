@@ -50,6 +50,28 @@ class FinetuneModel(nn.Module):
         return nn.Dense(self.num_classes, name="classifier")(x)
 
 
+class _Classifier(nn.Module):
+    """FinetuneModel's classifier alone, at the same module path, so its init draws the same values."""
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, features):
+        return nn.Dense(self.num_classes, name="classifier")(features)
+
+
+def finetune_variables(model: FinetuneModel, backbone_variables: dict, rng: jax.Array) -> dict:
+    """FinetuneModel's first variables: the backbone's given, the classifier as `model.init(rng, ..)`
+    draws it - without initialising (and compiling the initialisation of) a backbone only to
+    replace it."""
+    features = jnp.zeros((1, model.backbone.out_features), jnp.float32)
+    head = _Classifier(model.num_classes).init(rng, features)["params"]
+    return {
+        "params": {**head, "backbone": backbone_variables["params"]},
+        "batch_stats": {"backbone": backbone_variables["batch_stats"]},
+    }
+
+
 class ClassifierState(struct.PyTreeNode):
     step: jax.Array
     params: dict

@@ -224,13 +224,7 @@ def _finetune(run: EvalRun, config) -> dict:
         # BN over the whole global batch (not the pretraining's groups): same result on any device count.
         module = backbone.module.clone(bn_group_size=None)
         model = FinetuneModel(module, run.info.num_classes, fc.dropout)
-        t, s = run.clip(view)
-        clip = jnp.zeros((1, t, s, s, 3), jnp.uint8)
-        init = jax.jit(functools.partial(model.init, train=False))(jax.random.key(config.seed), clip)
-        variables = {
-            "params": {**init["params"], "backbone": backbone.variables["params"]},
-            "batch_stats": {"backbone": backbone.variables["batch_stats"]},
-        }
+        variables = classifier.finetune_variables(model, backbone.variables, jax.random.key(config.seed))
         state, steps = _train_on_clips(
             run,
             view,
