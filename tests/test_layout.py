@@ -83,3 +83,28 @@ def test_each_package_docstring_names_its_modules():
         for module in init.parent.glob("*.py"):
             if module.name != "__init__.py":
                 assert re.search(rf"\b{module.stem}\b", doc), f"{init} does not describe {module.name}"
+
+
+# A function longer than this holds parts that a name would say better (a screen of code).
+LONGEST_FUNCTION = 70
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for path, _ in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > LONGEST_FUNCTION:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, long
+
+
+def test_one_training_skeleton():
+    """Everything that trains goes through training/trainer.py's Trainer: it alone builds a Loop."""
+    builders = []
+    for path, _ in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Loop":
+                builders.append(str(path.relative_to(ROOT)))
+    assert builders == ["cvtcl_jax/training/trainer.py"], builders

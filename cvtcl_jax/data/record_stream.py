@@ -9,6 +9,8 @@ number). training_clips.py's datasets are such streams; eval_clips.py reads the 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import tensorflow as tf
 
 from cvtcl_jax.data import records
@@ -20,8 +22,18 @@ HOST_PREFETCH = 2
 _CONTEXT = ("label", "source_id", "video_index", "num_frames", "num_flow", "height", "width")
 
 
-def parse_example(info: DatasetInfo, raw, views):
-    """One serialized example -> (numbers, {view: (n,) JPEG bytes}, usable clip positions n).
+class ParsedExample(NamedTuple):
+    """One video's record: `context` its numbers ({label, source_id, video_index, num_frames,
+    num_flow, height, width}: () int tensors), `frames` {view: (n,) JPEG bytes}, `positions` the
+    frame positions a clip may use (n - 1 with flow: frame i's flow goes to frame i + 1)."""
+
+    context: dict
+    frames: dict
+    positions: tf.Tensor
+
+
+def parse_example(info: DatasetInfo, raw, views) -> ParsedExample:
+    """One serialized example -> its ParsedExample.
 
     The shards are read as record files (not through `tfds.as_dataset`) so that file order,
     per-host sharding and the resume position stay ours; TFDS's features parse each record.
@@ -31,7 +43,7 @@ def parse_example(info: DatasetInfo, raw, views):
     # With flow, frame i's flow (between frames i and i + 1) must exist: n - 1 usable positions.
     n = context["num_flow"] if "flow" in views else context["num_frames"]
     frames = {v: example[v] for v in views}
-    return context, frames, n
+    return ParsedExample(context, frames, n)
 
 
 def stream_options(threads: int | None) -> tf.data.Options:
