@@ -80,19 +80,23 @@ def _records(files, epoch, seed: int, shuffle_buffer: int, cycle_length: int):
 
 def sample_stream(
     info: DatasetInfo,
+    sample_fn,
+    *,
     subset: str,
     local_batch: int,
     seed: int,
-    start_step: int,
-    process_index: int,
-    process_count: int,
-    shuffle_buffer: int,
-    cycle_length: int,
-    threads: int | None,
-    sample_fn,
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle_buffer: int = 256,
+    cycle_length: int = 8,
+    threads: int | None = None,
 ) -> tf.data.Dataset:
-    """Endless batches of sample_fn(raw record, stateless seed) over shuffled epochs of this host's
-    videos; `start_step` batches are skipped exactly (resume)."""
+    """Endless batches of `local_batch` sample_fn(raw record, stateless seed) over shuffled epochs
+    of this host's videos (host `process_index` of `process_count`) of `subset`.
+
+    start_step: batches already consumed (resume); they are skipped exactly, so the stream
+    continues where it was. threads: caps tf.data's thread pool (None: one per core)."""
     files, count = host_shards(info.subset(subset), process_index, process_count)
     if count == 0:
         raise DatasetError(f"the {subset} split of {info.name} has no videos on host {process_index}")

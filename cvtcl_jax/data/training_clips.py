@@ -169,25 +169,13 @@ def _pad_shape(info: DatasetInfo, subset: str, aug: AugmentConfig):
 
 
 def pretrain_dataset(
-    info: DatasetInfo,
-    *,
-    subset: str,
-    views: tuple[str, ...],
-    local_batch: int,
-    spec: ClipSpec,
-    aug: AugmentConfig,
-    seed: int,
-    start_step: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
-    shuffle_buffer: int = 256,
-    cycle_length: int = 8,
-    threads: int | None = None,
+    info: DatasetInfo, *, subset: str, views: tuple[str, ...], spec: ClipSpec, aug: AugmentConfig, **stream
 ) -> tf.data.Dataset:
     """Endless batches of pretraining samples for this host (see the module docstring).
 
     views: ('rgb',), ('flow',) for initialization; (trained, other) for co-training.
-    start_step: batches already consumed (resume); the stream continues exactly where it was.
+    stream: local_batch, seed and the rest of record_stream.sample_stream's keywords (start_step:
+      batches already consumed; the stream continues exactly where it was).
     """
     record_stream.check_views(info, views)
     _check_blur(aug, spec)
@@ -196,51 +184,24 @@ def pretrain_dataset(
         raise DatasetError(f"pretraining takes one view or two (trained, other); got {views}")
     return record_stream.sample_stream(
         info,
-        subset,
-        local_batch,
-        seed,
-        start_step,
-        process_index,
-        process_count,
-        shuffle_buffer,
-        cycle_length,
-        threads,
         lambda raw, sample_seed: pretrain_sample(info, raw, sample_seed, views, spec, aug, pad_hw),
+        subset=subset,
+        **stream,
     )
 
 
 def labelled_clip_dataset(
-    info: DatasetInfo,
-    *,
-    subset: str,
-    view: str,
-    local_batch: int,
-    spec: ClipSpec,
-    aug: AugmentConfig,
-    seed: int,
-    start_step: int = 0,
-    process_index: int = 0,
-    process_count: int = 1,
-    shuffle_buffer: int = 256,
-    cycle_length: int = 8,
-    threads: int | None = None,
+    info: DatasetInfo, *, subset: str, view: str, spec: ClipSpec, aug: AugmentConfig, **stream
 ) -> tf.data.Dataset:
     """Endless batches {view: (B, T, S, S, 3) uint8, 'label', 'padded'}: one augmented clip per
     video per epoch, for the linear probe and finetuning. Deterministic and resumable like
-    `pretrain_dataset`."""
+    `pretrain_dataset` (stream: the same keywords)."""
     record_stream.check_views(info, (view,))
     _check_blur(aug, spec)
     pad_hw = _pad_shape(info, subset, aug)
     return record_stream.sample_stream(
         info,
-        subset,
-        local_batch,
-        seed,
-        start_step,
-        process_index,
-        process_count,
-        shuffle_buffer,
-        cycle_length,
-        threads,
         lambda raw, sample_seed: labelled_clip_sample(info, raw, sample_seed, view, spec, aug, pad_hw),
+        subset=subset,
+        **stream,
     )
