@@ -188,9 +188,9 @@ def _cpu_and_device_colours(clips, cfg, seeds):
         ]
     )
     vectors = np.stack([augment.color_vector(p).numpy() for p in params])
-    device = np.asarray(
-        device_augment.color_augment(jnp.asarray(clips), jnp.asarray(vectors), cfg.blur_kernel_size)
-    )
+    # Jitted, as the augmenter runs it (one compile, not one per eager operation).
+    colour = jax.jit(device_augment.color_augment, static_argnums=2)
+    device = np.asarray(colour(clips, vectors, cfg.blur_kernel_size))
     return cpu, device, vectors
 
 

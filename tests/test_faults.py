@@ -28,7 +28,7 @@ from tests import tiny_config
 from tests.conftest import LENGTHS
 from tests.pattern_records import PATTERN_NAME, write_pattern_dataset
 from tests.test_data_prep import examples_of, tiny_video
-from tests.test_main import _launch, _restore_items
+from tests.test_main import _restore_items
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,35 +73,6 @@ def test_the_lock_names_a_live_holder_and_takes_over_a_dead_ones(tmp_path, capsy
         assert json.loads((tmp_path / name / workdir_lock.LOCK_FILE).read_text())["pid"] == os.getpid()
         workdir_lock.release(tmp_path / name, me)
         assert not (tmp_path / name / workdir_lock.LOCK_FILE).exists(), (name, holder, age)
-
-
-@pytest.mark.slow
-@pytest.mark.xdist_group("schedule")  # trains the schedule's init_rgb: after it, its step from the cache
-def test_a_second_launch_on_a_workdir_in_use_stops_and_the_first_run_is_untouched(data, tmp_path):
-    wd = tmp_path / "run"
-    first = _launch(wd, data)
-    deadline = time.time() + 300
-    while not (wd / workdir_lock.LOCK_FILE).exists():
-        assert first.poll() is None, first.stderr.read()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, "main.py", "--config=tests/tiny_config.py", f"--workdir={wd}"]
-    second = subprocess.run(
-        [*cmd, f"--config.data.dir={data}", "--config.seed=7", "--config.optim.lr=0.01"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert second.returncode == 2, second.stderr[-3000:]
-    assert f"in use by another run: process {first.pid} on {socket.gethostname()}" in second.stderr
-    _, err = first.communicate(timeout=600)
-    assert first.returncode == 0, err[-3000:]
-    saved = checkpoints.stage_info(wd)["config"]
-    assert saved["seed"] == 0 and saved["optim"]["lr"] == tiny_config.get_config().optim.lr
-    assert not (wd / workdir_lock.LOCK_FILE).exists()
 
 
 # ---------------------------------------------------------------------- resume
@@ -203,33 +174,85 @@ def test_a_finished_stage_asked_for_more_epochs_continues_and_never_shortens(sch
 # ---------------------------------------------------------------------- preemption
 
 
+def _launch(workdir, data_dir, *flags):
+    """main.py on the tiny config's init_rgb stage, in a process of its own (stderr piped)."""
+    # JAX_NUM_CPU_DEVICES (not XLA_FLAGS, which is part of the compilation cache key) so the
+    # subprocess reuses the steps this session compiled.
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "8", "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "main.py", "--config=tests/tiny_config.py", f"--workdir={workdir}"]
+    cmd += [f"--config.data.dir={data_dir}", *flags]
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _wait_until(proc, done, what: str, timeout_s: float = 300) -> None:
+    """Polls done() while proc runs; fails with its stderr if it ends first."""
+    deadline = time.time() + timeout_s
+    while not done():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, f"no {what} after {timeout_s} s"
+        time.sleep(0.02)
+
+
 @pytest.mark.slow
-def test_sigterm_saves_at_the_next_step_and_the_same_command_resumes_to_the_same_parameters(
+def test_a_run_refused_killed_and_preempted_resumes_to_the_uninterrupted_parameters(
     schedule_run, data, tmp_path
 ):
+    """One init_rgb run through what stops runs, each launch the same command: a second launch on
+    its workdir stops and leaves it alone; SIGKILL loses only the batches since the last
+    checkpoint; SIGTERM saves at the next batch and exits 75; the last launch finishes with the
+    parameters of the schedule's uninterrupted init_rgb (same stage name, hence seed, same numbers;
+    its retrieval checks only read the encoder)."""
     reference, _ = schedule_run
     epochs = tiny_config.get_config().schedule.init_epochs
-    wd = tmp_path / "preempted"
-    # Checkpoints at every batch (a cadence a resume may change) tell when training has begun.
-    proc = _launch(wd, data, "--config.train.checkpoint_every_steps=1")
-    deadline = time.time() + 300
-    while not (wd / checkpoints.CHECKPOINT_DIR / "1").is_dir():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.time() < deadline, "no checkpoint after 300 s"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 75, err[-3000:]
+    wd = tmp_path / "run"
+    ckpts = wd / checkpoints.CHECKPOINT_DIR
+    # Checkpoints at every batch (a cadence a resume may change) tell when training has begun;
+    # orbax renames a finished save into place.
+    every_batch = "--config.train.checkpoint_every_steps=1"
+    first = _launch(wd, data, every_batch)
+    _wait_until(first, (wd / workdir_lock.LOCK_FILE).exists, "lock file")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "main.py", "--config=tests/tiny_config.py", f"--workdir={wd}"]
+    second = subprocess.run(
+        [*cmd, f"--config.data.dir={data}", "--config.seed=7", "--config.optim.lr=0.01"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"in use by another run: process {first.pid} on {socket.gethostname()}" in second.stderr
+
+    _wait_until(first, (ckpts / "1").is_dir, "checkpoint")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    killed_at = checkpoints.stage_info(wd)["step"]
+    assert killed_at < epochs and not (wd / "metrics.json").exists()  # it really was interrupted
+
+    preempted = _launch(wd, data, every_batch)
+    _wait_until(preempted, (ckpts / str(killed_at + 1)).is_dir, "checkpoint after the resume")
+    preempted.send_signal(signal.SIGTERM)
+    _, err = preempted.communicate(timeout=300)
+    assert preempted.returncode == 75, err[-3000:]
+    assert f"resumed init_rgb from its checkpoint at batch {killed_at}" in err
     stopped_at = checkpoints.stage_info(wd)["step"]
-    assert 1 < stopped_at < epochs and f"stopped it after batch {stopped_at} of {epochs}" in err
-    proc = _launch(wd, data)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
+    assert killed_at + 1 < stopped_at < epochs and f"stopped it after batch {stopped_at} of {epochs}" in err
+
+    last = _launch(wd, data)
+    _, err = last.communicate(timeout=600)
+    assert last.returncode == 0, err[-3000:]
+    assert f"resumed init_rgb from its checkpoint at batch {stopped_at}" in err
     step_a, a = _restore_items(reference / "init_rgb")
     step_b, b = _restore_items(wd)
     assert step_a == step_b == epochs
     close = lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)  # noqa: E731
     jax.tree.map(close, a, b)
+    saved = checkpoints.stage_info(wd)["config"]  # the refused launch's seed and rate never arrived
+    assert saved["seed"] == 0 and saved["optim"]["lr"] == tiny_config.get_config().optim.lr
+    assert not (wd / workdir_lock.LOCK_FILE).exists()
 
 
 # ---------------------------------------------------------------------- damaged files

@@ -1,6 +1,7 @@
 """The JAX TV-L1 against OpenCV's CPU DualTVL1OpticalFlow, computed here on the same frames."""
 
 import cv2
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -125,16 +126,16 @@ def test_resize_and_remap_and_median_are_opencvs(size):
     h, w = size
     rng = np.random.default_rng(1)
     image = cv2.GaussianBlur(rng.uniform(0, 255, size).astype(np.float32), (0, 0), 1.5)
-    one = jnp.ones(1, jnp.int32)
+    one = np.ones(1, np.int32)
+    # Jitted, as inside TV-L1's program (and one compile each, not one per eager operation).
+    resize = jax.jit(tvl1.resize_linear, static_argnums=3)
     down = cv2.resize(image, None, fx=0.8, fy=0.8, interpolation=cv2.INTER_LINEAR)
-    scale = jnp.full(1, 1.25, jnp.float32)
-    ours = tvl1.resize_linear(jnp.asarray(image)[None], one * h, one * w, down.shape, scale, scale)
+    scale = np.full(1, 1.25, np.float32)
+    ours = resize(image[None], one * h, one * w, down.shape, scale, scale)
     np.testing.assert_allclose(ours[0], down, atol=1e-3)
     up = cv2.resize(down, (w, h), interpolation=cv2.INTER_LINEAR)
-    sy, sx = (jnp.full(1, 1 / (n / m), jnp.float32) for n, m in ((h, down.shape[0]), (w, down.shape[1])))
-    ours = tvl1.resize_linear(
-        jnp.asarray(down)[None], one * down.shape[0], one * down.shape[1], (h, w), sy, sx
-    )
+    sy, sx = (np.full(1, 1 / (n / m), np.float32) for n, m in ((h, down.shape[0]), (w, down.shape[1])))
+    ours = resize(down[None], one * down.shape[0], one * down.shape[1], (h, w), sy, sx)
     np.testing.assert_allclose(ours[0], up, atol=1e-3)
     # Displacements up to 40 px: taps inside, across and far beyond the border.
     u1 = rng.normal(scale=6, size=size).astype(np.float32)
@@ -143,12 +144,10 @@ def test_resize_and_remap_and_median_are_opencvs(size):
     map_x = (np.arange(w)[None] + u1).astype(np.float32)
     map_y = (np.arange(h)[:, None] + u2).astype(np.float32)
     ref = cv2.remap(image, map_x, map_y, cv2.INTER_CUBIC)
-    ours = tvl1.remap_cubic(
-        jnp.asarray(image)[None, None], jnp.asarray(u1)[None], jnp.asarray(u2)[None], one * h, one * w
-    )
+    ours = jax.jit(tvl1.remap_cubic)(image[None, None], u1[None], u2[None], one * h, one * w)
     np.testing.assert_allclose(ours[0, 0], ref, atol=1e-2)
     np.testing.assert_array_equal(
-        tvl1._median5x5(jnp.asarray(image)[None], one * h, one * w)[0], cv2.medianBlur(image, 5)
+        jax.jit(tvl1._median5x5)(image[None], one * h, one * w)[0], cv2.medianBlur(image, 5)
     )
 
 

@@ -1,5 +1,6 @@
 """Losses against a float64 NumPy reference written from docs/method.md §3's equations."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -7,6 +8,12 @@ import pytest
 from cvtcl_jax import losses
 
 TAU = 0.07
+# Jitted, as the train step runs them: one compile each, not one per eager operation.
+info_nce = jax.jit(losses.info_nce)
+mined_positive_mask = jax.jit(losses.mined_positive_mask, static_argnums=5)
+cross_view_loss = jax.jit(losses.cross_view_loss)
+local_loss = jax.jit(losses.local_loss)
+local_temporal_loss = jax.jit(losses.local_temporal_loss)
 
 
 def unit(rng, *shape):
@@ -34,7 +41,7 @@ def mined_ref(other_anchor, queue_other, queue_ids, anchor_id, n_valid, k):
 def test_info_nce_matches_equation_1(b, n, d):
     rng = np.random.default_rng(b * 100 + n)
     q, k, queue = unit(rng, b, d), unit(rng, b, d), unit(rng, n, d)
-    got = losses.info_nce(jnp.asarray(q), jnp.asarray(k), jnp.asarray(queue), TAU)
+    got = info_nce(jnp.asarray(q), jnp.asarray(k), jnp.asarray(queue), TAU)
     want = [nce_ref(q[i], [k[i]], queue) for i in range(b)]
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=1e-5)
 
@@ -50,7 +57,7 @@ def test_cross_view_loss_matches_equations_2_to_5(b, n, d, top_k, n_valid):
     valid = np.arange(n) < n_valid
     keep_self = np.array([i % 2 == 0 for i in range(b)])
 
-    mask = losses.mined_positive_mask(
+    mask = mined_positive_mask(
         jnp.asarray(other_anchor),
         jnp.asarray(queue_other),
         jnp.asarray(queue_ids),
@@ -58,9 +65,10 @@ def test_cross_view_loss_matches_equations_2_to_5(b, n, d, top_k, n_valid):
         jnp.asarray(valid),
         top_k,
     )
-    got = losses.cross_view_loss(
+    got = cross_view_loss(
         jnp.asarray(q), jnp.asarray(k), jnp.asarray(queue), mask, jnp.asarray(keep_self), TAU
     )
+    mask, got = np.asarray(mask), np.asarray(got)  # read row by row below
     for i in range(b):
         pos_idx = mined_ref(other_anchor[i], queue_other, queue_ids, ids[i], n_valid, top_k)
         assert set(np.flatnonzero(np.asarray(mask[i]))) == pos_idx
@@ -74,7 +82,7 @@ def test_cross_view_loss_with_k_0_is_info_nce():
     rng = np.random.default_rng(0)
     b, n, d = 8, 32, 16
     q, k, queue = unit(rng, b, d), unit(rng, b, d), unit(rng, n, d)
-    mask = losses.mined_positive_mask(
+    mask = mined_positive_mask(
         jnp.asarray(unit(rng, b, d)),
         jnp.asarray(unit(rng, n, d)),
         jnp.full((n,), -1, jnp.int32),
@@ -83,16 +91,17 @@ def test_cross_view_loss_with_k_0_is_info_nce():
         0,
     )
     assert not np.any(np.asarray(mask))
-    got = losses.cross_view_loss(q, k, queue, mask, jnp.ones((b,), bool), TAU)
-    np.testing.assert_allclose(got, losses.info_nce(q, k, queue, TAU), rtol=1e-6)
+    got = cross_view_loss(q, k, queue, mask, jnp.ones((b,), bool), TAU)
+    np.testing.assert_allclose(got, info_nce(q, k, queue, TAU), rtol=1e-6)
 
 
 @pytest.mark.parametrize("b,s,n,d", [(4, 4, 16, 8), (3, 2, 10, 32), (5, 6, 7, 4)])
 def test_ltcl_terms_match_equations_6_and_7(b, s, n, d):
     rng = np.random.default_rng(s * 10 + b)
     z1, segs, queue = unit(rng, b, d), unit(rng, b, s, d), unit(rng, n, d)
-    local = losses.local_loss(jnp.asarray(z1), jnp.asarray(segs), jnp.asarray(queue), TAU)
-    lt = losses.local_temporal_loss(jnp.asarray(z1), jnp.asarray(segs[:, 0]), jnp.asarray(segs[:, 1:]), TAU)
+    local = local_loss(jnp.asarray(z1), jnp.asarray(segs), jnp.asarray(queue), TAU)
+    lt = local_temporal_loss(jnp.asarray(z1), jnp.asarray(segs[:, 0]), jnp.asarray(segs[:, 1:]), TAU)
+    local, lt = np.asarray(local), np.asarray(lt)
     for i in range(b):
         want_local = np.mean([nce_ref(z1[i], [segs[i, j]], queue) for j in range(s)])
         want_lt = nce_ref(z1[i], [segs[i, 0]], segs[i, 1:])
@@ -120,15 +129,15 @@ def test_ltcl_with_two_segments_is_algorithm_1():
     want = cross_entropy_label0(logits) + cross_entropy_label0(logits1)
 
     segs = np.stack([s1_k, s2_k], axis=1)
-    got = jnp.mean(losses.local_loss(s1_q, segs, queue.T, TAU)) + jnp.mean(
-        losses.local_temporal_loss(s1_q, s1_k, s2_k[:, None], TAU)
+    got = jnp.mean(local_loss(s1_q, segs, queue.T, TAU)) + jnp.mean(
+        local_temporal_loss(s1_q, s1_k, s2_k[:, None], TAU)
     )
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
 def test_losses_are_finite_for_identical_vectors():
     z = jnp.ones((2, 4)) / 2.0
-    assert np.all(np.isfinite(losses.info_nce(z, z, jnp.tile(z[:1], (50, 1)), 0.01)))
+    assert np.all(np.isfinite(info_nce(z, z, jnp.tile(z[:1], (50, 1)), 0.01)))
 
 
 def test_embedding_spread():

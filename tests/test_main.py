@@ -11,7 +11,6 @@ import glob
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -225,47 +224,6 @@ def test_cotraining_starts_as_coclr_or_from_the_key_encoders(schedule_run, key_f
 
 
 # ---------------------------------------------------------------------- crash safety
-
-
-def _launch(workdir, data_dir, *flags):
-    # JAX_NUM_CPU_DEVICES (not XLA_FLAGS, which is part of the compilation cache key) so the
-    # subprocess reuses the steps this session compiled.
-    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "8", "JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, "main.py", "--config=tests/tiny_config.py", f"--workdir={workdir}"]
-    cmd += [f"--config.data.dir={data_dir}", *flags]
-    return subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-
-
-@pytest.mark.slow
-def test_killed_run_resumes_to_the_same_parameters(schedule_run, data, tmp_path):
-    # The schedule's init_rgb stage is the uninterrupted run of this config: same stage name
-    # (hence seed), same numbers; its retrieval checks only read the encoder.
-    reference, _ = schedule_run
-    epochs = tiny_config.get_config().schedule.init_epochs
-    wd = tmp_path / "killed"
-    proc = _launch(wd, data)
-    deadline = time.time() + 300
-    while not (wd / checkpoints.CHECKPOINT_DIR / "2").is_dir():  # orbax renames a finished save into place
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.time() < deadline, "no checkpoint after 300 s"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = checkpoints.stage_info(wd)["step"]
-    assert killed_at < epochs and not (wd / "metrics.json").exists()  # it really was interrupted
-
-    proc = _launch(wd, data)
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    assert "resumed init_rgb from its checkpoint at batch" in err
-    step_a, a = _restore_items(reference / "init_rgb")
-    step_b, b = _restore_items(wd)
-    assert step_a == step_b == epochs
-    jax.tree.map(
-        lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7), a, b
-    )
 
 
 @pytest.mark.slow
