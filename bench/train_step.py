@@ -54,7 +54,7 @@ from cvtcl_jax.data.random_batches import random_pretrain_batch  # noqa: E402
 from cvtcl_jax.models import ContrastiveEncoder  # noqa: E402
 from cvtcl_jax.models.conv import CONV_LOWERINGS  # noqa: E402
 from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD, POOL_GRADS  # noqa: E402
-from cvtcl_jax.sharding import check_global_batch, make_mesh, shard_batch  # noqa: E402
+from cvtcl_jax.sharding import check_global_batch, copied, make_mesh, shard_batch  # noqa: E402
 from cvtcl_jax.state import FrozenEncoder, create_train_state, state_sharding  # noqa: E402
 from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step  # noqa: E402
 
@@ -133,7 +133,7 @@ def _lower(args, stage: str, batch: int, queue: int):
 
 def _frozen(state):
     """The co-training step's extra argument: the other view's frozen encoder."""
-    return (jax.tree.map(jnp.copy, FrozenEncoder.from_state(state)),)
+    return (copied(FrozenEncoder.from_state(state)),)
 
 
 def compile_step(args, stage: str, batch: int, queue: int | None = None):

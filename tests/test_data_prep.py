@@ -407,7 +407,9 @@ def test_interrupted_build_resumes_to_the_same_dataset(tmp_path, backend):
     build(raw, tmp_path / "whole", *flags)
     cmd = [sys.executable, "-m", "data_prep.build", "--dataset=ucf101", f"--raw_dir={raw}", *flags]
     cmd += [f"--out_dir={tmp_path / 'resumed'}", "--workers=1", "--quiet", "--short_side=32"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Eight devices, as in this process, so that JAX's TV-L1 program is the compilation cache's.
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "8"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cache = tmp_path / "resumed" / "downloads" / "cvtcl_video_cache"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(cache.rglob("*.json"))) < 2:

@@ -4,9 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cvtcl_jax.sharding import check_global_batch, make_mesh, shard_batch
+from cvtcl_jax.sharding import check_global_batch, copied, make_mesh, shard_batch
 from cvtcl_jax.state import FrozenEncoder, state_sharding
 from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step
 from tests import tiny
@@ -110,8 +111,8 @@ def test_cotrain_step_is_forward_only_until_the_queue_is_full(videos, mesh8, ini
     rng = np.random.default_rng(2)
     state = tiny.make_state(mesh8)
     state, _ = init_step8(state, shard_batch(mesh8, tiny.sample_batch(rng, videos, np.arange(16), False)))
-    frozen = jax.tree.map(jnp.copy, FrozenEncoder.from_state(state))
-    state = state.replace(queue=jax.tree.map(jnp.copy, tiny.make_state(mesh8, seed=5).queue))
+    frozen = copied(FrozenEncoder.from_state(state))
+    state = state.replace(queue=copied(tiny.make_state(mesh8, seed=5).queue))
     step = jit_train_step(
         make_train_step(tiny.MODEL, CFG, tiny.OPTIMIZER, tiny.SCHEDULE, other_model=tiny.MODEL),
         mesh8,
@@ -195,3 +196,24 @@ def test_bad_configuration_is_rejected(mesh8):
         check_global_batch(12, mesh8)
     assert not ContrastConfig(beta=0.0).use_ltcl
     assert not ContrastConfig(local_weight=0.0, lt_weight=0.0).use_ltcl
+
+
+def test_copied_trees_keep_shardings_on_buffers_of_their_own(mesh8, caplog):
+    """What start_from hands a donated state: equal values, the same shardings, buffers that
+    outlive the originals, and no program compiled for it."""
+    rng = np.random.default_rng(0)
+    rows, kernel = rng.standard_normal((64, 32)), rng.standard_normal((3, 3, 16))
+    tree = {  # a queue's rows split over the devices, a replicated parameter and a scalar
+        "keys": jax.device_put(rows.astype(np.float32), NamedSharding(mesh8, P("data"))),
+        "params": {"kernel": jax.device_put(kernel.astype(np.float32), NamedSharding(mesh8, P()))},
+        "ptr": jax.device_put(np.int32(16), NamedSharding(mesh8, P())),
+    }
+    with jax.log_compiles(True):
+        copy = copied(tree)
+        jax.block_until_ready(copy)
+    assert not [r for r in caplog.records if "ompil" in r.getMessage()]
+    want = jax.device_get(tree)
+    same_sharding = lambda a, b: a.sharding == b.sharding  # noqa: E731
+    assert all(jax.tree.leaves(jax.tree.map(same_sharding, copy, tree)))
+    jax.tree.map(lambda x: x.delete(), tree)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(copy), want)

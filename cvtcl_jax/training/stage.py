@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 from absl import logging
 
 from cvtcl_jax import checkpoints, console, optim
@@ -23,7 +22,7 @@ from cvtcl_jax.data import training_clips
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import load_dataset_info
 from cvtcl_jax.models import encoder_from_config, weight_settings
-from cvtcl_jax.sharding import make_mesh
+from cvtcl_jax.sharding import copied, make_mesh
 from cvtcl_jax.state import FrozenEncoder, create_train_state, state_sharding
 from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step
 from cvtcl_jax.training import resume
@@ -161,8 +160,8 @@ def start_from(state, stage: Stage):
     return state.replace(
         params=enc["params"],
         batch_stats=enc["batch_stats"],
-        ema_params=jax.tree.map(jnp.copy, key["params"]),
-        ema_batch_stats=jax.tree.map(jnp.copy, key["batch_stats"]),
+        ema_params=copied(key["params"]),
+        ema_batch_stats=copied(key["batch_stats"]),
     )
 
 
