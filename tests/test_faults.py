@@ -179,11 +179,20 @@ def _launch(workdir, data_dir, *flags):
     # JAX_NUM_CPU_DEVICES (not XLA_FLAGS, which is part of the compilation cache key) so the
     # subprocess reuses the steps this session compiled.
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": "8", "JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, "main.py", "--config=tests/tiny_config.py", f"--workdir={workdir}"]
-    cmd += [f"--config.data.dir={data_dir}", *flags]
     return subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        _command(workdir, data_dir, *flags),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+
+
+def _command(workdir, data_dir, *flags) -> list[str]:
+    """main.py's command line for the tiny config on `data_dir`, with extra --config flags."""
+    cmd = [sys.executable, "main.py", "--config=tests/tiny_config.py", f"--workdir={workdir}"]
+    return [*cmd, f"--config.data.dir={data_dir}", *flags]
 
 
 def _wait_until(proc, done, what: str, timeout_s: float = 300) -> None:
@@ -213,12 +222,10 @@ def test_a_run_refused_killed_and_preempted_resumes_to_the_uninterrupted_paramet
     every_batch = "--config.train.checkpoint_every_steps=1"
     first = _launch(wd, data, every_batch)
     _wait_until(first, (wd / workdir_lock.LOCK_FILE).exists, "lock file")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, "main.py", "--config=tests/tiny_config.py", f"--workdir={wd}"]
     second = subprocess.run(
-        [*cmd, f"--config.data.dir={data}", "--config.seed=7", "--config.optim.lr=0.01"],
+        _command(wd, data, "--config.seed=7", "--config.optim.lr=0.01"),
         cwd=REPO,
-        env=env,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
         capture_output=True,
         text=True,
         timeout=300,
