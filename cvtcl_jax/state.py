@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
@@ -66,17 +68,36 @@ def create_train_state(
 
     Wrap in `jax.jit(..., out_shardings=...)` to create it directly sharded (see sharding.py).
     """
-    k_init, k_queue, k_state = jax.random.split(rng, 3)
+    k_init = jax.random.split(rng, 3)[0]
     variables = model.init(k_init, jnp.zeros((1, *clip_shape), jnp.float32), train=False)
-    params, batch_stats = variables["params"], variables["batch_stats"]
+    encoder = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    key_encoder = jax.tree.map(jnp.copy, encoder)
+    return state_around(encoder, key_encoder, optimizer, rng, queue_size, model.embed_dim, global_batch)
+
+
+def state_around(
+    encoder: dict,
+    key_encoder: dict,
+    optimizer: optax.GradientTransformation,
+    rng,
+    queue_size: int,
+    embed_dim: int,
+    global_batch: int,
+) -> TrainState:
+    """A fresh state around given query and key encoders ({'params', 'batch_stats'} each): step 0,
+    a fresh optimiser and a random queue, drawn from `rng` as `create_train_state` draws them.
+
+    Wrap in `jax.jit(..., out_shardings=...)`; the encoders' arrays are passed through.
+    """
+    _, k_queue, k_state = jax.random.split(rng, 3)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        ema_params=jax.tree.map(jnp.copy, params),
-        ema_batch_stats=jax.tree.map(jnp.copy, batch_stats),
-        opt_state=optimizer.init(params),
-        queue=init_queue(k_queue, queue_size, model.embed_dim, global_batch),
+        params=encoder["params"],
+        batch_stats=encoder["batch_stats"],
+        ema_params=key_encoder["params"],
+        ema_batch_stats=key_encoder["batch_stats"],
+        opt_state=optimizer.init(encoder["params"]),
+        queue=init_queue(k_queue, queue_size, embed_dim, global_batch),
         rng=jax.random.key_data(k_state),
     )
 
@@ -87,3 +108,49 @@ def state_sharding(mesh: Mesh, state: TrainState) -> TrainState:
     rows = batch_sharding(mesh)
     tree = jax.tree.map(lambda _: rep, state)
     return tree.replace(queue=Queue(keys=rows, other=rows, ids=rows, ptr=rep, fill=rep))
+
+
+@dataclasses.dataclass(frozen=True)
+class NewState:
+    """A train state before it exists: `template` (its ShapeDtypeStructs with the mesh's
+    shardings, what a checkpoint is restored into) and the two ways to make it. Nothing is compiled
+    until one is called: a resumed stage needs neither, and a stage that starts from other encoders
+    does not compile the whole network's initialisation only to replace it.
+
+    random(): a random network (and key encoder, optimiser and queue) from the seed.
+    around(encoder, key_encoder): a fresh optimiser and queue around given encoders.
+    """
+
+    template: TrainState
+    random: Callable[[], TrainState]
+    around: Callable[[dict, dict], TrainState]
+
+
+def new_state(
+    mesh: Mesh,
+    model,
+    optimizer: optax.GradientTransformation,
+    clip_shape: tuple[int, int, int, int],
+    queue_size: int,
+    global_batch: int,
+    seed: int,
+) -> NewState:
+    """The NewState of `model` trained by `optimizer` on `mesh`; clip_shape (T, H, W, 3)."""
+    rng = jax.random.key(seed)
+
+    def init(rng):
+        return create_train_state(model, optimizer, rng, clip_shape, queue_size, global_batch)
+
+    def around(encoder, key_encoder, rng):
+        return state_around(encoder, key_encoder, optimizer, rng, queue_size, model.embed_dim, global_batch)
+
+    shapes = jax.eval_shape(init, rng)
+    shardings = state_sharding(mesh, shapes)
+    template = jax.tree.map(
+        lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes, shardings
+    )
+    return NewState(
+        template,
+        random=lambda: jax.jit(init, out_shardings=shardings)(rng),
+        around=lambda enc, key_enc: jax.jit(around, out_shardings=shardings)(enc, key_enc, rng),
+    )

@@ -57,9 +57,16 @@ from tests.pattern_records import write_pattern_dataset  # noqa: E402
 
 LENGTHS = [40, 24, 30, 50, 35, 20, 44, 36, 25, 33, 41, 48]  # 8 train, 4 test videos
 
-# The longest groups (11-12 minutes each of a one-process run on 2 cores) are handed out first,
-# so no worker starts one of them while the others are running out of work.
-LONG_GROUPS = ("test_steps", "test_evaluation", "schedule")
+# The longest groups (3-8 minutes each on a worker, longest first) are handed out first, so no
+# worker starts one of them while the others are running out of work.
+LONG_GROUPS = (
+    "schedule",
+    "test_import_weights",
+    "test_steps",
+    "test_evaluation",
+    "test_fidelity",
+    "test_models",
+)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors import safe_open
@@ -24,7 +23,8 @@ from cvtcl_jax.models.imported_weights import (
     import_state_dict,
 )
 from cvtcl_jax.modes.checks import ConfigError
-from cvtcl_jax.state import create_train_state
+from cvtcl_jax.sharding import make_mesh
+from cvtcl_jax.state import new_state
 from cvtcl_jax.training import stage as training_stage
 from tests import coclr_reference as ref
 from tests import tiny_config, torch_files
@@ -292,11 +292,8 @@ def test_imported_encoders_evaluate_train_and_re_export_like_ours(imported, tmp_
     stage = modes.training.init_stage(init, "rgb", init.train.init_from)
     model = encoder_from_config(training_stage.stage_config(init, stage).model)
     optimizer = optim.adam_l2(1e-3, 0.0)
-    shapes = jax.eval_shape(
-        lambda: create_train_state(model, optimizer, jax.random.key(0), (8, 32, 32, 3), 16, 8)
-    )
-    fresh = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # the full network's init uncompiled
-    state = training_stage.start_from(fresh, stage)
+    new = new_state(make_mesh(), model, optimizer, (8, 32, 32, 3), 16, 8, seed=0)
+    state = training_stage.start_from(new, stage)  # the full network's initialisation never compiled
     coclr, _ = import_checkpoint(sources["rgb"].parent / "coclr_rgb.pth.tar", "rgb")
     for params in (state.params, state.ema_params):
         jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), coclr.encoder["params"])

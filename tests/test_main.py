@@ -34,7 +34,7 @@ from cvtcl_jax.models import (
 )
 from cvtcl_jax.modes.checks import ConfigError
 from cvtcl_jax.sharding import make_mesh
-from cvtcl_jax.state import create_train_state, state_sharding
+from cvtcl_jax.state import create_train_state, new_state
 from cvtcl_jax.training import stage as training_stage
 from cvtcl_jax.training.loop import TrainingDiverged
 from tests import tiny_config
@@ -199,15 +199,10 @@ def test_cotraining_starts_as_coclr_or_from_the_key_encoders(schedule_run, key_f
         str(wd / "init_flow"),
     )
     cfg = tiny_config.get_config()
-    mesh = make_mesh()
     model = encoder_from_config(cfg.model)
     optimizer = optim.adam_l2(1e-3, 0.0)
-
-    def init(rng):
-        return create_train_state(model, optimizer, rng, (8, 32, 32, 3), cfg.queue_size, cfg.global_batch)
-
-    fresh = jax.jit(init, out_shardings=state_sharding(mesh, jax.eval_shape(init, jax.random.key(0))))
-    state = training_stage.start_from(fresh(jax.random.key(0)), stage)
+    new = new_state(make_mesh(), model, optimizer, (8, 32, 32, 3), cfg.queue_size, cfg.global_batch, seed=0)
+    state = training_stage.start_from(new, stage)
     frozen = training_stage.frozen_encoder(state, stage)
     _, rgb = _restore_items(wd / "init_rgb", items=("encoder", "ema_encoder"))
     _, flow = _restore_items(wd / "init_flow", items=("encoder", "ema_encoder"))

@@ -119,6 +119,7 @@ def test_without_start_the_console_writes_to_the_standard_streams(capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("schedule")  # after the schedule, whose init step this demo's is
 def test_the_demo_prints_a_page_of_console_and_writes_its_report(tmp_path):
     """The demo (a small set, short initializations, no co-training) as a user runs it, its output a
     pipe: about 60 lines, everything else in WORKDIR/logs/, and the report at the end equal to one
@@ -140,7 +141,9 @@ def test_the_demo_prints_a_page_of_console_and_writes_its_report(tmp_path):
     }
     cmd = [sys.executable, "main.py", "--config=configs/demo.py", f"--workdir={wd}"]
     cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    # On eight devices, the demo's network, clips, batch, queue and rates being the tiny config's,
+    # its train step is the schedule's, loaded from the session's compilation cache.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "8"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = (proc.stdout + proc.stderr).splitlines()

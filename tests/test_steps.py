@@ -199,8 +199,8 @@ def test_bad_configuration_is_rejected(mesh8):
 
 
 def test_copied_trees_keep_shardings_on_buffers_of_their_own(mesh8, caplog):
-    """What start_from hands a donated state: equal values, the same shardings, buffers that
-    outlive the originals, and no program compiled for it."""
+    """A frozen encoder copied out of a state that is then donated (the co-training step tests, the
+    bench): equal values, the same shardings, buffers that outlive the originals, nothing compiled."""
     rng = np.random.default_rng(0)
     rows, kernel = rng.standard_normal((64, 32)), rng.standard_normal((3, 3, 16))
     tree = {  # a queue's rows split over the devices, a replicated parameter and a scalar

@@ -22,8 +22,8 @@ from cvtcl_jax.data import training_clips
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import load_dataset_info
 from cvtcl_jax.models import encoder_from_config, weight_settings
-from cvtcl_jax.sharding import copied, make_mesh
-from cvtcl_jax.state import FrozenEncoder, create_train_state, state_sharding
+from cvtcl_jax.sharding import make_mesh
+from cvtcl_jax.state import FrozenEncoder, NewState, TrainState, new_state
 from cvtcl_jax.steps import ContrastConfig, jit_train_step, make_train_step
 from cvtcl_jax.training import resume
 from cvtcl_jax.training.trainer import Checkpointing, Trainer
@@ -150,19 +150,14 @@ def other_model_config(config, stage: Stage) -> dict:
     )
 
 
-def start_from(state, stage: Stage):
+def start_from(new: NewState, stage: Stage) -> TrainState:
     """A stage's first state when it starts from init_from's encoders: the query encoder is
-    init_from's `encoder`, the key encoder its `stage.key_from` item; optimiser and queue stay
-    fresh. `state` (fresh, sharded) fixes the structure and placement."""
-    template = _encoder_template(state)
+    init_from's `encoder`, the key encoder its `stage.key_from` item (restored on its own, so the
+    two never share a buffer of the donated state); optimiser and queue fresh."""
+    template = _encoder_template(new.template)
     enc = checkpoints.restore_encoder(stage.init_from, template, "encoder")
     key = checkpoints.restore_encoder(stage.init_from, template, stage.key_from)
-    return state.replace(
-        params=enc["params"],
-        batch_stats=enc["batch_stats"],
-        ema_params=copied(key["params"]),
-        ema_batch_stats=copied(key["batch_stats"]),
-    )
+    return new.around(enc, key)
 
 
 def frozen_encoder(state, stage: Stage) -> FrozenEncoder:
@@ -255,18 +250,26 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
     model = encoder_from_config(config.model)
     ccfg = contrast_config(config, stage.beta)
     spec = clip_spec(config, ltcl=ccfg.use_ltcl)
-    shapes, state = _fresh_state(trainer, model, spec)
+    new = new_state(
+        trainer.mesh,
+        model,
+        trainer.optimizer,
+        (spec.num_frames, spec.crop_size, spec.crop_size, 3),
+        config.queue_size,
+        config.global_batch,
+        trainer.seed,
+    )
     console.say(_announcement(trainer, stage))
     started = time.perf_counter()
     every = config.train.retrieval_every_epochs
     lr_key = "schedule.cotrain_lr" if stage.lr else "optim.lr"
     _, progress = trainer.fit(
-        state,
+        new.template,
         _checkpointing(config),
-        functools.partial(_make_step, trainer, stage, model, ccfg, shapes),
+        functools.partial(_make_step, trainer, stage, model, ccfg, new.template),
         functools.partial(training_clips.pretrain_dataset, views=stage.views),
         spec,
-        start=functools.partial(_start, config, stage),
+        start=functools.partial(_start, config, stage, new),
         resumed=functools.partial(_resumed, stage, history),
         clips_per_batch=config.global_batch,
         evaluate=None if evaluate is None or not every else lambda state: evaluate(_encoder_template(state)),
@@ -290,12 +293,14 @@ def _checkpointing(config) -> Checkpointing:
     )
 
 
-def _start(config, stage: Stage, state, writer) -> tuple[object, dict]:
-    """A stage's first state and progress without a checkpoint: its hyperparameters written,
-    init_from's encoders loaded when it has one."""
+def _start(config, stage: Stage, new: NewState, _template, writer) -> tuple[object, dict]:
+    """A stage's first state and progress without a checkpoint: its hyperparameters written, a
+    random network or init_from's encoders when it has them."""
     writer.write_hparams(_flat_hparams(config))
-    if stage.init_from:
-        state = start_from(state, stage)
+    if not stage.init_from:
+        state = new.random()
+    else:
+        state = start_from(new, stage)
         logging.info(
             "%s starts from the encoders of %s (key encoder from its %s)",
             stage.name,
@@ -339,21 +344,6 @@ def _finished(workdir: str | Path, stage: Stage, ran: int) -> dict:
         )
     console.say(f"{stage.name}: finished in {workdir}, not training it again")
     return finished_summary(workdir)
-
-
-def _fresh_state(trainer: Trainer, model, spec: ClipSpec):
-    """(the train state's shapes, a fresh train state placed on the mesh) from the trainer's seed."""
-    config = trainer.config
-    clip_shape = (spec.num_frames, spec.crop_size, spec.crop_size, 3)
-
-    def init(rng):
-        return create_train_state(
-            model, trainer.optimizer, rng, clip_shape, config.queue_size, config.global_batch
-        )
-
-    shapes = jax.eval_shape(init, jax.random.key(trainer.seed))
-    state = jax.jit(init, out_shardings=state_sharding(trainer.mesh, shapes))(jax.random.key(trainer.seed))
-    return shapes, state
 
 
 def _announcement(trainer: Trainer, stage: Stage) -> str:

@@ -98,12 +98,14 @@ class Trainer:
         writer: metric_writers.MetricWriter | None = None,
         **loop_settings,
     ) -> tuple[Any, dict]:
-        """Trains from the last checkpoint in the workdir (or from `state`, fresh and placed) to the
-        last batch; a finished run is restored without building its step or input.
+        """Trains from the last checkpoint in the workdir (or from `start`'s state) to the last
+        batch; a finished run is restored without building its step or input.
 
+        state: the fresh state placed on the mesh, or its template (ShapeDtypeStructs with the
+          shardings) when `start` makes the first state; a checkpoint is restored into it.
         make_step: (the state it starts from) -> step (state, batch) -> (state, metrics).
         dataset_fn: training_clips.pretrain_dataset or labelled_clip_dataset, its own keywords bound.
-        start: (fresh state, writer) -> (first state, progress) when there is no checkpoint.
+        start: (state, writer) -> (first state, progress) when there is no checkpoint (None: `state`).
         resumed: (restored progress) -> progress, when there is one.
         writer: the metric writer to use (None: one of its own in the workdir, closed at the end).
         loop_settings: Loop's optional fields (evaluate, prefix, on_divergence, ...).
