@@ -187,9 +187,10 @@ def test_cotrain_and_export_modes_take_stage_workdirs(schedule_run, data, tmp_pa
 
 
 @pytest.mark.parametrize("key_from, other_encoder", [("encoder", "encoder"), ("ema_encoder", "ema_encoder")])
-def test_cotraining_starts_as_coclr_or_from_the_key_encoders(schedule_run, key_from, other_encoder):
+def test_cotraining_starts_as_coclr_or_from_the_key_encoders(schedule_run, key_from, other_encoder, caplog):
     """By default (CoCLR) the key encoder starts as a copy of the query encoder and the other
-    view's query encoder ranks; the option restores the previous stage's key encoders instead."""
+    view's query encoder ranks; the option restores the previous stage's key encoders instead. The
+    network's initialisation is never compiled, only the fresh optimiser and queue around them."""
     wd, _ = schedule_run
     stage = modes.training.cotrain_stage(
         _config(wd, "cotrain", key_from=key_from, other_encoder=other_encoder),
@@ -202,7 +203,10 @@ def test_cotraining_starts_as_coclr_or_from_the_key_encoders(schedule_run, key_f
     model = encoder_from_config(cfg.model)
     optimizer = optim.adam_l2(1e-3, 0.0)
     new = new_state(make_mesh(), model, optimizer, (8, 32, 32, 3), cfg.queue_size, cfg.global_batch, seed=0)
-    state = training_stage.start_from(new, stage)
+    with jax.log_compiles(True):
+        state = training_stage.start_from(new, stage)
+    compiled = [r.getMessage().split()[1] for r in caplog.records if r.getMessage().startswith("Compiling ")]
+    assert "jit(around)" in compiled and "jit(init)" not in compiled, compiled
     frozen = training_stage.frozen_encoder(state, stage)
     _, rgb = _restore_items(wd / "init_rgb", items=("encoder", "ema_encoder"))
     _, flow = _restore_items(wd / "init_flow", items=("encoder", "ema_encoder"))
