@@ -46,8 +46,8 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def copied(tree):
     """A copy of a tree of arrays on buffers of its own, each leaf keeping its sharding, so that
-    what is taken from a state outlives the state's donation to a step. A device-to-device copy: nothing is
-    compiled (an eager jnp.copy compiles a program per leaf shape, 152 for the full S3D)."""
+    what is taken from a state outlives the state's donation to a step. A device-to-device copy:
+    nothing is compiled (an eager jnp.copy compiles a program per leaf shape, 152 for the full S3D)."""
     return jax.device_put(tree, jax.tree.map(lambda x: x.sharding, tree), may_alias=False)
 
 
