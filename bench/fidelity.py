@@ -1,20 +1,24 @@
-"""Does it learn motion? The fidelity benchmark over training seeds, next to its baselines.
+"""Does it learn motion? The fidelity benchmark over a family of generated sets and training seeds,
+next to its baselines.
 
-    python bench/fidelity.py --workdir=W [--seeds=0,1,2] [--train=schedule|init] [--views=flow]
-        [--config=configs/fidelity.py] [--config.key=value ...]
+    python bench/fidelity.py --workdir=W [--sets=walk,directional,signature,mixed] [--seeds=0,1,2]
+        [--train=init|schedule] [--views=flow] [--data_root=D] [--config=configs/fidelity.py]
+        [--config.key=value ...]
 
-Generates and prepares the config's generated set once (W/set; the data stay fixed, demo.data_seed),
-then for every training seed k trains in W/seed<k>:
+For every set of --sets (generated/motion_set.py's VARIANTS) in W/<set>: generates and prepares it
+once (D/<set>/set with --data_root, which lets workdirs share the sets; else W/<set>/set; the data
+stay fixed, demo.data_seed), then for every training seed k trains in W/<set>/seed<k>:
   --train=schedule   the config's whole schedule (init of both views, co-training), evaluated after
                      random init, initialization and co-training, for RGB, flow and two-stream;
   --train=init       initialization of --views only, evaluated after random init and after it
                      (the quick test of one change to the recipe).
 Each seed sets config.seed (the networks' initialization, the augmentations, the clip order).
 The hand-made baseline (bench/flow_statistics.py: 8 numbers of each video's flow) is evaluated
-with the same retrieval and linear probe, its probe once per seed. Prints the table of mean and
-standard deviation over seeds (and every seed's row) and writes it to W/fidelity.json. A re-run
-resumes: finished stages and evaluations are read back. Compare changes in separate workdirs that
-share the set: --config.demo.data_dir=W0/set.
+with the same retrieval and linear probe, its probe once per seed. Prints each set's table of mean
+and standard deviation over seeds (every seed's row in W/<set>/fidelity.json), then the family's
+table (W/family.json): per set, random init, the hand-made baseline and the trained encoder, and
+whether the set chose the recipe or confirms it (configs/fidelity.py). A re-run resumes: finished
+stages and evaluations are read back. Compare changes in separate workdirs with one --data_root.
 """
 
 from __future__ import annotations
@@ -31,11 +35,12 @@ from ml_collections import config_flags
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cvtcl_jax import console, report  # noqa: E402
+from generated.motion_set import VARIANTS  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 BASELINE = "flow_statistics"
-TRAIN = ("schedule", "init")
+TRAIN = ("init", "schedule")
 
 
 def summarize(per_seed: list[dict]) -> dict:
@@ -140,6 +145,72 @@ def benchmark(config, workdir, seeds, train: str = "schedule", views=("rgb", "fl
     return result
 
 
+def set_config(config, variant: str, data_root=None):
+    """config for the family's set `variant`: its generator variant and class count, and its
+    prepared data under data_root/<variant>/set (None: the benchmark's workdir decides)."""
+    from generated import motion_set
+
+    if variant not in motion_set.VARIANTS:
+        raise ValueError(f"unknown set {variant!r}: the family is {list(motion_set.VARIANTS)}")
+    cfg = config.copy_and_resolve_references()
+    cfg.demo.update(set="motion", variant=variant, num_classes=len(motion_set.VARIANTS[variant].classes))
+    cfg.demo.data_dir = str(Path(data_root) / variant / "set") if data_root else None
+    # Every set trains as many steps as the config's own set: a set of fewer classes has fewer
+    # videos, so more epochs.
+    d, s = config.demo, cfg.schedule
+    steps = s.init_epochs * _steps_per_epoch(d, d.num_classes, config.global_batch)
+    s.init_epochs = -(-steps // _steps_per_epoch(d, cfg.demo.num_classes, config.global_batch))
+    return cfg
+
+
+def _steps_per_epoch(demo, num_classes: int, batch: int) -> int:
+    """Steps per epoch over a generated set's split-1 train videos (two thirds of the groups)."""
+    return max(1, num_classes * demo.clips_per_group * (demo.groups - demo.groups // 3) // batch)
+
+
+def family(config, workdir, sets, seeds, train: str = "init", views=("flow",), data_root=None) -> dict:
+    """`benchmark` on every set of the family named in `sets` (W/<set>), then the family's table
+    {set: {'role', 'summary'}}, also written to WORKDIR/family.json (its 'summary' keyed
+    '<set> <view>' for the run report)."""
+    from configs import fidelity as recipe
+
+    configs = {v: set_config(config, v, data_root) for v in sets}  # every name checked first
+    results = {v: benchmark(cfg, Path(workdir) / v, seeds, train, views) for v, cfg in configs.items()}
+    table = {v: {"role": recipe.role(v), "summary": r["summary"]} for v, r in results.items()}
+    out = {
+        "sets": table,
+        "seeds": [int(s) for s in seeds],
+        "train": train,
+        "summary": {f"{v} {view}": rows for v, r in results.items() for view, rows in r["summary"].items()},
+    }
+    Path(workdir, "family.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
+FAMILY_ROWS = (
+    ("random_init", "random init"),
+    (BASELINE, "flow statistics"),
+    ("init", "initialized"),
+    ("cotrain", "co-trained"),
+)
+
+
+def format_family(table: dict, view: str = "flow") -> str:
+    """The family's table of `view`: per set and encoder, R@1 and the linear probe, mean +- std
+    over seeds, with the set's role."""
+    lines = [f"{'set':<13}{'role':<10}{'encoder':<17}{'R@1':>16}{'linear_top1':>18}"]
+    for name, entry in table.items():
+        rows = entry["summary"].get(view, {})
+        for key, label in FAMILY_ROWS:
+            if key in rows:
+                row = rows[key]
+                cells = "".join(
+                    f"{row[m]['mean']:>10.1f} +- {row[m]['std']:<4.1f}" for m in ("R@1", "linear_top1")
+                )
+                lines.append(f"{name:<13}{entry['role']:<10}{label:<17}{cells}")
+    return "\n".join(lines)
+
+
 def start_command(argv, workdir: str, name: str) -> None:
     """The benchmark commands' start: no stray arguments, everything but the console's lines in
     WORKDIR/logs/ (--verbose: not), TensorFlow off the accelerators, and a persistent compilation
@@ -159,14 +230,17 @@ def start_command(argv, workdir: str, name: str) -> None:
 def main(argv) -> None:
     start_command(argv, FLAGS.workdir, "fidelity")
     try:
-        result = benchmark(FLAGS.config, FLAGS.workdir, FLAGS.seeds, FLAGS.train, FLAGS.views)
+        result = family(
+            FLAGS.config, FLAGS.workdir, FLAGS.sets, FLAGS.seeds, FLAGS.train, FLAGS.views, FLAGS.data_root
+        )
     except ValueError as e:
         console.error(str(e))
         sys.exit(2)
-    console.say(
-        f"{result['dataset']['set']} set, {FLAGS.train}, seeds {FLAGS.seeds} (mean +- std over seeds):"
-    )
-    console.say(format_summary(result["summary"]))
+    for name, entry in result["sets"].items():
+        console.say(f"{name} set, {FLAGS.train}, seeds {FLAGS.seeds} (mean +- std over seeds):")
+        console.say(format_summary(entry["summary"]))
+    console.say(f"the family, {FLAGS.train}, seeds {FLAGS.seeds} (flow, mean +- std over seeds):")
+    console.say(format_family(result["sets"]))
     console.say(f"report: {report.make_report(FLAGS.workdir)}")
 
 
@@ -174,9 +248,11 @@ def define_flags() -> None:
     """The command's flags (defined here, not at import, so tests can import the module)."""
     config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "fidelity.py"), "a demo-mode config")
     flags.DEFINE_string("workdir", None, "the benchmark's directory", required=True)
+    flags.DEFINE_list("sets", list(VARIANTS), "the family's sets (generated/motion_set.py's VARIANTS)")
+    flags.DEFINE_string("data_root", None, "prepare the sets in DATA_ROOT/<set>/set (shared by workdirs)")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "training seeds")
-    flags.DEFINE_enum("train", "schedule", list(TRAIN), "the whole schedule, or initialization only")
-    flags.DEFINE_list("views", ["rgb", "flow"], "--train=init: the views initialized")
+    flags.DEFINE_enum("train", "init", list(TRAIN), "initialization only, or the whole schedule")
+    flags.DEFINE_list("views", ["flow"], "--train=init: the views initialized")
     flags.DEFINE_bool("verbose", False, "the full log stream on the console instead of WORKDIR/logs/")
 
 

@@ -32,6 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
     # bn_epsilon: 1e-5 (PyTorch's default, CoCLR's); torchvision's s3d weights use 1e-3.
     # reverse_input_channels: reverse the uint8 channels before normalising (CoCLR's flow
     # networks saw the stored (dx, dy, 128) as (128, dy, dx)).
+    # centre_flow: flow networks subtract each frame's median flow (the camera's motion where the
+    # background fills most of the frame) from their input; RGB networks ignore it (docs/method.md §5).
     cfg.model = ml_collections.ConfigDict(
         dict(
             width_multiplier=1.0,
@@ -41,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
             bn_group_size=32,
             bn_epsilon=1e-5,
             reverse_input_channels=False,
+            centre_flow=False,
             head_hidden_dim=1024,
             embed_dim=128,
             dtype="float32",

@@ -30,6 +30,7 @@ def get_config():
             # either. The class shows in the square's speed (what flow learns) and in its surface
             # pattern (what RGB learns: speed alone is beyond RGB in a CPU budget, see docs/demo.md).
             set="synthetic",  # generated/synthetic.py; "motion": generated/motion_set.py
+            variant="walk",  # set "motion": which set of its family (motion_set.VARIANTS)
             data_seed=0,  # the generator's seed (config.seed draws the training's randomness)
             data_dir=placeholder(str),  # where the set is generated and prepared; None: the workdir
             kind="speed",

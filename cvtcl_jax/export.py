@@ -36,12 +36,13 @@ from cvtcl_jax.models import (
     IMAGENET_STD,
     backbone_from_config,
     backbone_variables,
+    centres_motion,
     encoder_from_config,
     to_torchvision_s3d,
     variable_shapes,
     weight_settings,
 )
-from cvtcl_jax.models.imported_weights import META_BN_EPSILON, META_REVERSED
+from cvtcl_jax.models.imported_weights import META_BN_EPSILON, META_CENTRED, META_REVERSED
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 EXPORT_FILE = "feature_extractor.jax_export"
@@ -70,7 +71,7 @@ def export_backbone(
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(out / "params", variables)
 
-    backbone = backbone_from_config(model_cfg)
+    backbone = backbone_from_config(model_cfg, view)
 
     def extract(clips):
         return backbone.apply(variables, clips, train=False).astype(jnp.float32)
@@ -93,10 +94,12 @@ def export_backbone(
 def _save_torchvision(variables: Mapping, settings: dict, view: str, path: Path) -> None:
     """torchvision's S3D state dict as safetensors, with the settings its numbers assume."""
     torch_state = {k: np.ascontiguousarray(v) for k, v in to_torchvision_s3d(variables).items()}
-    # The numbers assume this epsilon and channel order: torchvision's stock s3d() has eps 1e-3.
+    # The numbers assume this epsilon, channel order and flow centring (torchvision's stock s3d()
+    # has eps 1e-3 and centres nothing: a reader must centre flow itself where this says true).
     meta = {
         META_BN_EPSILON: repr(float(settings["bn_epsilon"])),
         META_REVERSED: str(settings["reverse_input_channels"]).lower(),
+        META_CENTRED: str(centres_motion(settings, view)).lower(),
         "view": view,
     }
     save_file(torch_state, str(path), metadata=meta)
@@ -115,7 +118,12 @@ def _manifest(model_cfg, settings: dict, view: str, clip, dim: int, full: bool, 
             if view == "rgb"
             else "TV-L1 flow images (dx, dy, 128) as uint8, 0 px = 128",
             "normalisation": "inside the extractor: (x / 255 - mean) / std"
-            + (", the channels reversed first" if settings["reverse_input_channels"] else ""),
+            + (", the channels reversed first" if settings["reverse_input_channels"] else "")
+            + (
+                ", after each frame's median flow is moved to 128 (x - median + 128)"
+                if centres_motion(settings, view)
+                else ""
+            ),
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
         },

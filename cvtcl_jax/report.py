@@ -8,7 +8,7 @@ Sections, each where the workdir holds what it shows:
   results   the evaluation table of a schedule or demo (schedule.json), the result files of an
             evaluation (<protocol>_<dataset>_<view>.json), the fidelity benchmark's or the
             ablations' mean +- spread over seeds against their baselines (fidelity.json,
-            table1.json, table3.json), as tables and bars
+            family.json, table1.json, table3.json), as tables and bars
   training  per stage (a folder with checkpoints): its loss terms and learning rate against the
             batch, throughput and time, from its TensorBoard events; the in-training retrieval R@1
   pictures  the retrieval neighbour grids of the evaluations (the paper's Fig. 4)
@@ -196,7 +196,7 @@ def _results(wd: Path) -> list[str]:
                 [r + [""] * (width - len(r)) for r in rows],
             )
         )
-    for name in ("fidelity.json", "table1.json", "table3.json"):
+    for name in ("fidelity.json", "family.json", "table1.json", "table3.json"):
         data = _json(wd / name)
         if not data or "summary" not in data:
             continue

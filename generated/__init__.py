@@ -4,5 +4,5 @@ these, like any raw videos, into training data.
 
   synthetic   moving textured squares: motion kinds, speeds (the demo's set) or surface patterns
               (the RGB view's learned-vs-random check); shared writers (AVI, split lists)
-  motion_set  the fidelity benchmark's 8 flip-consistent kinds of motion with per-video nuisances
+  motion_set  the fidelity benchmark's family of sets: kinds of motion with per-video nuisances
 """

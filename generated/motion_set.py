@@ -1,30 +1,46 @@
-"""The fidelity benchmark's generated set: 8 kinds of motion, a random look per video, a shaking camera.
+"""The fidelity benchmark's family of generated sets: kinds of motion, a random look per video, a
+moving camera.
 
-    python -m generated.motion_set --out_dir=RAW [--groups=9 --clips_per_group=2]
+    python -m generated.motion_set --out_dir=RAW [--variant=walk --groups=9 --clips_per_group=2]
 
 Unlike the demo's set (generated/synthetic.py: speeds, looks shared across classes, a surface
 pattern per class), the class here is the kind of an object's motion and nothing else:
 
-  Slide   translates horizontally, left or right     Spin    rotates in place, either way
-  Rise    translates upwards                          Orbit   circles a point, either way
-  Fall    translates downwards                        Shake   swings left and right
-  Grow    expands about its centre                    Shrink  contracts about its centre
+  Slide      translates horizontally, either way   Spin      rotates in place, either way
+  SlideLeft  translates to the left                SpinCW    rotates clockwise (on screen)
+  SlideRight translates to the right               SpinCCW   rotates counter-clockwise
+  Rise       translates upwards                    Orbit     circles a point, either way
+  Fall       translates downwards                  Shake     swings left and right
+  Grow       expands about its centre              Shrink    contracts about its centre
 
-Every label is flip-consistent: a horizontal flip (an augmentation of training) maps each class to
-itself (left and right slides, clockwise and counter-clockwise spins and orbits share a class).
 Everything else is a nuisance drawn per video: the background's and the object's textures and
-colours, the object's shape (square or disc) and size (half side 5, 7 or 9 pixels of a 48-pixel
-frame), its speed (0.8-1.2x), start and direction, and the camera, which shakes by a damped random
-walk (about 0.3 pixels per frame), so every flow image also holds a global motion.
+colours, the object's shape and size (half side 5, 7 or 9 pixels of a 48-pixel frame), its speed
+(0.8-1.2x), start and direction, and the camera. The family's sets (VARIANTS, docs/fidelity.md)
+differ in the label set, the shapes and the camera:
+
+  walk         8 flip-consistent classes (a horizontal flip maps each to itself), squares and
+               discs, a camera shaking by a damped random walk (about 0.3 pixels per frame)
+  directional  8 flip-inconsistent classes (left and right slides, both spins, rise, fall, grow,
+               shrink), boxes, ellipses and triangles, the camera's signature: the view alternates
+               between two offsets that differ by a fixed per-video vector (up to a pixel each
+               way), so every clip of a video carries the same global flow
+  signature    6 flip-consistent classes (Slide, Spin, Rise, Fall, Grow, Shrink), squares only,
+               the camera's signature
+  mixed        walk's 8 classes, all five shapes, the walk and the signature together
+  steered      directional's 8 classes, squares, discs and triangles, walk's camera
 
 Written as UCF101's layout (RAW/UCF-101/<Class>/v_<Class>_gXX_cYY.avi and RAW/ucfTrainTestlist/,
 split n testing the n-th third of the groups), so `python -m data_prep.build --dataset=ucf101`
-prepares it. Groups only decide the splits: no two videos share a look.
+prepares it, with RAW/motion_set.json naming every video's nuisances by its video id (for
+bench/flow_features.py).
+Groups only decide the splits: no two videos share a look.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from pathlib import Path
 
 import cv2
@@ -32,29 +48,54 @@ import numpy as np
 
 from generated.synthetic import texture, write_avi, write_ucf_lists
 
-CLASSES = ("Slide", "Rise", "Fall", "Grow", "Shrink", "Spin", "Orbit", "Shake")
+CLASSES = ("Slide", "Rise", "Fall", "Grow", "Shrink", "Spin", "Orbit", "Shake")  # the walk set's
+DIRECTIONAL = ("SlideLeft", "SlideRight", "Rise", "Fall", "SpinCW", "SpinCCW", "Grow", "Shrink")
+MOTIONS = CLASSES + ("SlideLeft", "SlideRight", "SpinCW", "SpinCCW")
+SHAPES = ("square", "disc", "box", "ellipse", "triangle")
+CAMERAS = ("walk", "signature", "both")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One set of the family: its classes (of MOTIONS), the objects' shapes (of SHAPES) and the
+    camera (of CAMERAS: a damped random walk, a per-video signature, or their sum)."""
+
+    classes: tuple[str, ...]
+    shapes: tuple[str, ...]
+    camera: str
+
+
+VARIANTS = {
+    "walk": Variant(CLASSES, ("square", "disc"), "walk"),
+    "directional": Variant(DIRECTIONAL, ("box", "ellipse", "triangle"), "signature"),
+    "signature": Variant(("Slide", "Spin", "Rise", "Fall", "Grow", "Shrink"), ("square",), "signature"),
+    "mixed": Variant(CLASSES, SHAPES, "both"),
+    "steered": Variant(DIRECTIONAL, ("square", "disc", "triangle"), "walk"),
+}
 HALF_SIZES = (5.0, 7.0, 9.0)  # the object's half side (or radius), pixels at a 48-pixel short side
-SHAPES = ("square", "disc")
-MARGIN = 8  # pixels of scene around the frame, for the camera's shake
+MARGIN = 8  # pixels of scene around the frame, for the camera's motion
 TRANSLATION_SPEED = 0.75  # pixels per frame (x the video's 0.8-1.2)
 SCALE_RANGE = (0.6, 1.4)  # Grow: the object's size from 0.6 to 1.4 times its half side
 SPIN_SPEED = np.deg2rad(5.0)  # radians per frame
 ORBIT = (9.0, 2 * np.pi / 32)  # radius (pixels), angular speed (radians per frame)
 SHAKE = (5.0, 10.0)  # amplitude (pixels), period (frames)
 CAMERA = (0.8, 0.3, MARGIN - 1.0)  # random walk: damping, step std (pixels), bound (pixels)
+SIGNATURE = 1.0  # the signature's largest offset each way (pixels at a 48-pixel short side)
+ASPECT = (0.6, 0.9)  # a box's or an ellipse's short side over its long side
 
 
 def _pose(cls: str, t: np.ndarray, num_frames: int, rng) -> tuple[np.ndarray, ...]:
     """(x, y, angle, scale) per frame, (T,) each: the object's centre relative to the scene's
-    centre (pixels), its rotation (radians) and its size factor."""
+    centre (pixels), its rotation (radians, clockwise on screen) and its size factor."""
     tau = t - (num_frames - 1) / 2  # centred time, so translations pass the middle of the frame
     pace = rng.uniform(0.8, 1.2)
-    way = rng.choice((-1.0, 1.0))  # the direction of the flip-paired motions
+    way = rng.choice((-1.0, 1.0))  # the direction of the motions that hold both
+    way = {"SlideLeft": -1.0, "SlideRight": 1.0, "SpinCW": 1.0, "SpinCCW": -1.0}.get(cls, way)
     x0, y0 = rng.uniform(-4, 4, 2)
     zeros, ones = np.zeros_like(tau), np.ones_like(tau)
     x, y, angle, scale = x0 + zeros, y0 + zeros, rng.uniform(0, 2 * np.pi) + zeros, ones
     v = TRANSLATION_SPEED * pace
-    if cls == "Slide":
+    if cls in ("Slide", "SlideLeft", "SlideRight"):
         x = x0 + way * v * tau
     elif cls in ("Rise", "Fall"):
         y = y0 + (-1 if cls == "Rise" else 1) * v * tau
@@ -62,7 +103,7 @@ def _pose(cls: str, t: np.ndarray, num_frames: int, rng) -> tuple[np.ndarray, ..
         lo, hi = SCALE_RANGE
         frac = t / max(num_frames - 1, 1)
         scale = lo + (hi - lo) * (frac if cls == "Grow" else 1 - frac)
-    elif cls == "Spin":
+    elif cls in ("Spin", "SpinCW", "SpinCCW"):
         angle = angle + way * SPIN_SPEED * pace * t
     elif cls == "Orbit":
         radius, omega = ORBIT
@@ -72,18 +113,46 @@ def _pose(cls: str, t: np.ndarray, num_frames: int, rng) -> tuple[np.ndarray, ..
         amplitude, period = SHAKE
         x = x0 + amplitude * np.sin(2 * np.pi * t / (period / pace) + rng.uniform(0, 2 * np.pi))
     else:
-        raise ValueError(f"unknown motion class {cls!r}; known: {CLASSES}")
+        raise ValueError(f"unknown motion class {cls!r}; known: {MOTIONS}")
     return x, y, angle, scale
 
 
-def _camera(num_frames: int, rng) -> np.ndarray:
-    """(T, 2) camera offsets (pixels): a damped random walk inside the scene's margin."""
+def _camera(num_frames: int, kind: str, rng, unit: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """((T, 2) camera offsets in pixels, (2,) the signature vector, zero without one). The walk: a
+    damped random walk inside the scene's margin; the signature: odd frames offset by the vector."""
     damping, step, bound = CAMERA
-    offset, out = np.zeros(2), []
-    for _ in range(num_frames):
-        out.append(offset.copy())
-        offset = np.clip(damping * offset + rng.normal(0, step, 2), -bound, bound)
-    return np.array(out)
+    offsets = np.zeros((num_frames, 2))
+    if kind in ("walk", "both"):
+        offset = np.zeros(2)
+        for i in range(num_frames):
+            offsets[i] = offset
+            offset = np.clip(damping * offset + rng.normal(0, step, 2), -bound, bound)
+    signature = np.zeros(2)
+    if kind in ("signature", "both"):
+        signature = rng.uniform(-SIGNATURE, SIGNATURE, 2) * unit
+        offsets[1::2] += signature
+    return offsets, signature
+
+
+def _mask(shape: str, half: float, side: int, rng) -> np.ndarray:
+    """(side, side) float32 coverage of an object of `shape` and half size `half`, centred."""
+    yy, xx = np.mgrid[0:side, 0:side] - (side - 1) / 2
+    if shape == "square":
+        inside = (np.abs(xx) <= half) & (np.abs(yy) <= half)
+    elif shape == "disc":
+        inside = np.hypot(xx, yy) <= half
+    elif shape == "box":
+        inside = (np.abs(xx) <= half) & (np.abs(yy) <= half * rng.uniform(*ASPECT))
+    elif shape == "ellipse":
+        inside = np.hypot(xx / half, yy / (half * rng.uniform(*ASPECT))) <= 1
+    elif shape == "triangle":  # equilateral, its corners on the circle of radius `half`
+        corners = [half * np.array([np.cos(a), np.sin(a)]) for a in -np.pi / 2 + np.arange(3) * 2 * np.pi / 3]
+        inside = np.ones_like(xx, bool)
+        for a, b in zip(corners, corners[1:] + corners[:1], strict=True):
+            inside &= (b[0] - a[0]) * (yy - a[1]) - (b[1] - a[1]) * (xx - a[0]) >= 0
+    else:
+        raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
+    return inside.astype(np.float32)
 
 
 def _detailed_texture(rng, height, width, base):
@@ -93,21 +162,23 @@ def _detailed_texture(rng, height, width, base):
     return np.clip(texture(rng, height, width, base) + fine, 0, 255)
 
 
-def render_video(rng, cls: str, num_frames: int, height: int, width: int) -> list[np.ndarray]:
-    """Frames (num_frames, H, W, 3) uint8 BGR of one video of class `cls` with its own look."""
+def render_video(
+    rng, cls: str, num_frames: int, height: int, width: int, variant: Variant = VARIANTS["walk"]
+) -> tuple[list[np.ndarray], dict]:
+    """(frames (num_frames, H, W, 3) uint8 BGR, nuisances) of one video of class `cls` with its
+    own look; nuisances: shape, half size (pixels), start (x, y), camera signature (dx, dy) and the
+    walk's mean step (pixels per frame)."""
     scene_h, scene_w = height + 2 * MARGIN, width + 2 * MARGIN
     background = _detailed_texture(rng, scene_h, scene_w, rng.uniform(40, 215, 3)).astype(np.float32)
     side = 64  # the object's texture, larger than its largest rendering
     obj = _detailed_texture(rng, side, side, rng.uniform(40, 215, 3)).astype(np.float32)
-    half = rng.choice(HALF_SIZES) * min(height, width) / 48
-    yy, xx = np.mgrid[0:side, 0:side] - (side - 1) / 2
-    if rng.choice(SHAPES) == "square":
-        mask = ((np.abs(xx) <= half) & (np.abs(yy) <= half)).astype(np.float32)
-    else:
-        mask = (np.hypot(xx, yy) <= half).astype(np.float32)
+    unit = min(height, width) / 48
+    half = rng.choice(HALF_SIZES) * unit
+    shape = str(rng.choice(variant.shapes))
+    mask = _mask(shape, half, side, rng)
     t = np.arange(num_frames, dtype=np.float64)
     x, y, angle, scale = _pose(cls, t, num_frames, rng)
-    camera = _camera(num_frames, rng)
+    camera, signature = _camera(num_frames, variant.camera, rng, unit)
     frames = []
     for i in range(num_frames):
         # The object's texture moves with it (rotated, scaled, translated), so the flow inside the
@@ -124,7 +195,15 @@ def render_video(rng, cls: str, num_frames: int, height: int, width: int) -> lis
         view = np.array([[1, 0, MARGIN + camera[i, 0]], [0, 1, MARGIN + camera[i, 1]]])
         frame = cv2.warpAffine(scene, view, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
         frames.append(np.clip(frame + rng.normal(0, 2, frame.shape), 0, 255).astype(np.uint8))
-    return frames
+    walk = camera - np.where(np.arange(num_frames)[:, None] % 2 == 1, signature, 0)
+    nuisances = {
+        "shape": shape,
+        "half_size": float(half),
+        "start": [float(x[0]), float(y[0])],
+        "signature": [float(v) for v in signature],
+        "walk_step": float(np.abs(np.diff(walk, axis=0)).mean()) if num_frames > 1 else 0.0,
+    }
+    return frames, nuisances
 
 
 def generate(
@@ -135,12 +214,18 @@ def generate(
     height: int = 48,
     width: int = 64,
     seed: int = 0,
-    classes: tuple[str, ...] = CLASSES,
+    classes: tuple[str, ...] | None = None,
+    variant: str = "walk",
 ) -> Path:
-    """Writes the set under out_dir (UCF101's layout) and returns out_dir as a Path."""
-    unknown = [c for c in classes if c not in CLASSES]
+    """Writes the set `variant` (VARIANTS; classes: a subset of its classes, None: all) under
+    out_dir (UCF101's layout, and motion_set.json) and returns out_dir as a Path."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown motion set variant {variant!r}; known: {sorted(VARIANTS)}")
+    spec = VARIANTS[variant]
+    classes = spec.classes if classes is None else tuple(classes)
+    unknown = [c for c in classes if c not in spec.classes]
     if unknown or not classes:
-        raise ValueError(f"classes must be a non-empty subset of {CLASSES}; unknown: {unknown}")
+        raise ValueError(f"classes must be a non-empty subset of {spec.classes}; unknown: {unknown}")
     if groups < 3:
         raise ValueError(f"groups must be at least 3 (one third is tested per split), got {groups}")
     if min(height, width) < 32 or num_frames < 2:
@@ -150,19 +235,25 @@ def generate(
     root = Path(out_dir)
     rng = np.random.default_rng(seed)
     names = {c: [] for c in classes}
+    videos = {}
     for cls in classes:
         for g in range(1, groups + 1):
             for c in range(1, clips_per_group + 1):
                 name = f"v_{cls}_g{g:02d}_c{c:02d}.avi"
-                write_avi(root / "UCF-101" / cls / name, render_video(rng, cls, num_frames, height, width))
+                frames, nuisances = render_video(rng, cls, num_frames, height, width, spec)
+                write_avi(root / "UCF-101" / cls / name, frames)
                 names[cls].append((g, name))
+                videos[name[: -len(".avi")]] = {"class": cls, "group": g, **nuisances}
     write_ucf_lists(root, list(classes), names, groups)
+    about = {"variant": variant, **dataclasses.asdict(spec), "seed": seed, "videos": videos}
+    (root / "motion_set.json").write_text(json.dumps(about, indent=1))
     return root
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m generated.motion_set", description=__doc__)
     p.add_argument("--out_dir", required=True)
+    p.add_argument("--variant", default="walk", choices=sorted(VARIANTS))
     p.add_argument("--groups", type=int, default=9)
     p.add_argument("--clips_per_group", type=int, default=2)
     p.add_argument("--num_frames", type=int, default=32)
@@ -170,8 +261,11 @@ def main(argv=None):
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    root = generate(a.out_dir, a.groups, a.clips_per_group, a.num_frames, a.height, a.width, a.seed)
-    print(f"wrote {len(CLASSES) * a.groups * a.clips_per_group} videos under {root}")
+    root = generate(
+        a.out_dir, a.groups, a.clips_per_group, a.num_frames, a.height, a.width, a.seed, variant=a.variant
+    )
+    count = len(VARIANTS[a.variant].classes) * a.groups * a.clips_per_group
+    print(f"wrote {count} videos of the {a.variant} set under {root}")
 
 
 if __name__ == "__main__":

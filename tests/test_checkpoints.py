@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from cvtcl_jax import checkpoints
@@ -92,3 +93,43 @@ def test_export_gives_the_backbones_features_and_torchvision_weights(fresh, tmp_
     want = apply(variables, jnp.asarray(clips))
     np.testing.assert_allclose(np.asarray(exported.call(clips)), np.asarray(want), rtol=1e-4, atol=1e-4)
     _equal(load_torchvision_s3d(load_file(str(tmp_path / "s3d_torchvision.safetensors"))), variables)
+
+
+def test_a_flow_network_that_centres_motion_ignores_the_camera_and_its_export_says_so(tmp_path):
+    """With model.centre_flow a flow network sees each frame's flow relative to its median: its
+    features are those of the plain network on flow centred by numpy's lower median, a global
+    motion added to every frame (the camera) leaves them unchanged, and the export's manifest and
+    torchvision metadata say so (an import reads it back: test_import_weights). An RGB network of
+    the same config centres nothing."""
+    model_cfg = {**tiny_config.get_config().model, "centre_flow": True}
+    plain = backbone_from_config(model_cfg, "rgb")
+    init = jax.jit(lambda key: plain.init(key, jnp.zeros((1, 8, 32, 32, 3), jnp.uint8), train=False))
+    variables = jax.device_get(init(jax.random.key(0)))
+    rng = np.random.default_rng(2)
+    clips = rng.integers(60, 196, (2, 8, 32, 32, 3)).astype(np.uint8)
+    clips[..., 2] = 128
+    camera = rng.integers(-40, 41, (2, 8, 1, 1, 3)) * np.array([1, 1, 0])  # per frame, dx and dy
+    shaken = (clips + camera).astype(np.uint8)
+    median = np.percentile(clips.reshape(2, 8, -1, 3), 50, axis=2, method="lower")[:, :, None, None]
+    centred = np.clip(clips.astype(int) - median + 128, 0, 255).astype(np.uint8)
+    apply = jax.jit(plain.apply, static_argnames="train")
+    want = np.asarray(apply(variables, jnp.asarray(centred), train=False))
+    assert np.isfinite(want).all() and np.ptp(want) > 0
+
+    manifest = export_backbone(variables, model_cfg, (8, 32, 32), "flow", tmp_path / "flow", {"workdir": "w"})
+    exported = jax.export.deserialize((tmp_path / "flow" / "feature_extractor.jax_export").read_bytes())
+    for x in (clips, shaken):
+        np.testing.assert_allclose(np.asarray(exported.call(x)), want, rtol=1e-4, atol=1e-4)
+    assert "median" in manifest["input"]["normalisation"]
+    assert _metadata(tmp_path / "flow")["centre_flow"] == "true"
+
+    manifest = export_backbone(variables, model_cfg, (8, 32, 32), "rgb", tmp_path / "rgb", {"workdir": "w"})
+    exported = jax.export.deserialize((tmp_path / "rgb" / "feature_extractor.jax_export").read_bytes())
+    assert np.abs(np.asarray(exported.call(clips)) - np.asarray(exported.call(shaken))).max() > 1e-3
+    assert "median" not in manifest["input"]["normalisation"]
+    assert _metadata(tmp_path / "rgb")["centre_flow"] == "false"
+
+
+def _metadata(export_dir):
+    with safe_open(str(export_dir / "s3d_torchvision.safetensors"), framework="numpy") as f:
+        return f.metadata()

@@ -36,6 +36,22 @@ def test_config_builds_model_and_objective():
         encoder_from_config({**cfg.model, "with_gating": True})
 
 
+def test_centre_flow_makes_flow_networks_alone_centre_their_input_and_must_be_a_bool():
+    from cvtcl_jax.models import backbone_from_config
+    from cvtcl_jax.modes.checks import ConfigError, check_weight_settings
+
+    cfg = get_config()
+    assert not cfg.model.centre_flow and not encoder_from_config(cfg.model, "flow").centre_motion
+    cfg.model.centre_flow = True
+    assert encoder_from_config(cfg.model, "flow").centre_motion
+    assert backbone_from_config(cfg.model, "flow").centre_motion
+    for view in ("rgb", None):
+        assert not encoder_from_config(cfg.model, view).centre_motion
+        assert not backbone_from_config(cfg.model, view).centre_motion
+    with pytest.raises(ConfigError, match="model.centre_flow='yes' must be True or False"):
+        check_weight_settings({**cfg.model, "centre_flow": "yes"})
+
+
 def test_augmentation_defaults_are_spec_5():
     from cvtcl_jax.data.augment import AugmentConfig
 

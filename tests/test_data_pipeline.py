@@ -16,7 +16,7 @@ from cvtcl_jax.data.augment import AugmentConfig
 from cvtcl_jax.data.clip_spec import ClipSpec
 from cvtcl_jax.data.dataset_info import DatasetError, host_shards, load_dataset_info
 from cvtcl_jax.data.random_batches import random_pretrain_batch
-from cvtcl_jax.models import IMAGENET_MEAN, IMAGENET_STD, normalize_frames
+from cvtcl_jax.models import IMAGENET_MEAN, IMAGENET_STD, centre_motion, normalize_frames
 from cvtcl_jax.sharding import batch_sharding, make_mesh, prefetch_to_mesh, shard_batch
 from tests.pattern_records import PATTERN_NAME, frame_number, write_pattern_dataset
 
@@ -560,6 +560,18 @@ def test_uint8_frames_are_normalised_with_imagenet_statistics():
     np.testing.assert_allclose(np.asarray(normalize_frames(jax.numpy.asarray(x))), expect, atol=1e-5)
     f = jax.numpy.ones((2, 3), jax.numpy.float32)
     assert normalize_frames(f) is f
+
+
+def test_flow_centring_moves_each_frames_lower_median_to_128():
+    """Against numpy's lower median per frame and channel; values pushed past the ends clip."""
+    x = np.random.default_rng(3).integers(0, 256, (2, 3, 5, 6, 3), dtype=np.uint8)
+    median = np.percentile(x.reshape(2, 3, 30, 3), 50, axis=2, method="lower")[:, :, None, None]
+    expect = np.clip(x.astype(int) - median + 128, 0, 255)
+    np.testing.assert_array_equal(np.asarray(centre_motion(jax.numpy.asarray(x))), expect)
+    flat = np.full((1, 4, 4, 3), 128, np.uint8)
+    np.testing.assert_array_equal(np.asarray(centre_motion(jax.numpy.asarray(flat))), flat)
+    f = jax.numpy.ones((1, 2, 2, 3), jax.numpy.float32)
+    assert centre_motion(f) is f
 
 
 def test_gaussian_blur_matches_a_reflect_padded_convolution():

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
 from configs import import_weights as import_config
 from cvtcl_jax import checkpoints, modes, optim
@@ -206,7 +207,12 @@ def test_torchvision_weights_run_with_their_epsilon_and_round_trip_through_our_e
     modes.run(import_config_for(path, "rgb"), tmp_path / "tv")
     assert rel_err(extractor(tmp_path / "tv").call(clip), reference["torchvision/features"]) < 1e-4
     again, _ = import_checkpoint(tmp_path / "tv" / "s3d_torchvision.safetensors", "rgb")
-    assert again.bn_epsilon == 1e-3 and not again.reverse_input_channels
+    assert again.bn_epsilon == 1e-3 and not again.reverse_input_channels and not again.centre_flow
+    # A flow export of a network that centres its input says so, and the import keeps it.
+    centred = tmp_path / "centred.safetensors"
+    exported = load_file(str(tmp_path / "tv" / "s3d_torchvision.safetensors"))
+    save_file(exported, str(centred), {"centre_flow": "true"})
+    assert import_checkpoint(centred, "flow")[0].centre_flow
     first, _ = import_checkpoint(path, "rgb")
     jax.tree.map(np.testing.assert_array_equal, again.encoder, first.encoder)
 

@@ -50,7 +50,7 @@ class Backbone:
 
     @property
     def module(self) -> S3D:
-        return backbone_from_config(self.model_cfg)
+        return backbone_from_config(self.model_cfg, self.view)
 
 
 def _export_manifest(path: Path) -> dict | None:
@@ -118,7 +118,7 @@ def load(desc: Mapping, seed: int = 0) -> Backbone:
     if desc["kind"] == RANDOM:
         key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(desc["view"].encode()))
         # One compiled program instead of every op of the network dispatched on its own.
-        init = functools.partial(backbone_from_config(model_cfg).init, train=False)
+        init = functools.partial(backbone_from_config(model_cfg, desc["view"]).init, train=False)
         variables = jax.jit(init)(key, jnp.zeros((1, t, s, s, 3)))
     elif desc["kind"] == "export":
         template = variable_shapes(backbone_from_config(model_cfg), (t, s, s))

@@ -27,7 +27,7 @@ class RetrievalCheck:
         config, view = self.config, self.view
         if self._fn is None:
             self._mesh = make_mesh()
-            self._fn = features.make_feature_fn(backbone_from_config(config.model), self._mesh)
+            self._fn = features.make_feature_fn(backbone_from_config(config.model, view), self._mesh)
             self._info = load_dataset_info(config.data.dir, config.data.name)
         variables = backbone_variables(encoder_variables)
         spec = clip_spec(config, ltcl=False)

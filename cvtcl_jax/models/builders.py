@@ -18,7 +18,7 @@ from cvtcl_jax.models.s3d import DEFAULT_BN_EPSILON, S3D
 
 # Model settings that belong to the weights, not to a run: whoever runs a set of weights (a stage
 # started from them, an export, an evaluation) takes these from the weights' own config.
-WEIGHT_SETTINGS = {"bn_epsilon": DEFAULT_BN_EPSILON, "reverse_input_channels": False}
+WEIGHT_SETTINGS = {"bn_epsilon": DEFAULT_BN_EPSILON, "reverse_input_channels": False, "centre_flow": False}
 
 
 # Model settings that fix the parameters' shapes: a checkpoint loads only into a model that agrees
@@ -34,13 +34,23 @@ def shape_settings(model_cfg: Mapping[str, Any]) -> dict:
 
 
 def weight_settings(model_cfg: Mapping[str, Any]) -> dict:
-    """{'bn_epsilon', 'reverse_input_channels'} of a model config (defaults where absent)."""
+    """{'bn_epsilon', 'reverse_input_channels', 'centre_flow'} of a model config (defaults where
+    absent)."""
     return {k: model_cfg.get(k, default) for k, default in WEIGHT_SETTINGS.items()}
 
 
-def encoder_from_config(model_cfg: Mapping[str, Any]) -> ContrastiveEncoder:
-    """The contrastive encoder f + g; ValueError naming any key it does not have."""
+def centres_motion(model_cfg: Mapping[str, Any], view: str | None) -> bool:
+    """Whether the network of `view` centres its input's motion: `centre_flow` is a flow setting,
+    so RGB networks (and networks of no stated view) never do."""
+    return bool(model_cfg.get("centre_flow", False)) and view == "flow"
+
+
+def encoder_from_config(model_cfg: Mapping[str, Any], view: str | None = None) -> ContrastiveEncoder:
+    """The contrastive encoder f + g of `view` ('rgb', 'flow'; None: neither, for tools that only
+    need the shapes); ValueError naming any key it does not have."""
     fields = dict(model_cfg)
+    fields["centre_motion"] = centres_motion(fields, view)
+    fields.pop("centre_flow", None)
     for key in ("dtype", "param_dtype"):
         if isinstance(fields.get(key), str):
             fields[key] = jnp.dtype(fields[key])
@@ -50,13 +60,15 @@ def encoder_from_config(model_cfg: Mapping[str, Any]) -> ContrastiveEncoder:
     return ContrastiveEncoder(**fields)
 
 
-def backbone_from_config(model_cfg: Mapping[str, Any]) -> S3D:
-    """The S3D of the encoder of `model_cfg` (the encoder's `backbone` variables apply to it)."""
+def backbone_from_config(model_cfg: Mapping[str, Any], view: str | None = None) -> S3D:
+    """The S3D of the encoder of `model_cfg` and `view` (the encoder's `backbone` variables apply
+    to it)."""
     return S3D(
         **{k: v for k, v in shape_settings(model_cfg).items() if k in S3D.__dataclass_fields__},
         bn_group_size=model_cfg.get("bn_group_size"),
         bn_epsilon=model_cfg.get("bn_epsilon", DEFAULT_BN_EPSILON),
         reverse_input_channels=model_cfg.get("reverse_input_channels", False),
+        centre_motion=centres_motion(model_cfg, view),
         dtype=jnp.dtype(model_cfg.get("dtype", "float32")),
         # Only matter where the backbone is trained (finetuning).
         remat=model_cfg.get("remat", False),

@@ -52,6 +52,7 @@ class ContrastiveEncoder(nn.Module):
     bn_group_size: int | None = None
     bn_epsilon: float = DEFAULT_BN_EPSILON  # S3D.bn_epsilon: belongs to the weights
     reverse_input_channels: bool = False  # S3D.reverse_input_channels: CoCLR's flow networks
+    centre_motion: bool = False  # S3D.centre_motion: flow input relative to each frame's median
     head_hidden_dim: int = 1024
     embed_dim: int = 128
     dtype: Any = jnp.float32
@@ -69,6 +70,7 @@ class ContrastiveEncoder(nn.Module):
             bn_group_size=self.bn_group_size,
             bn_epsilon=self.bn_epsilon,
             reverse_input_channels=self.reverse_input_channels,
+            centre_motion=self.centre_motion,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             remat=self.remat,

@@ -103,6 +103,7 @@ class ImportedWeights:
     head_dims: tuple[int, int] | None
     bn_epsilon: float
     reverse_input_channels: bool
+    centre_flow: bool = False  # only our exports say True (their metadata)
 
 
 def _strip_module(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -288,6 +289,7 @@ def import_state_dict(
 # safetensors metadata our exports write (export.py) and an import reads back.
 META_BN_EPSILON = "bn_epsilon"
 META_REVERSED = "reverse_input_channels"
+META_CENTRED = "centre_flow"
 
 
 def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
@@ -321,7 +323,7 @@ def read_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
 
 def import_checkpoint(path, view: str, bn_epsilon: float | None = None) -> tuple[ImportedWeights, dict]:
     """`read_checkpoint` then `import_state_dict`; a safetensors file's own metadata (our exports)
-    gives the epsilon and channel order it assumes. -> (weights, the file's other facts)."""
+    gives the epsilon, channel order and flow centring it assumes. -> (weights, the file's other facts)."""
     state, info = read_checkpoint(path)
     meta = info.get("metadata", {})
     if bn_epsilon is None and META_BN_EPSILON in meta:
@@ -329,4 +331,6 @@ def import_checkpoint(path, view: str, bn_epsilon: float | None = None) -> tuple
     weights = import_state_dict(state, view, bn_epsilon)
     if META_REVERSED in meta:
         weights.reverse_input_channels = meta[META_REVERSED] == "true"
+    if META_CENTRED in meta:
+        weights.centre_flow = meta[META_CENTRED] == "true"
     return weights, info

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from cvtcl_jax.models.batchnorm import GroupedBatchNorm
 from cvtcl_jax.models.conv import CONV_LOWERINGS, Conv3d
 from cvtcl_jax.models.pooling import DEFAULT_POOL_GRAD, POOL_GRADS
-from cvtcl_jax.models.preprocess import normalize_frames
+from cvtcl_jax.models.preprocess import centre_motion, normalize_frames
 
 # Inception block widths: (branch0, branch1 reduce, branch1 out, branch2 reduce, branch2 out,
 # branch3 pool projection). Output channels = branch0 + branch1 out + branch2 out + branch3.
@@ -180,6 +180,9 @@ class S3D(nn.Module):
         ours and CoCLR's, 1e-3 for torchvision's `s3d` weights (docs/method.md §4).
       reverse_input_channels: uint8 input has its channels reversed before normalisation; True
         for CoCLR's flow networks, which saw the stored flow (dx, dy, 128) as (128, dy, dx).
+      centre_motion: uint8 flow input has each frame's median flow (the camera's motion)
+        subtracted first (`preprocess.centre_motion`); for flow networks only. It belongs to the
+        weights, like the two above.
       dtype: compute dtype; bfloat16 with float32 parameters gives mixed precision.
       param_dtype: parameter dtype (float32; float64 only for exact-comparison tests).
       remat: recompute each unit's inner activations in the backward pass instead of storing them
@@ -203,6 +206,7 @@ class S3D(nn.Module):
     bn_group_size: int | None = None
     bn_epsilon: float = DEFAULT_BN_EPSILON
     reverse_input_channels: bool = False
+    centre_motion: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     remat: bool = False
@@ -250,6 +254,8 @@ class S3D(nn.Module):
         # `train` (argument 2, counting self) selects BN's mode: static, so remat can branch on it.
         unit = (lambda cls: nn.remat(cls, static_argnums=(2,))) if self.remat else (lambda cls: cls)
         sep_conv, conv_bn, mixed = unit(SepConv), unit(ConvBN), unit(Mixed)
+        if self.centre_motion:
+            x = centre_motion(x)
         x = normalize_frames(x, self.reverse_input_channels).astype(self.dtype)
         x = sep_conv(_scaled(64, m), 7, 2, name="stem", **kw)(x, train)
         x = max_pool3d(x, (1, 3, 3), (1, 2, 2), (0, 1, 1))

@@ -86,17 +86,16 @@ def check_model_and_data_shapes(config) -> None:
 
 
 def check_weight_settings(model_cfg) -> None:
-    """The model settings that belong to the weights (BN epsilon, input channel order)."""
+    """The model settings that belong to the weights (BN epsilon, input channel order, flow centring)."""
     eps = model_cfg.get("bn_epsilon", DEFAULT_BN_EPSILON)
     if not (isinstance(eps, int | float) and eps > 0):
         raise ConfigError(
             f"model.bn_epsilon={eps!r} must be > 0 (1e-5 for ours and CoCLR's weights, 1e-3 for "
             "torchvision's)"
         )
-    if not isinstance(model_cfg.get("reverse_input_channels", False), bool):
-        raise ConfigError(
-            f"model.reverse_input_channels={model_cfg.reverse_input_channels!r} must be True or False"
-        )
+    for key in ("reverse_input_channels", "centre_flow"):
+        if not isinstance(model_cfg.get(key, False), bool):
+            raise ConfigError(f"model.{key}={model_cfg.get(key)!r} must be True or False")
 
 
 def dataset_info(d):

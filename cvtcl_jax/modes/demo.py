@@ -19,7 +19,25 @@ def check_demo(config) -> None:
     checks.check_training(config)
     if config.demo.set not in DEMO_SETS:
         raise checks.ConfigError(f"demo.set must be one of {DEMO_SETS}, got {config.demo.set!r}")
+    if config.demo.set == "motion":
+        _check_motion_variant(config.demo)
     evaluation.check_eval_names(config)  # the rest once the demo has made its data
+
+
+def _check_motion_variant(demo) -> None:
+    from generated import motion_set
+
+    variant = motion_set.VARIANTS.get(demo.variant)
+    if variant is None:
+        raise checks.ConfigError(
+            f"demo.variant must be one of {sorted(motion_set.VARIANTS)} (generated/motion_set.py), "
+            f"got {demo.variant!r}"
+        )
+    if not 2 <= demo.num_classes <= len(variant.classes):
+        raise checks.ConfigError(
+            f"demo.num_classes={demo.num_classes}: the {demo.variant} motion set has "
+            f"{len(variant.classes)} classes; set 2 to {len(variant.classes)}"
+        )
 
 
 def prepare_data(config, root: Path) -> tuple[str, str]:
@@ -40,7 +58,8 @@ def prepare_data(config, root: Path) -> tuple[str, str]:
             seed=demo.data_seed,
         )
         if demo.set == "motion":
-            motion_set.generate(raw, classes=motion_set.CLASSES[: demo.num_classes], **sizes)
+            classes = motion_set.VARIANTS[demo.variant].classes[: demo.num_classes]
+            motion_set.generate(raw, classes=classes, variant=demo.variant, **sizes)
         else:
             synthetic.generate(
                 raw,

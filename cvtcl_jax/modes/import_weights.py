@@ -101,6 +101,7 @@ def run_import(config, workdir) -> dict:
         num_mixed_5=2,
         bn_epsilon=weights.bn_epsilon,
         reverse_input_channels=weights.reverse_input_channels,
+        centre_flow=weights.centre_flow,
     )
     if weights.head_dims is not None:
         cfg.model.update(head_hidden_dim=weights.head_dims[0], embed_dim=weights.head_dims[1])
@@ -127,6 +128,7 @@ def run_import(config, workdir) -> dict:
     console.say(
         f"imported the {wc.view} {weights.format} weights of {path} (BatchNorm eps {weights.bn_epsilon:g}"
         + (", flow channels reversed as CoCLR read them" if weights.reverse_input_channels else "")
+        + (", flow centred on each frame's median" if weights.centre_flow else "")
         + f") into {wd}: evaluate with --config.eval.{wc.view}_source={wd}, start a stage with "
         f"--config.train.init_from={wd}"
     )

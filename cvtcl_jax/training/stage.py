@@ -247,7 +247,7 @@ def train_stage(config, workdir: str | Path, stage: Stage, evaluate: Evaluator |
     if ran is not None:
         console.warn(f"{stage.name} finished {ran} epochs; extending it to {stage.epochs} as the config asks")
     workdir.mkdir(parents=True, exist_ok=True)
-    model = encoder_from_config(config.model)
+    model = encoder_from_config(config.model, stage.view)
     ccfg = contrast_config(config, stage.beta)
     spec = clip_spec(config, ltcl=ccfg.use_ltcl)
     new = new_state(
@@ -320,7 +320,9 @@ def _make_step(trainer: Trainer, stage: Stage, model, ccfg: ContrastConfig, shap
     """The stage's jitted step (state, batch) -> (state, metrics); co-training's frozen network,
     restored into `state`'s placement, bound to it."""
     config = trainer.config
-    other = encoder_from_config(other_model_config(config, stage)) if stage.cotrain else None
+    other = None
+    if stage.cotrain:
+        other = encoder_from_config(other_model_config(config, stage), stage.other_view)
     step_fn = jit_train_step(
         make_train_step(model, ccfg, trainer.optimizer, trainer.schedule, other_model=other),
         trainer.mesh,
