@@ -1,13 +1,14 @@
 """Does it learn motion? The fidelity benchmark over a family of generated sets and training seeds,
 next to its baselines.
 
-    python bench/fidelity.py --workdir=W [--sets=walk,directional,signature,mixed] [--seeds=0,1,2]
+    python bench/fidelity.py --workdir=W [--sets=walk,mixed,...] [--seeds=0,1,2]
         [--train=init|schedule] [--views=flow] [--data_root=D] [--config=configs/fidelity.py]
         [--config.key=value ...]
 
-For every set of --sets (generated/motion_set.py's VARIANTS) in W/<set>: generates and prepares it
-once (D/<set>/set with --data_root, which lets workdirs share the sets; else W/<set>/set; the data
-stay fixed, demo.data_seed), then for every training seed k trains in W/<set>/seed<k>:
+For every set of --sets (default: the whole family, generated/motion_set.py's VARIANTS) in
+W/<set>: generates and prepares it once (D/<set>/set with --data_root, which lets workdirs share
+the sets; else W/<set>/set; the data stay fixed, demo.data_seed), then for every training seed k
+trains in W/<set>/seed<k>:
   --train=schedule   the config's whole schedule (init of both views, co-training), evaluated after
                      random init, initialization and co-training, for RGB, flow and two-stream;
   --train=init       initialization of --views only, evaluated after random init and after it
@@ -35,7 +36,7 @@ from ml_collections import config_flags
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from cvtcl_jax import console, report  # noqa: E402
-from generated.motion_set import VARIANTS  # noqa: E402
+from generated import motion_set  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -148,8 +149,6 @@ def benchmark(config, workdir, seeds, train: str = "schedule", views=("rgb", "fl
 def set_config(config, variant: str, data_root=None):
     """config for the family's set `variant`: its generator variant and class count, and its
     prepared data under data_root/<variant>/set (None: the benchmark's workdir decides)."""
-    from generated import motion_set
-
     if variant not in motion_set.VARIANTS:
         raise ValueError(f"unknown set {variant!r}: the family is {list(motion_set.VARIANTS)}")
     cfg = config.copy_and_resolve_references()
@@ -174,6 +173,11 @@ def family(config, workdir, sets, seeds, train: str = "init", views=("flow",), d
     '<set> <view>' for the run report)."""
     from configs import fidelity as recipe
 
+    if config.demo.data_dir:
+        raise ValueError(
+            f"demo.data_dir={config.demo.data_dir} names one set's directory: the family prepares "
+            "each set in DATA_ROOT/<set>/set, so pass --data_root instead"
+        )
     configs = {v: set_config(config, v, data_root) for v in sets}  # every name checked first
     results = {v: benchmark(cfg, Path(workdir) / v, seeds, train, views) for v, cfg in configs.items()}
     table = {v: {"role": recipe.role(v), "summary": r["summary"]} for v, r in results.items()}
@@ -248,7 +252,7 @@ def define_flags() -> None:
     """The command's flags (defined here, not at import, so tests can import the module)."""
     config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "fidelity.py"), "a demo-mode config")
     flags.DEFINE_string("workdir", None, "the benchmark's directory", required=True)
-    flags.DEFINE_list("sets", list(VARIANTS), "the family's sets (generated/motion_set.py's VARIANTS)")
+    flags.DEFINE_list("sets", list(motion_set.VARIANTS), "the family's sets (motion_set.VARIANTS)")
     flags.DEFINE_string("data_root", None, "prepare the sets in DATA_ROOT/<set>/set (shared by workdirs)")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "training seeds")
     flags.DEFINE_enum("train", "init", list(TRAIN), "initialization only, or the whole schedule")

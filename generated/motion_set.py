@@ -64,6 +64,11 @@ class Variant:
     shapes: tuple[str, ...]
     camera: str
 
+    def __post_init__(self):
+        unknown = [*set(self.classes) - set(MOTIONS), *set(self.shapes) - set(SHAPES)]
+        if unknown or self.camera not in CAMERAS:
+            raise ValueError(f"a variant of {MOTIONS}, {SHAPES} and one of {CAMERAS}; got {self}")
+
 
 VARIANTS = {
     "walk": Variant(CLASSES, ("square", "disc"), "walk"),

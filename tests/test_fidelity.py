@@ -137,6 +137,8 @@ def test_motion_set_rejects_unknown_classes_variants_and_too_few_groups(tmp_path
         motion_set.generate(tmp_path, classes=("SlideLeft",))
     with pytest.raises(ValueError, match="variant"):
         motion_set.generate(tmp_path, variant="shaky")
+    with pytest.raises(ValueError, match="hexagon"):
+        motion_set.Variant(("Slide",), ("hexagon",), "walk")
     with pytest.raises(ValueError, match="groups"):
         motion_set.generate(tmp_path, groups=2)
 
@@ -247,6 +249,9 @@ def test_an_unknown_generated_set_or_view_fails_before_any_work(tmp_path):
             fidelity.benchmark(bad, tmp_path, seeds=[0])
     with pytest.raises(ValueError, match="unknown set 'shaky'"):
         fidelity.family(cfg, tmp_path, ["walk", "shaky"], seeds=[0])
+    cfg.demo.data_dir = str(tmp_path / "set")
+    with pytest.raises(ValueError, match="--data_root"):
+        fidelity.family(cfg, tmp_path, ["walk"], seeds=[0])
     assert not any(tmp_path.iterdir())
 
 
@@ -302,3 +307,36 @@ def test_effective_rank_and_explained_shares_of_planted_features():
     assert analysis["first_share"] == pytest.approx(0.75, abs=1e-6)
     assert analysis["leading"][0]["first"] == pytest.approx(1.0, abs=1e-9)
     assert analysis["explained"]["noise"] < 0.05 and analysis["noise_floor"]["noise"] == 1 / 400
+
+
+def test_feature_analysis_reads_an_evaluations_cache_against_the_sets_nuisances(tmp_path, monkeypatch):
+    """A feature cache whose features are the camera's signature (and a padding row) is explained
+    by the signature, not by the class; videos are matched by their stored video ids."""
+    from bench import flow_features
+
+    rng = np.random.default_rng(0)
+    ids = [f"v_{c}_g{g:02d}_c01" for c in ("A", "B") for g in range(1, 13)]
+    about = {"videos": {}}
+    for v in ids:
+        facts = {"signature": list(rng.uniform(-1, 1, 2)), "shape": "square", "half_size": 7.0}
+        about["videos"][v] = {**facts, "start": list(rng.uniform(-4, 4, 2))}
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "motion_set.json").write_text(json.dumps(about))
+    order = rng.permutation(len(ids))  # the records' order is not the generator's
+    monkeypatch.setattr(
+        flow_features, "stored_videos", lambda *a: {int(i): (ids[j], 0.1 * i) for i, j in enumerate(order)}
+    )
+    signature = np.array([about["videos"][ids[j]]["signature"] for j in order])
+    feats = np.concatenate([signature, np.ones((len(ids), 1))], axis=1)
+    labels = np.array([ids[j][2] == "B" for j in order], np.int32)
+    key = {"data": str(tmp_path), "dataset": "d", "subset": "train"}
+    path = tmp_path / "flow_train_center.npz"
+    np.savez(
+        path,
+        key=json.dumps(key),
+        features=np.concatenate([feats, np.full((1, 3), 9.0)]),
+        video_index=np.append(np.arange(len(ids)), -1),
+        label=np.append(labels, 0),
+    )
+    out = flow_features.analyse_file(tmp_path, path)
+    assert out["explained"]["signature"] > 0.95 and out["explained"]["class"] < 0.3
