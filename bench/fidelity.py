@@ -163,7 +163,9 @@ def set_config(config, variant: str, data_root=None):
 
 
 def _steps_per_epoch(demo, num_classes: int, batch: int) -> int:
-    """Steps per epoch over a generated set's split-1 train videos (two thirds of the groups)."""
+    """Steps per epoch over a generated set's split-1 train videos (two thirds of the groups),
+    from the generator's settings: the set may not be prepared yet, so training.inputs'
+    batches_per_epoch (which reads the prepared split) cannot tell it."""
     return max(1, num_classes * demo.clips_per_group * (demo.groups - demo.groups // 3) // batch)
 
 
